@@ -1,0 +1,49 @@
+"""Input validation with errors that name the argument, what was expected and what came."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .operators.base import LinearOperator, _fmt_shape
+
+__all__ = ["check_finite", "check_measurements"]
+
+
+def check_finite(t: Tensor, name: str) -> None:
+    """Raise ``ValueError`` if ``t`` holds NaN or Inf (one host synchronisation)."""
+    bad = ~torch.isfinite(t)
+    if bad.any():
+        n_nan = int(torch.isnan(t).sum())
+        n_inf = int(bad.sum()) - n_nan
+        raise ValueError(f"{name}: expected finite values, got {n_nan} NaN and {n_inf} Inf "
+                         f"entries (shape {tuple(t.shape)})")
+
+
+def check_measurements(y: Tensor, op: Optional[LinearOperator] = None, name: str = "y",
+                       finite: bool = True) -> None:
+    """Check measurements ``y`` of shape ``(B, *op.out_shape)`` against an operator.
+
+    Raises:
+        TypeError: ``y`` is not a tensor, or its dtype does not fit the operator (complex
+            data for a real operator or vice versa).
+        ValueError: wrong shape, or NaN/Inf entries (when ``finite``).
+    """
+    if not isinstance(y, Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(y).__name__}")
+    if y.dim() < 1:
+        raise ValueError(f"{name}: expected a batch (B, ...), got a 0-dim tensor")
+    if op is not None:
+        if op.out_shape is not None and tuple(y.shape[1:]) != tuple(op.out_shape):
+            raise ValueError(
+                f"{name}: expected shape {_fmt_shape(op.out_shape)} to fit the range of {op._describe()}, "
+                f"got {tuple(y.shape)}"
+            )
+        if op.is_complex is False and y.is_complex():
+            raise TypeError(f"{name}: {op._describe()} is a real operator but got complex measurements ({y.dtype})")
+        if op.is_complex is True and not y.is_complex():
+            raise TypeError(f"{name}: {op._describe()} is a complex operator but got real measurements ({y.dtype})")
+    if finite:
+        check_finite(y, name)
