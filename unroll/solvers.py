@@ -1,0 +1,127 @@
+"""Classical solvers that need no training, each returning ``(x, info)``.
+
+All minimise ``½‖A x − y‖² + λ g(x)`` over ``x`` of shape ``(B, *in_shape)``, for a batch of
+measurements ``y`` ``(B, *out_shape)``; ``A`` is a :class:`~unroll.operators.LinearOperator`
+or a 2-D tensor. They are built from the same steps and :class:`~unroll.unrolled.Unrolled`
+loop as the learned models (so they are differentiable too), with fixed step ``1/L``.
+
+``info`` is a :class:`~unroll.unrolled.SolverInfo`: ``iterations`` and ``residual`` (final
+relative change) per sample, ``objective`` ``(B, iterations run)`` per iteration, ``status``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from .operators.base import LinearOperator
+from .problem import Problem
+from .prox import L0, L1, Regularizer
+from .steps import FISTAStep, ProxGradStep
+from .unrolled import SolverInfo, Unrolled
+
+__all__ = ["ista", "fista", "iht", "projected_gradient"]
+
+OperatorLike = Union[LinearOperator, Tensor]
+
+
+class _Projection(Regularizer):
+    """Indicator of a set given by its projection ``project(x)`` (value 0: the iterates are feasible)."""
+
+    def __init__(self, project: Callable[[Tensor], Tensor]) -> None:
+        super().__init__()
+        self.project = project
+
+    def value(self, x: Tensor) -> Tensor:
+        return x.new_zeros(x.shape[0]).real
+
+    def prox(self, x: Tensor, step) -> Tensor:
+        return self.project(x)
+
+
+def _run(step: nn.Module, A: OperatorLike, y: Tensor, reg: nn.Module, max_iter: int, tol: Optional[float],
+         x0: Optional[Tensor], return_trajectory: bool):
+    if not isinstance(max_iter, int) or max_iter < 1:
+        raise ValueError(f"max_iter: expected an int >= 1, got {max_iter!r}")
+    problem = Problem.create(A, y, reg=reg)
+    step.to(device=y.device, dtype=y.real.dtype)  # the step module holds reg (its prox) too
+    out = Unrolled(step, num_iters=max_iter)(problem, x0, tol=tol, record_objective=True,
+                                             return_trajectory=return_trajectory)
+    out.info.trajectory = out.trajectory
+    return out.x, out.info
+
+
+def _lam_reg(kind, lam) -> Regularizer:
+    lam_t = torch.as_tensor(lam) if isinstance(lam, Tensor) else torch.as_tensor(lam, dtype=torch.float64)
+    if lam_t.dim() != 0 or not torch.isfinite(lam_t) or lam_t < 0:
+        raise ValueError(f"lam: expected a finite scalar >= 0, got {lam!r}")
+    reg = kind(float(lam_t))
+    # keep λ exact (not rounded to the default dtype) until _run casts it to the data's dtype
+    reg.fixed_lam = torch.tensor(float(lam_t), dtype=torch.float64)
+    return reg
+
+
+def _exact_step(module: nn.Module, step: float) -> nn.Module:
+    """The step size as float64 until _run casts it to the data's dtype (not rounded to the default dtype)."""
+    module.step.fixed = torch.tensor(float(step), dtype=torch.float64)  # validated (> 0) by the step's constructor
+    return module
+
+
+def ista(A: OperatorLike, y: Tensor, lam: float, max_iter: int = 1000, tol: Optional[float] = 1e-6,
+         x0: Optional[Tensor] = None, step: float = 1.0,
+         return_trajectory: bool = False) -> Tuple[Tensor, SolverInfo]:
+    """ISTA for the Lasso ``½‖Ax − y‖² + λ‖x‖₁``.
+
+    Args:
+        A: operator or ``(m, n)`` matrix.
+        y: ``(B, m)`` measurements.
+        lam: λ ≥ 0.
+        max_iter: iteration budget.
+        tol: stop a sample when its relative change is ``≤ tol`` (``None``: run ``max_iter``).
+        x0: initial estimate ``(B, n)`` (zeros by default).
+        step: step size in units of ``1/‖A‖₂²``.
+        return_trajectory: store every iterate in ``info.trajectory``.
+
+    Returns:
+        ``(x, info)``, ``x`` of shape ``(B, n)``.
+    """
+    reg = _lam_reg(L1, lam)
+    return _run(_exact_step(ProxGradStep(reg, step=step), step), A, y, reg, max_iter, tol, x0, return_trajectory)
+
+
+def fista(A: OperatorLike, y: Tensor, lam: float, max_iter: int = 1000, tol: Optional[float] = 1e-6,
+          x0: Optional[Tensor] = None, step: float = 1.0,
+          return_trajectory: bool = False) -> Tuple[Tensor, SolverInfo]:
+    """FISTA (Beck & Teboulle 2009) for the Lasso; arguments as :func:`ista`."""
+    reg = _lam_reg(L1, lam)
+    return _run(_exact_step(FISTAStep(reg, step=step), step), A, y, reg, max_iter, tol, x0, return_trajectory)
+
+
+def iht(A: OperatorLike, y: Tensor, lam: float, max_iter: int = 1000, tol: Optional[float] = 1e-6,
+        x0: Optional[Tensor] = None, step: float = 1.0,
+        return_trajectory: bool = False) -> Tuple[Tensor, SolverInfo]:
+    """Iterative hard thresholding for ``½‖Ax − y‖² + λ‖x‖₀`` (Blumensath & Davies 2008):
+    ``x ← H_{√(2αλ)}(x − α Aᴴ(Ax − y))``. Arguments as :func:`ista` (λ weighs ‖x‖₀)."""
+    reg = _lam_reg(L0, lam)
+    return _run(_exact_step(ProxGradStep(reg, step=step), step), A, y, reg, max_iter, tol, x0, return_trajectory)
+
+
+def projected_gradient(A: OperatorLike, y: Tensor, project: Union[Callable[[Tensor], Tensor], nn.Module],
+                       max_iter: int = 1000, tol: Optional[float] = 1e-6, x0: Optional[Tensor] = None,
+                       step: float = 1.0, return_trajectory: bool = False) -> Tuple[Tensor, SolverInfo]:
+    """Projected gradient for ``min ½‖Ax − y‖²`` s.t. ``x ∈ C``.
+
+    Args:
+        project: the projection onto ``C``: a function ``x ↦ P_C(x)`` (e.g.
+            ``unroll.prox.project_simplex``) or an indicator module (``Box``, ``Simplex`` …).
+        others: as :func:`ista`.
+    """
+    if isinstance(project, nn.Module) and callable(getattr(project, "prox", None)):
+        reg = project
+    elif callable(project):
+        reg = _Projection(project)
+    else:
+        raise TypeError(f"project: expected a projection function or an indicator module, got {type(project).__name__}")
+    return _run(_exact_step(ProxGradStep(reg, step=step), step), A, y, reg, max_iter, tol, x0, return_trajectory)
