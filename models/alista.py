@@ -1,0 +1,112 @@
+"""ALISTA (Liu, Chen, Wang & Yin, ICLR 2019): analytic weight, learned step sizes and thresholds,
+with support selection."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List
+
+import torch
+from torch import Tensor
+
+from unroll.operators import LinearOperator
+from unroll.parametrize import PositiveScalar
+from unroll.problem import Problem
+from unroll.prox import soft_threshold_support_selection
+from unroll.steps import State, Step
+from unroll.unrolled import Unrolled
+
+from .base import UnrolledModel
+from .lista import dense_matrix
+
+__all__ = ["ALISTA", "ALISTAStep", "analytic_weight", "support_selection_schedule"]
+
+
+def analytic_weight(a: Tensor) -> Tensor:
+    """ALISTA's weight ``W`` ``(m, n)`` for a matrix ``A`` ``(m, n)``.
+
+    ``W`` minimises ``‖Wᵀ A‖_F`` subject to ``diag(Wᵀ A) = 1``. The problem separates over the
+    columns: ``w_i = argmin ‖Aᵀ w‖²`` s.t. ``a_iᵀ w = 1``, whose Lagrange conditions give
+    ``w_i = (AAᵀ)⁻¹ a_i / (a_iᵀ (AAᵀ)⁻¹ a_i)``. Computed in float64 with a Cholesky solve,
+    returned in ``A``'s dtype. Needs ``A`` of full row rank (``m ≤ n``).
+    """
+    if a.dim() != 2:
+        raise ValueError(f"a: expected a (m, n) matrix, got shape {tuple(a.shape)}")
+    a64 = a.detach().to(torch.complex128 if a.is_complex() else torch.float64)
+    gram = a64 @ a64.mH
+    chol, info = torch.linalg.cholesky_ex(gram)
+    if int(info) != 0:
+        raise ValueError(f"a: A Aᴴ is singular (A of shape {tuple(a.shape)} must have full row rank)")
+    v = torch.cholesky_solve(a64, chol)  # (AAᴴ)⁻¹ A, column i = (AAᴴ)⁻¹ a_i
+    denom = (a64.conj() * v).sum(0)  # a_iᴴ (AAᴴ)⁻¹ a_i, real positive
+    return (v / denom.conj()).to(a.dtype)
+
+
+def support_selection_schedule(num_layers: int, p_step: float = 1.2, p_max: float = 13.0) -> List[float]:
+    """Percent of entries passed through per layer: ``p_k = min(p_step·k, p_max)``, ``k = 1..K``."""
+    return [min(p_step * (k + 1), p_max) for k in range(num_layers)]
+
+
+@dataclass(frozen=True)
+class WeightedProblem(Problem):
+    """A :class:`Problem` that also carries ALISTA's weight ``W`` ``(m, n)``."""
+
+    weight: Tensor = None  # type: ignore[assignment]
+
+
+class ALISTAStep(Step):
+    """``x ← η^{ss}_{θ, p}(x − γ Wᵀ(A x − y))``: a step along the analytic weight, then
+    soft thresholding with support selection (the largest ``p`` % pass untouched).
+
+    Args:
+        gamma: initial step γ > 0; theta: initial threshold θ > 0; percent: ``p`` in %.
+    """
+
+    def __init__(self, gamma: float, theta: float, percent: float) -> None:
+        super().__init__()
+        self.gamma = PositiveScalar(gamma, learnable=True, name="gamma")
+        self.theta = PositiveScalar(theta, learnable=True, name="theta")
+        self.percent = float(percent)
+
+    def forward(self, state: State, problem: WeightedProblem) -> State:
+        r = problem.residual(state.x)
+        v = state.x - self.gamma() * (r @ problem.weight.conj())
+        return State(soft_threshold_support_selection(v, self.theta(), self.percent))
+
+    def extra_repr(self) -> str:
+        return f"percent={self.percent:g}"
+
+
+class ALISTA(UnrolledModel):
+    """ALISTA: ``x_{k+1} = η^{ss}_{θ_k, p_k}(x_k − γ_k Wᵀ(A x_k − y))`` with ``W`` =
+    :func:`analytic_weight` of ``A``, computed once at binding and kept as a buffer (saved
+    with the checkpoint). Only ``2K`` scalars are learned.
+
+    Args:
+        num_layers: ``K``.
+        operator: the ``(m, n)`` matrix or ``MatrixOperator`` (or bind later).
+        gamma: initial step sizes; theta: initial thresholds.
+        support_selection: use it (``p_k = min(p_step·k, p_max)`` %) or plain soft thresholding.
+        p_step, p_max: the support-selection schedule in percent.
+
+    Shapes: ``y`` ``(B, m)`` → ``x`` ``(B, n)``.
+    """
+
+    needs_operator = True
+
+    def __init__(self, num_layers: int = 16, operator=None, gamma: float = 1.0, theta: float = 0.4,
+                 support_selection: bool = True, p_step: float = 1.2, p_max: float = 13.0) -> None:
+        super().__init__(num_layers)
+        self.gamma, self.theta = gamma, theta
+        self.percents = (support_selection_schedule(num_layers, p_step, p_max) if support_selection
+                         else [0.0] * num_layers)
+        if operator is not None:
+            self.bind(operator)
+
+    def _build(self, op: LinearOperator) -> None:
+        self.register_buffer("weight", analytic_weight(dense_matrix(op, "ALISTA")))
+        self.unrolled = Unrolled([ALISTAStep(self.gamma, self.theta, p) for p in self.percents])
+
+    def problem(self, y: Tensor, op: LinearOperator) -> WeightedProblem:
+        lip = op.lipschitz().to(device=y.device, dtype=y.real.dtype)
+        return WeightedProblem(op=op, y=y, lipschitz=lip, weight=self.weight)

@@ -1,0 +1,110 @@
+"""``UnrolledModel``: the one call shape of every reconstruction model, ``model(y, A)``."""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+from torch import Tensor, nn
+
+from unroll.checks import check_measurements
+from unroll.operators import LinearOperator, as_operator
+from unroll.problem import Problem
+from unroll.unrolled import Unrolled, UnrolledOutput
+
+__all__ = ["UnrolledModel"]
+
+
+class UnrolledModel(nn.Module):
+    """Base class of unrolled reconstruction networks.
+
+    Subclasses build ``self.unrolled`` (an :class:`~unroll.unrolled.Unrolled`), either in
+    ``__init__`` or, for models whose weights depend on the operator (LISTA's matrices,
+    ALISTA's analytic weight), in :meth:`_build` called by :meth:`bind`. A bound model
+    remembers the operator's fingerprint and refuses to run on another operator.
+
+    Call: ``model(y, A)`` with ``y`` ``(B, *out_shape)`` and ``A`` a
+    :class:`~unroll.operators.LinearOperator` or a ``(m, n)`` tensor; returns the estimate
+    ``(B, *in_shape)``, or an :class:`~unroll.unrolled.UnrolledOutput` ``(x, trajectory,
+    info)`` with ``return_trajectory=True``.
+    """
+
+    #: whether the model's weights depend on the operator (then it must be bound).
+    needs_operator: bool = False
+
+    def __init__(self, num_layers: int) -> None:
+        super().__init__()
+        if not isinstance(num_layers, int) or num_layers < 1:
+            raise ValueError(f"num_layers: expected an int >= 1, got {num_layers!r}")
+        self.num_layers = num_layers
+        self.unrolled: Optional[Unrolled] = None
+        self._fingerprint: Optional[str] = None
+        self._last_matrix: Optional[Tensor] = None
+        self._last_op: Optional[LinearOperator] = None
+        self._bound_op: Optional[LinearOperator] = None
+
+    # ------------------------------------------------------------------ binding
+    @property
+    def is_bound(self) -> bool:
+        return self.unrolled is not None
+
+    def bind(self, A: Union[LinearOperator, Tensor]) -> "UnrolledModel":
+        """Build the operator-dependent weights from ``A`` (idempotent for the same operator)."""
+        op = as_operator(A)
+        fp = op.fingerprint()
+        if self.is_bound and self._fingerprint is not None:
+            if fp != self._fingerprint:
+                raise ValueError(f"A: {type(self).__name__} is already bound to operator {self._fingerprint}, "
+                                 f"got operator {fp}; build a new model for another operator")
+            return self
+        self._build(op)
+        self._fingerprint = fp if self.needs_operator else None
+        self.__dict__["_bound_op"] = op  # plain attribute: the operator is not part of the model's state
+        return self
+
+    def _build(self, op: LinearOperator) -> None:
+        """Create ``self.unrolled`` for operator ``op`` (models that need it override)."""
+        raise NotImplementedError(f"{type(self).__name__} must build self.unrolled in __init__ or _build")
+
+    # ------------------------------------------------------------------ call
+    def _operator(self, A) -> LinearOperator:
+        if isinstance(A, LinearOperator):
+            return A
+        if isinstance(A, Tensor) and A is self._last_matrix and self._last_op is not None:
+            return self._last_op  # same matrix as last call: keep its cached Lipschitz constant
+        op = as_operator(A)
+        if isinstance(A, Tensor):  # plain attributes, not submodules
+            self.__dict__["_last_matrix"], self.__dict__["_last_op"] = A, op
+        return op
+
+    def problem(self, y: Tensor, op: LinearOperator) -> Problem:
+        """The :class:`~unroll.problem.Problem` the steps read (override to add a regulariser)."""
+        return Problem.create(op, y, check=False)
+
+    def forward(self, y: Tensor, A: Union[LinearOperator, Tensor], *, num_iters: Optional[int] = None,
+                tol: Optional[float] = None, return_trajectory: bool = False,
+                x0: Optional[Tensor] = None) -> Union[Tensor, UnrolledOutput]:
+        """Reconstruct ``x`` from ``y = A x (+ noise)``.
+
+        Args:
+            y: measurements ``(B, *out_shape)`` (checked: shape, dtype, NaN/Inf).
+            A: the operator or matrix.
+            num_iters: layers to run (default ``num_layers``; more repeats the last layer).
+            tol: stop each sample at this relative change (inference).
+            return_trajectory: return ``UnrolledOutput(x, trajectory, info)`` instead of ``x``.
+            x0: initial estimate ``(B, *in_shape)`` (zeros by default).
+        """
+        op = self._operator(A)
+        check_measurements(y, op, "y")
+        if not self.is_bound:
+            if self.needs_operator:
+                raise RuntimeError(f"{type(self).__name__} is not bound to an operator: pass operator=... at "
+                                   "construction or call model.bind(A) before training")
+            self.bind(op)
+        elif self._fingerprint is not None and op is not self._bound_op:
+            if op.fingerprint() != self._fingerprint:
+                raise ValueError(f"A: {type(self).__name__} was built for operator {self._fingerprint}, "
+                                 f"got operator {op.fingerprint()}")
+            self.__dict__["_bound_op"] = op
+        out = self.unrolled(self.problem(y, op), x0, num_iters=num_iters, tol=tol,
+                            return_trajectory=return_trajectory)
+        return out if return_trajectory else out.x
