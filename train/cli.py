@@ -1,0 +1,46 @@
+"""The ``unroll`` command: LightningCLI's ``fit``/``validate``/``test``/``predict`` plus ``evaluate``.
+
+    unroll fit --config configs/alista.yaml
+    unroll evaluate --config configs/alista.yaml --ckpt_path runs/alista/.../last.ckpt --output_dir eval/
+
+Configs name the task and the data module by class path (subclass mode), so any
+``LightningModule``/``LightningDataModule`` of the project (or the user's) can be trained.
+Unknown keys in a config are errors (jsonargparse), not silently ignored.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import List, Optional
+
+import lightning as L
+from lightning.pytorch.cli import LightningCLI
+
+__all__ = ["UnrollCLI", "main"]
+
+
+class UnrollCLI(LightningCLI):
+    """LightningCLI with the project's defaults (subclass mode for model and data, config saved
+    next to the logs)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("subclass_mode_model", True)
+        kwargs.setdefault("subclass_mode_data", True)
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("auto_configure_optimizers", False)
+        super().__init__(L.LightningModule, L.LightningDataModule, *args, **kwargs)
+
+
+def main(args: Optional[List[str]] = None) -> None:
+    """Entry point of the ``unroll`` console script."""
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv and argv[0] == "evaluate":
+        from .evaluate import evaluate_main
+
+        evaluate_main(argv[1:])
+        return
+    UnrollCLI(args=args)  # None: LightningCLI reads sys.argv itself
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,166 @@
+"""``ReconstructionTask``: one generic LightningModule for any ``model(y, A)``.
+
+It owns no network code: it takes the model, a loss and an optimiser factory (typed
+arguments, so LightningCLI builds all of them from YAML), binds the model to the data
+module's operator, and logs NMSE (dB) each validation and per iteration at test time.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+
+from unroll.losses import Loss, MSELoss, iteration_weights, trajectory_loss
+from unroll.metrics import NMSE
+from unroll.operators import LinearOperator, as_operator
+from unroll.problem import Problem
+
+__all__ = ["ReconstructionTask"]
+
+_CKPT_KEY = "unroll"
+
+
+class ReconstructionTask(L.LightningModule):
+    """Train, validate and test a reconstruction model ``model(y, A) → x̂``.
+
+    Args:
+        model: the network (any ``nn.Module`` with the call shape ``model(y, A, *,
+            return_trajectory)``, e.g. ``unroll.models.ALISTA``). Models that need the operator
+            are bound to the data module's operator in :meth:`setup`.
+        loss: training loss ``loss(x̂, x, problem)``; supervised ``MSELoss`` by default, or
+            ``ObjectiveLoss(L1(λ))`` for unsupervised training on the original objective.
+        weighting: how the loss is weighted over the iterates: ``"last"`` (only the final
+            estimate), ``"uniform"``, ``"linear"`` or one weight per layer.
+        optimizer: optimiser factory (``params → Optimizer``); Adam(lr=1e-3) by default.
+        lr_scheduler: optional scheduler factory (``optimizer → LRScheduler``).
+        operator: the operator ``A`` when no data module provides one (``trainer.fit(task,
+            train_dataloaders=...)``); with a data module its ``operator`` is used.
+
+    Batches are ``unroll.data.Batch(y, x)`` (``x`` may be ``None`` for unsupervised data).
+    """
+
+    def __init__(self, model: nn.Module, loss: Optional[Loss] = None,
+                 weighting: Union[str, List[float]] = "last",
+                 optimizer: OptimizerCallable = torch.optim.Adam,
+                 lr_scheduler: Optional[LRSchedulerCallable] = None,
+                 operator: Optional[LinearOperator] = None) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["model", "loss", "operator", "optimizer", "lr_scheduler"])
+        self.model = model
+        self.loss = loss if loss is not None else MSELoss()
+        self.weighting = weighting
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = lr_scheduler
+        self.operator: Optional[LinearOperator] = None
+        if operator is not None:
+            self.bind(operator)
+        self.val_nmse = NMSE()
+        self.test_nmse: Optional[NMSE] = None
+
+    # ------------------------------------------------------------------ operator
+    def bind(self, operator) -> None:
+        """Attach the operator (a submodule: it follows the device, and its tensors are saved in
+        checkpoints) and bind the model to it if the model needs it."""
+        op = as_operator(operator)
+        if self.operator is not None and self.operator.fingerprint() != op.fingerprint():
+            raise ValueError(f"operator: the task is bound to operator {self.operator.fingerprint()}, "
+                             f"got {op.fingerprint()}")
+        self.operator = op
+        if hasattr(self.model, "bind"):
+            self.model.bind(op)
+
+    def setup(self, stage: str) -> None:
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        if dm is not None and hasattr(dm, "get_operator"):
+            self.bind(dm.get_operator())
+        if self.operator is None:
+            raise RuntimeError("operator: ReconstructionTask needs an operator: use a data module that provides "
+                               "one (get_operator()) or pass operator=... to the task")
+
+    @property
+    def num_layers(self) -> int:
+        return int(getattr(self.model, "num_layers"))
+
+    # ------------------------------------------------------------------ steps
+    def forward(self, y: Tensor, **kwargs: Any):
+        """``self.model(y, self.operator, **kwargs)``."""
+        return self.model(y, self.operator, **kwargs)
+
+    def _problem(self, y: Tensor) -> Problem:
+        return Problem.create(self.operator, y, check=False)
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        y, x = batch.y, batch.x
+        if self.loss.requires_target and x is None:
+            raise ValueError(f"batch.x: {type(self.loss).__name__} is supervised but the batch has no ground truth")
+        if self.weighting == "last":
+            loss = self.loss(self(y), x, self._problem(y))
+        else:
+            out = self(y, return_trajectory=True)
+            w = iteration_weights(self.weighting, len(out.trajectory))
+            loss = trajectory_loss(self.loss, out.trajectory, x, self._problem(y), w)
+        self.log("train/loss", loss, batch_size=y.shape[0])
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        x_hat = self(batch.y)
+        self.val_nmse.update(x_hat, batch.x)
+        self.log("val/loss", self.loss(x_hat, batch.x, self._problem(batch.y)), batch_size=batch.y.shape[0],
+                 sync_dist=True)
+        self.log("val/nmse_db", self.val_nmse, prog_bar=True, batch_size=batch.y.shape[0])
+
+    def on_test_epoch_start(self) -> None:
+        self.test_nmse = NMSE(num_iters=self.num_layers).to(self.device)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        out = self(batch.y, return_trajectory=True)
+        self.test_nmse.update(out.trajectory, batch.x)
+
+    def on_test_epoch_end(self) -> None:
+        per_iter = self.test_nmse.compute()
+        self.test_nmse_per_iter = per_iter.detach().cpu()
+        self.log("test/nmse_db", per_iter[-1])
+        for k, v in enumerate(per_iter.tolist()):
+            self.log(f"test/nmse_db_iter_{k + 1:02d}", v)
+
+    def predict_step(self, batch, batch_idx: int) -> Tensor:
+        return self(batch.y)
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(self.model.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer),
+                                                          "monitor": "val/nmse_db"}}
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        checkpoint[_CKPT_KEY] = {
+            "model_class": f"{type(self.model).__module__}.{type(self.model).__qualname__}",
+            "operator_fingerprint": None if self.operator is None else self.operator.fingerprint(),
+            "num_layers": getattr(self.model, "num_layers", None),
+        }
+
+    def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        meta = checkpoint.get(_CKPT_KEY)
+        if meta is None:
+            raise ValueError("ckpt_path: the checkpoint was not written by unroll's ReconstructionTask "
+                             "(no 'unroll' metadata)")
+        ours = f"{type(self.model).__module__}.{type(self.model).__qualname__}"
+        if meta["model_class"] != ours:
+            raise ValueError(f"ckpt_path: the checkpoint holds a {meta['model_class']} but the config builds a "
+                             f"{ours}")
+        if meta.get("num_layers") != getattr(self.model, "num_layers", None):
+            raise ValueError(f"ckpt_path: the checkpoint's model has {meta.get('num_layers')} layers, "
+                             f"the config's {getattr(self.model, 'num_layers', None)}")
+        fp = None if self.operator is None else self.operator.fingerprint()
+        if meta["operator_fingerprint"] != fp:
+            raise ValueError(
+                f"ckpt_path: the checkpoint was trained on another problem (operator {meta['operator_fingerprint']}) "
+                f"than the data module provides (operator {fp}); evaluate it on the data it was trained for "
+                "(same problem, sizes and seed)")
