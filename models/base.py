@@ -48,7 +48,10 @@ class UnrolledModel(nn.Module):
         return self.unrolled is not None
 
     def bind(self, A: Union[LinearOperator, Tensor]) -> "UnrolledModel":
-        """Build the operator-dependent weights from ``A`` (idempotent for the same operator)."""
+        """Build the operator-dependent weights from ``A`` (idempotent for the same operator; a
+        no-op for models whose weights do not depend on it)."""
+        if not self.needs_operator:
+            return self
         op = as_operator(A)
         fp = op.fingerprint()
         if self.is_bound and self._fingerprint is not None:
@@ -57,7 +60,7 @@ class UnrolledModel(nn.Module):
                                  f"got operator {fp}; build a new model for another operator")
             return self
         self._build(op)
-        self._fingerprint = fp if self.needs_operator else None
+        self._fingerprint = fp
         self.__dict__["_bound_op"] = op  # plain attribute: the operator is not part of the model's state
         return self
 
@@ -96,11 +99,9 @@ class UnrolledModel(nn.Module):
         op = self._operator(A)
         check_measurements(y, op, "y")
         if not self.is_bound:
-            if self.needs_operator:
-                raise RuntimeError(f"{type(self).__name__} is not bound to an operator: pass operator=... at "
-                                   "construction or call model.bind(A) before training")
-            self.bind(op)
-        elif self._fingerprint is not None and op is not self._bound_op:
+            raise RuntimeError(f"{type(self).__name__} is not bound to an operator: pass operator=... at "
+                               "construction or call model.bind(A) before training")
+        if self._fingerprint is not None and op is not self._bound_op:
             if op.fingerprint() != self._fingerprint:
                 raise ValueError(f"A: {type(self).__name__} was built for operator {self._fingerprint}, "
                                  f"got operator {op.fingerprint()}")
