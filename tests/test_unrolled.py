@@ -244,7 +244,7 @@ def test_tol_not_reached_is_max_iter():
 def test_positive_scalar_fixed_is_exact():
     for v in [0.7, 1.0, 1e-3, 5.0]:
         p = PositiveScalar(v)
-        assert float(p()) == float(torch.tensor(v))
+        assert float(p()) == v and p().dtype == torch.float64  # exact: kept in float64 until .to()
         assert not p.learnable and len(list(p.parameters())) == 0 and "fixed" in p.state_dict()
 
 

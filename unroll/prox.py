@@ -29,6 +29,7 @@ from typing import Optional, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from .parametrize import inverse_softplus
 
 __all__ = [
     "soft_threshold",
@@ -354,20 +355,6 @@ def project_rank(x: Tensor, rank: int) -> Tensor:
 # --------------------------------------------------------------------------- #
 # regularisers
 # --------------------------------------------------------------------------- #
-def inverse_softplus(y: Union[float, Tensor]) -> Tensor:
-    """Numerically safe inverse of softplus: ``y + log(-expm1(-y))`` for ``y > 0``.
-
-    Args:
-        y: positive float or tensor of any shape (Python numbers are computed in float64).
-
-    Returns:
-        Tensor ``x`` with ``softplus(x) == y`` (same shape as ``y``).
-    """
-    if not torch.is_tensor(y):
-        y = torch.tensor(float(y), dtype=torch.float64)
-    return y + torch.log(-torch.expm1(-y))
-
-
 class Regularizer(nn.Module):
     """Base class for a (possibly non-smooth) regulariser ``g``.
 
@@ -417,11 +404,10 @@ class _WeightedRegularizer(Regularizer):
             req = "> 0 when learnable" if learnable else ">= 0"
             raise ValueError(f"{name}: `lam` must be finite and {req}, got {lam}")
         self.learnable = bool(learnable)
-        dtype = torch.get_default_dtype()
         if self.learnable:
-            self.raw_lam = nn.Parameter(inverse_softplus(lam).to(dtype))
-        else:
-            self.register_buffer("fixed_lam", torch.tensor(lam, dtype=dtype))
+            self.raw_lam = nn.Parameter(inverse_softplus(lam).to(torch.get_default_dtype()))
+        else:  # exact until .to() casts it; a 0-dim float64 does not promote float32 data
+            self.register_buffer("fixed_lam", torch.tensor(lam, dtype=torch.float64))
 
     @property
     def lam(self) -> Tensor:

@@ -57,16 +57,8 @@ def _lam_reg(kind, lam) -> Regularizer:
     lam_t = torch.as_tensor(lam) if isinstance(lam, Tensor) else torch.as_tensor(lam, dtype=torch.float64)
     if lam_t.dim() != 0 or not torch.isfinite(lam_t) or lam_t < 0:
         raise ValueError(f"lam: expected a finite scalar >= 0, got {lam!r}")
-    reg = kind(float(lam_t))
-    # keep λ exact (not rounded to the default dtype) until _run casts it to the data's dtype
-    reg.fixed_lam = torch.tensor(float(lam_t), dtype=torch.float64)
-    return reg
+    return kind(float(lam_t))
 
-
-def _exact_step(module: nn.Module, step: float) -> nn.Module:
-    """The step size as float64 until _run casts it to the data's dtype (not rounded to the default dtype)."""
-    module.step.fixed = torch.tensor(float(step), dtype=torch.float64)  # validated (> 0) by the step's constructor
-    return module
 
 
 def ista(A: OperatorLike, y: Tensor, lam: float, max_iter: int = 1000, tol: Optional[float] = 1e-6,
@@ -88,7 +80,7 @@ def ista(A: OperatorLike, y: Tensor, lam: float, max_iter: int = 1000, tol: Opti
         ``(x, info)``, ``x`` of shape ``(B, n)``.
     """
     reg = _lam_reg(L1, lam)
-    return _run(_exact_step(ProxGradStep(reg, step=step), step), A, y, reg, max_iter, tol, x0, return_trajectory)
+    return _run(ProxGradStep(reg, step=step), A, y, reg, max_iter, tol, x0, return_trajectory)
 
 
 def fista(A: OperatorLike, y: Tensor, lam: float, max_iter: int = 1000, tol: Optional[float] = 1e-6,
@@ -96,7 +88,7 @@ def fista(A: OperatorLike, y: Tensor, lam: float, max_iter: int = 1000, tol: Opt
           return_trajectory: bool = False) -> Tuple[Tensor, SolverInfo]:
     """FISTA (Beck & Teboulle 2009) for the Lasso; arguments as :func:`ista`."""
     reg = _lam_reg(L1, lam)
-    return _run(_exact_step(FISTAStep(reg, step=step), step), A, y, reg, max_iter, tol, x0, return_trajectory)
+    return _run(FISTAStep(reg, step=step), A, y, reg, max_iter, tol, x0, return_trajectory)
 
 
 def iht(A: OperatorLike, y: Tensor, lam: float, max_iter: int = 1000, tol: Optional[float] = 1e-6,
@@ -105,7 +97,7 @@ def iht(A: OperatorLike, y: Tensor, lam: float, max_iter: int = 1000, tol: Optio
     """Iterative hard thresholding for ``½‖Ax − y‖² + λ‖x‖₀`` (Blumensath & Davies 2008):
     ``x ← H_{√(2αλ)}(x − α Aᴴ(Ax − y))``. Arguments as :func:`ista` (λ weighs ‖x‖₀)."""
     reg = _lam_reg(L0, lam)
-    return _run(_exact_step(ProxGradStep(reg, step=step), step), A, y, reg, max_iter, tol, x0, return_trajectory)
+    return _run(ProxGradStep(reg, step=step), A, y, reg, max_iter, tol, x0, return_trajectory)
 
 
 def projected_gradient(A: OperatorLike, y: Tensor, project: Union[Callable[[Tensor], Tensor], nn.Module],
@@ -124,4 +116,4 @@ def projected_gradient(A: OperatorLike, y: Tensor, project: Union[Callable[[Tens
         reg = _Projection(project)
     else:
         raise TypeError(f"project: expected a projection function or an indicator module, got {type(project).__name__}")
-    return _run(_exact_step(ProxGradStep(reg, step=step), step), A, y, reg, max_iter, tol, x0, return_trajectory)
+    return _run(ProxGradStep(reg, step=step), A, y, reg, max_iter, tol, x0, return_trajectory)
