@@ -38,7 +38,7 @@ class LearnedISTA(UnrolledModel):
 
     def steps_and_weights(self):
         """Per layer ``(s_k, λ_k)`` as floats (for inspection)."""
-        return [(float(s.step()), float(s.prox.lam)) for s in self.unrolled.steps]
+        return [(s.step().item(), s.prox.lam.item()) for s in self.unrolled.steps]
 
 
 class LearnedIHT(LearnedISTA):

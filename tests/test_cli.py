@@ -18,6 +18,12 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    """Configs write under ./runs: run every test in its own folder."""
+    monkeypatch.chdir(tmp_path)
+
+
 def tiny(tmp_path, m=20, n=40, layers=4, steps=30, seed=0):
     """Overrides that shrink any config of configs/ to a seconds-long run in tmp_path."""
     return [

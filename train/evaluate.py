@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import warnings
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -120,7 +121,9 @@ def evaluate_main(argv: Optional[List[str]] = None) -> Dict[str, List[float]]:
 
     trainer = L.Trainer(accelerator=cli.trainer.accelerator, devices=1, logger=False,
                         enable_checkpointing=False, enable_model_summary=False)
-    trainer.test(task, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
+    with warnings.catch_warnings():  # the training callbacks (Timer, ModelCheckpoint) are not needed to test
+        warnings.filterwarnings("ignore", message=".*callbacks used to create the checkpoint.*")
+        trainer.test(task, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
     model_curve = [float(v) for v in task.test_nmse_per_iter]
 
     y, x = _test_split(datamodule)
