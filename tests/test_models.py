@@ -21,21 +21,6 @@ DT = torch.float64
 ASSETS = Path(__file__).resolve().parents[1] / "data" / "assets" / "lista"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture
-def float64_default():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
-
 
 def small_problem(m=20, n=40, batch=6, p=0.1, seed=0, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)

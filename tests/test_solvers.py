@@ -21,14 +21,6 @@ DT = torch.float64
 ASSETS = Path(__file__).resolve().parents[1] / "data" / "assets" / "lista"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny problems: intra-op threads only add overhead (and contention)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 # --------------------------------------------------------------------------- #
 # problems and numpy references

@@ -94,7 +94,7 @@ class ProxGradStep(Step):
         return State(self.prox.prox(state.x - alpha * problem.grad(state.x), alpha))
 
 
-class FISTAStep(Step):
+class FISTAStep(ProxGradStep):
     """FISTA (Beck & Teboulle 2009): a proximal-gradient step at the extrapolated point ``z``,
     then Nesterov momentum.
 
@@ -104,20 +104,12 @@ class FISTAStep(Step):
     Args: as :class:`ProxGradStep`.
     """
 
-    def __init__(self, prox: nn.Module, step: float = 1.0, learn_step: bool = False) -> None:
-        super().__init__()
-        if not callable(getattr(prox, "prox", None)):
-            raise TypeError(f"prox: expected a module with a prox(x, step) method, got {type(prox).__name__}")
-        self.prox = prox
-        self.step = _step_param(step, learn_step)
-
     def init_state(self, x0: Tensor, problem: Problem) -> MomentumState:
         t0 = torch.ones(x0.shape[0], dtype=x0.real.dtype, device=x0.device)
         return MomentumState(x0, x0, t0)
 
     def forward(self, state: MomentumState, problem: Problem) -> MomentumState:
-        alpha = self.step_size(problem)
-        x_new = self.prox.prox(state.z - alpha * problem.grad(state.z), alpha)
+        x_new = super().forward(State(state.z), problem).x
         t_new = 0.5 * (1.0 + torch.sqrt(1.0 + 4.0 * state.t * state.t))
         beta = ((state.t - 1.0) / t_new).view(-1, *([1] * (x_new.dim() - 1)))
         return MomentumState(x_new, x_new + beta * (x_new - state.x), t_new)
