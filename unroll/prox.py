@@ -45,6 +45,7 @@ __all__ = [
     "Regularizer",
     "L1",
     "L0",
+    "SquaredL2",
     "Indicator",
     "NonNegative",
     "Box",
@@ -459,6 +460,25 @@ class L0(_WeightedRegularizer):
     def prox(self, x: Tensor, step: Scalar = 1.0) -> Tensor:
         """``hard_threshold(x, sqrt(2 * step * lam))``: ``(B, *shape) -> (B, *shape)``."""
         return hard_threshold(x, torch.sqrt(2 * step * self._lam_like(x)))
+
+
+class SquaredL2(_WeightedRegularizer):
+    """``g(x) = lam/2 * ||x||_2^2`` (Tikhonov / ridge); prox is the shrinkage ``x / (1 + step * lam)``.
+
+    Args:
+        lam: weight, ``>= 0`` (``> 0`` if learnable).
+        learnable: store ``lam`` as ``softplus(raw_lam)`` with ``raw_lam`` an ``nn.Parameter``.
+
+    Shapes: ``value``: ``(B, *shape) -> (B,)``; ``prox``: ``(B, *shape) -> (B, *shape)``.
+    """
+
+    def value(self, x: Tensor) -> Tensor:
+        """``lam/2 * sum |x|^2`` per sample: ``(B, *shape) -> (B,)``."""
+        return 0.5 * self._lam_like(x) * x.abs().square().reshape(x.shape[0], -1).sum(dim=1)
+
+    def prox(self, x: Tensor, step: Scalar = 1.0) -> Tensor:
+        """``x / (1 + step * lam)``: ``(B, *shape) -> (B, *shape)``."""
+        return x / (1 + step * self._lam_like(x))
 
 
 class Indicator(Regularizer):
