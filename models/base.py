@@ -85,7 +85,7 @@ class UnrolledModel(nn.Module):
 
     def forward(self, y: Tensor, A: Union[LinearOperator, Tensor], *, num_iters: Optional[int] = None,
                 tol: Optional[float] = None, return_trajectory: bool = False,
-                x0: Optional[Tensor] = None) -> Union[Tensor, UnrolledOutput]:
+                x0: Optional[Tensor] = None, grad_mode=None) -> Union[Tensor, UnrolledOutput]:
         """Reconstruct ``x`` from ``y = A x (+ noise)``.
 
         Args:
@@ -95,6 +95,7 @@ class UnrolledModel(nn.Module):
             tol: stop each sample at this relative change (inference).
             return_trajectory: return ``UnrolledOutput(x, trajectory, info)`` instead of ``x``.
             x0: initial estimate ``(B, *in_shape)`` (zeros by default).
+            grad_mode: this call's gradient mode (:mod:`unroll.autodiff`), default the layer's.
         """
         op = self._operator(A)
         check_measurements(y, op, "y")
@@ -107,5 +108,5 @@ class UnrolledModel(nn.Module):
                                  f"got operator {op.fingerprint()}")
             self.__dict__["_bound_op"] = op
         out = self.unrolled(self.problem(y, op), x0, num_iters=num_iters, tol=tol,
-                            return_trajectory=return_trajectory)
+                            return_trajectory=return_trajectory, grad_mode=grad_mode)
         return out if return_trajectory else out.x

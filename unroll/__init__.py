@@ -6,13 +6,15 @@ losses and metrics. Networks live in ``unroll.models``, data in ``unroll.data`` 
 Lightning tasks and CLI in ``unroll.train``.
 """
 
-from . import operators, prox, solvers
+from . import autodiff, linalg, operators, prox, solvers
 from .checks import check_finite, check_measurements
+from .linalg import CGInfo, cg, solve_normal
 from .losses import Loss, MSELoss, ObjectiveLoss
 from .operators import Diagonal, Identity, LinearOperator, MatrixOperator, adjoint_test, as_operator
 from .parametrize import PositiveScalar
 from .problem import Problem
-from .prox import (L0, L1, Box, Indicator, L1Ball, L2Ball, LowRank, NonNegative, Regularizer, Simplex,
+from .autodiff import GradMode, SolverWarning
+from .prox import (L0, L1, Box, SquaredL2, Indicator, L1Ball, L2Ball, LowRank, NonNegative, Regularizer, Simplex,
                    hard_threshold, soft_threshold)
 from .steps import FISTAStep, GradientStep, MomentumState, ProxGradStep, State, Step
 from .unrolled import SolverInfo, Unrolled, UnrolledOutput
@@ -20,9 +22,9 @@ from .unrolled import SolverInfo, Unrolled, UnrolledOutput
 __version__ = "0.1.0"
 
 __all__ = [
-    "operators", "prox", "solvers",
+    "operators", "prox", "solvers", "autodiff", "linalg", "cg", "solve_normal", "CGInfo", "GradMode", "SolverWarning",
     "LinearOperator", "MatrixOperator", "Diagonal", "Identity", "adjoint_test", "as_operator",
-    "Regularizer", "L1", "L0", "Indicator", "NonNegative", "Box", "Simplex", "L2Ball", "L1Ball", "LowRank",
+    "Regularizer", "L1", "L0", "SquaredL2", "Indicator", "NonNegative", "Box", "Simplex", "L2Ball", "L1Ball", "LowRank",
     "soft_threshold", "hard_threshold",
     "Problem", "Step", "State", "MomentumState", "GradientStep", "ProxGradStep", "FISTAStep",
     "Unrolled", "UnrolledOutput", "SolverInfo", "PositiveScalar",
