@@ -57,13 +57,16 @@ class Problem:
     def batch_size(self) -> int:
         return self.y.shape[0]
 
+    # The iterations call the operator's unchecked _forward/_adjoint: y was checked against the
+    # operator when the problem was built, and the iterates keep the shape of x0 (Python-side
+    # checks at every application would cost more than the arithmetic of a small problem).
     def residual(self, x: Tensor) -> Tensor:
         """``A x − y``: ``(B, *in_shape) → (B, *out_shape)``."""
-        return self.op(x) - self.y
+        return self.op._forward(x) - self.y
 
     def grad(self, x: Tensor) -> Tensor:
         """``∇ ½‖A x − y‖² = Aᴴ(A x − y)``: ``(B, *in_shape) → (B, *in_shape)``."""
-        return self.op.adjoint(self.residual(x))
+        return self.op._adjoint(self.residual(x))
 
     def data_fidelity(self, x: Tensor) -> Tensor:
         """``½‖A x − y‖²`` per sample: ``(B, *in_shape) → (B,)``."""

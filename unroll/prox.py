@@ -144,7 +144,9 @@ def soft_threshold(x: Tensor, thr: Scalar) -> Tensor:
     """
     thr = _as_real_param(thr, x, "thr", "soft_threshold")
     if not x.is_complex():
-        return torch.sign(x) * torch.relu(x.abs() - thr)
+        # x − clip(x, −thr, thr): equal to sign(x)·max(|x| − thr, 0), in two kernels instead of
+        # five, with the same (sub)gradients in x and thr
+        return x - torch.clamp(x, -thr, thr)
     mag = x.abs()
     nz = mag > 0
     safe = torch.where(nz, mag, torch.ones_like(mag))

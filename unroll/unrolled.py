@@ -101,7 +101,8 @@ class Unrolled(nn.Module):
             ``"checkpoint"``, ``"implicit"``, ``"jfb"`` or a :class:`~unroll.autodiff.GradMode`;
             each call may override it.
         check_finite: after each forward, report a non-finite residual (a diverging iteration,
-            e.g. a step size above 2/L) as the mode's ``on_failure`` says (one host sync per call).
+            e.g. a step size above 2/L) as the mode's ``on_failure`` says (one host sync per call;
+            skipped inside ``torch.compile``, so a fixed-``K`` layer compiles to one graph).
 
     At inference ``forward`` can run more iterations than ``K`` (untied: the last step is
     repeated) or stop at a tolerance on the relative change, per sample.
@@ -225,8 +226,9 @@ class Unrolled(nn.Module):
         state, converged, iterations, residual = carry
         xs: List[Tensor] = []
         objs: List[Tensor] = []
+        steps, last = list(self.steps), len(self.steps) - 1
         for k in range(k0, k1):
-            new = self.step_at(k)(state, problem)
+            new = steps[min(k, last)](state, problem)
             if tol is not None or k == n - 1:
                 prev = state.x
                 rel = _batch_norm(new.x - prev) / _batch_norm(prev).clamp_min(torch.finfo(residual.dtype).tiny)
@@ -237,17 +239,17 @@ class Unrolled(nn.Module):
                     converged = converged | (rel <= tol)
                 else:
                     residual = rel
-            if tol is None:
-                iterations = iterations + 1
             state = new
             if return_trajectory:
                 xs.append(state.x)
             if record_objective:
                 objs.append(problem.objective(state.x))
+        if tol is None:
+            iterations = iterations + (k1 - k0)
         return (state, converged, iterations, residual), xs, objs
 
     def _check(self, info: SolverInfo, mode: GradMode, n: int) -> None:
-        if self.check_finite and not bool(torch.isfinite(info.residual).all()):
+        if self.check_finite and not torch.compiler.is_compiling() and not bool(torch.isfinite(info.residual).all()):
             mode.fail(f"Unrolled: the iteration diverged (non-finite relative change after {n} iterations); "
                       "check the step size (it must stay below 2/L) and the input")
 

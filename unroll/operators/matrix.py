@@ -74,7 +74,7 @@ class MatrixOperator(LinearOperator):
             return (self.matrix @ x.mT).mT
         if self.batched:
             return (self.matrix @ x.unsqueeze(-1)).squeeze(-1)
-        return x @ self.matrix.mT
+        return torch.nn.functional.linear(x, self.matrix)  # x Aᵀ in one op, no transposed view
 
     def _adjoint(self, y: Tensor) -> Tensor:
         if self.sparse:
