@@ -29,7 +29,8 @@ def check_measurements(y: Tensor, op: Optional[LinearOperator] = None, name: str
     Raises:
         TypeError: ``y`` is not a tensor, or its dtype does not fit the operator (complex
             data for a real operator or vice versa).
-        ValueError: wrong shape, or NaN/Inf entries (when ``finite``).
+        ValueError: wrong shape, or NaN/Inf entries (when ``finite``; skipped inside
+            ``torch.compile``, where it would break the graph).
     """
     if not isinstance(y, Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(y).__name__}")
@@ -45,5 +46,5 @@ def check_measurements(y: Tensor, op: Optional[LinearOperator] = None, name: str
             raise TypeError(f"{name}: {op._describe()} is a real operator but got complex measurements ({y.dtype})")
         if op.is_complex is True and not y.is_complex():
             raise TypeError(f"{name}: {op._describe()} is a complex operator but got real measurements ({y.dtype})")
-    if finite:
+    if finite and not torch.compiler.is_compiling():  # a data-dependent check would break the graph
         check_finite(y, name)
