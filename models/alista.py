@@ -88,6 +88,7 @@ class ALISTA(UnrolledModel):
         gamma: initial step sizes; theta: initial thresholds.
         support_selection: use it (``p_k = min(p_step·k, p_max)`` %) or plain soft thresholding.
         p_step, p_max: the support-selection schedule in percent.
+        grad_mode: gradient mode of the unrolled layers (see :mod:`unroll.autodiff`).
 
     Shapes: ``y`` ``(B, m)`` → ``x`` ``(B, n)``.
     """
@@ -95,8 +96,9 @@ class ALISTA(UnrolledModel):
     needs_operator = True
 
     def __init__(self, num_layers: int = 16, operator=None, gamma: float = 1.0, theta: float = 0.4,
-                 support_selection: bool = True, p_step: float = 1.2, p_max: float = 13.0) -> None:
-        super().__init__(num_layers)
+                 support_selection: bool = True, p_step: float = 1.2, p_max: float = 13.0,
+                 grad_mode: str = "full") -> None:
+        super().__init__(num_layers, grad_mode)
         self.gamma, self.theta = gamma, theta
         self.percents = (support_selection_schedule(num_layers, p_step, p_max) if support_selection
                          else [0.0] * num_layers)
@@ -105,7 +107,8 @@ class ALISTA(UnrolledModel):
 
     def _build(self, op: LinearOperator) -> None:
         self.register_buffer("weight", analytic_weight(dense_matrix(op, "ALISTA")))
-        self.unrolled = Unrolled([ALISTAStep(self.gamma, self.theta, p) for p in self.percents])
+        self.unrolled = Unrolled([ALISTAStep(self.gamma, self.theta, p) for p in self.percents],
+                                 grad_mode=self.grad_mode)
 
     def problem(self, y: Tensor, op: LinearOperator) -> WeightedProblem:
         lip = op.lipschitz().to(device=y.device, dtype=y.real.dtype)

@@ -6,6 +6,7 @@ from typing import Optional, Union
 
 from torch import Tensor, nn
 
+from unroll.autodiff import GradMode, as_grad_mode
 from unroll.checks import check_measurements
 from unroll.operators import LinearOperator, as_operator
 from unroll.problem import Problem
@@ -31,11 +32,12 @@ class UnrolledModel(nn.Module):
     #: whether the model's weights depend on the operator (then it must be bound).
     needs_operator: bool = False
 
-    def __init__(self, num_layers: int) -> None:
+    def __init__(self, num_layers: int, grad_mode: Union[str, GradMode] = "full") -> None:
         super().__init__()
         if not isinstance(num_layers, int) or num_layers < 1:
             raise ValueError(f"num_layers: expected an int >= 1, got {num_layers!r}")
         self.num_layers = num_layers
+        self.grad_mode = as_grad_mode(grad_mode)
         self.unrolled: Optional[Unrolled] = None
         self._fingerprint: Optional[str] = None
         self._last_matrix: Optional[Tensor] = None

@@ -24,6 +24,8 @@ class LearnedISTA(UnrolledModel):
         lam: initial ``λ_k``.
         step: initial ``s_k`` (1 = the classical ``1/L``).
         learn_step, learn_threshold: which of the two to train.
+        grad_mode: gradient mode of the unrolled layers (``"full"``, ``"truncated"``,
+            ``"checkpoint"``; untied weights, so not ``"implicit"``/``"jfb"``).
 
     Shapes: ``y`` ``(B, *out_shape)`` → ``x`` ``(B, *in_shape)``.
     """
@@ -31,10 +33,11 @@ class LearnedISTA(UnrolledModel):
     prox_class = L1
 
     def __init__(self, num_layers: int = 16, lam: float = 0.1, step: float = 1.0, learn_step: bool = True,
-                 learn_threshold: bool = True) -> None:
-        super().__init__(num_layers)
+                 learn_threshold: bool = True, grad_mode: str = "full") -> None:
+        super().__init__(num_layers, grad_mode)
         self.unrolled = Unrolled([ProxGradStep(self.prox_class(lam, learnable=learn_threshold), step=step,
-                                               learn_step=learn_step) for _ in range(num_layers)])
+                                               learn_step=learn_step) for _ in range(num_layers)],
+                                 grad_mode=self.grad_mode)
 
     def steps_and_weights(self):
         """Per layer ``(s_k, λ_k)`` as floats (for inspection)."""

@@ -54,14 +54,15 @@ class LISTA(UnrolledModel):
         num_layers: ``K``.
         operator: the ``(m, n)`` matrix or ``MatrixOperator`` (or bind later with :meth:`bind`).
         lam: λ for the initial thresholds.
+        grad_mode: gradient mode of the unrolled layers (see :mod:`unroll.autodiff`).
 
     Shapes: ``y`` ``(B, m)`` → ``x`` ``(B, n)``. Parameters: ``K·(n·m + n² + 1)``.
     """
 
     needs_operator = True
 
-    def __init__(self, num_layers: int = 16, operator=None, lam: float = 0.1) -> None:
-        super().__init__(num_layers)
+    def __init__(self, num_layers: int = 16, operator=None, lam: float = 0.1, grad_mode: str = "full") -> None:
+        super().__init__(num_layers, grad_mode)
         self.lam = lam
         if operator is not None:
             self.bind(operator)
@@ -71,4 +72,5 @@ class LISTA(UnrolledModel):
         lip = float(op.lipschitz())
         w1 = a.mH / lip
         w2 = torch.eye(a.shape[1], dtype=a.dtype, device=a.device) - a.mH @ a / lip
-        self.unrolled = Unrolled([LISTAStep(w1, w2, self.lam / lip) for _ in range(self.num_layers)])
+        self.unrolled = Unrolled([LISTAStep(w1, w2, self.lam / lip) for _ in range(self.num_layers)],
+                                 grad_mode=self.grad_mode)

@@ -132,3 +132,21 @@ def test_ddp_two_processes(tmp_path):
     assert "world_size: 2" in proc.stderr + proc.stdout or "MEMBER: 2/2" in proc.stderr + proc.stdout
     ckpt = torch.load(last_ckpt(tmp_path), weights_only=False)
     assert ckpt["global_step"] == 4
+
+
+def test_grad_mode_from_config(tmp_path):
+    """The gradient mode is a typed model argument, so a config (or the command line) sets it."""
+    cfg = str(CONFIGS / "learned_ista.yaml")
+    main(["fit", "--config", cfg, *tiny(tmp_path, steps=4),
+          "--model.init_args.model.init_args.grad_mode=checkpoint"])
+    assert torch.load(last_ckpt(tmp_path), weights_only=False)["global_step"] == 4
+
+
+def test_diverging_training_stops_without_nan_checkpoint(tmp_path):
+    """A step size far above 2/L: training stops with a clear error; no checkpoint holds NaN."""
+    cfg = str(CONFIGS / "learned_ista.yaml")
+    with pytest.warns(UserWarning, match="diverged"), pytest.raises(FloatingPointError, match="diverged"):
+        main(["fit", "--config", cfg, *tiny(tmp_path, steps=50, layers=16), "--model.init_args.model.init_args.step=1000"])
+    for ckpt in Path(tmp_path).rglob("*.ckpt"):
+        state = torch.load(ckpt, weights_only=False)["state_dict"]
+        assert all(torch.isfinite(t).all() for t in state.values())
