@@ -367,3 +367,10 @@ def test_fista_in_unrolled_with_tol_freezes_the_whole_state():
     assert torch.count_nonzero(out.x[0]) == 0
     ref = u(problem, num_iters=int(out.info.iterations[1]))
     torch.testing.assert_close(out.x[1], ref.x[1], rtol=0, atol=0)
+
+
+def test_x0_of_the_wrong_shape_is_named():
+    op = MatrixOperator(torch.randn(4, 6, dtype=DT))
+    problem = Problem.create(op, torch.randn(2, 4, dtype=DT))
+    with pytest.raises(ValueError, match=r"x0: expected shape \(B, 6\)"):
+        Unrolled(ProxGradStep(L1(0.1)), num_iters=3)(problem, torch.zeros(2, 5, dtype=DT))

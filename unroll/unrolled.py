@@ -164,6 +164,8 @@ class Unrolled(nn.Module):
             raise ValueError(f"num_iters: expected an int >= 1, got {num_iters!r}")
         if x0 is None:
             x0 = problem.zeros()
+        else:  # the iterations call the operator unchecked: check the start once
+            problem.op._check(x0, problem.op.in_shape, "x0", "domain")
         if mode.mode in ("implicit", "jfb"):
             return self._fixed_point(problem, x0, n, mode.forward_tol if tol is None else tol, check_every,
                                      return_trajectory, record_objective, mode)
