@@ -13,6 +13,7 @@ def test_readme_python_snippets_run(capsys):
         exec(compile(code, str(README), "exec"), {"__name__": "readme"})
     out = capsys.readouterr().out
     assert "adjoint test:" in out and "FISTA: converged" in out
+    assert "implicit: converged backward: converged" in out and "CG: converged" in out
 
 
 def test_readme_commands_name_existing_configs():
