@@ -10,7 +10,7 @@ from . import autodiff, linalg, operators, prox, solvers
 from .checks import check_finite, check_measurements
 from .linalg import CGInfo, cg, solve_normal
 from .losses import Loss, MSELoss, ObjectiveLoss
-from .operators import Diagonal, Identity, LinearOperator, MatrixOperator, adjoint_test, as_operator
+from .operators import Convolution2d, Diagonal, Identity, LinearOperator, MatrixOperator, adjoint_test, as_operator
 from .parametrize import PositiveScalar
 from .problem import Problem
 from .autodiff import GradMode, SolverWarning
@@ -23,7 +23,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "operators", "prox", "solvers", "autodiff", "linalg", "cg", "solve_normal", "CGInfo", "GradMode", "SolverWarning",
-    "LinearOperator", "MatrixOperator", "Diagonal", "Identity", "adjoint_test", "as_operator",
+    "LinearOperator", "MatrixOperator", "Convolution2d", "Diagonal", "Identity", "adjoint_test", "as_operator",
     "Regularizer", "L1", "L0", "SquaredL2", "Indicator", "NonNegative", "Box", "Simplex", "L2Ball", "L1Ball", "LowRank",
     "soft_threshold", "hard_threshold",
     "Problem", "Step", "State", "MomentumState", "GradientStep", "ProxGradStep", "FISTAStep",

@@ -2,6 +2,7 @@
 
 from .base import (AdjointOperator, ComposedOperator, LinearOperator, ScaledOperator, SumOperator,
                    adjoint_test, as_operator)
+from .conv import Convolution2d, gaussian_kernel
 from .elementwise import Diagonal, Identity
 from .matrix import MatrixOperator
 
@@ -14,6 +15,8 @@ __all__ = [
     "MatrixOperator",
     "Diagonal",
     "Identity",
+    "Convolution2d",
+    "gaussian_kernel",
     "adjoint_test",
     "as_operator",
 ]
