@@ -2,7 +2,8 @@
 
 from .alista import ALISTA, analytic_weight
 from .base import UnrolledModel
+from .blocks import CNNProx
 from .ista import LearnedIHT, LearnedISTA
 from .lista import LISTA
 
-__all__ = ["UnrolledModel", "LearnedISTA", "LearnedIHT", "LISTA", "ALISTA", "analytic_weight"]
+__all__ = ["UnrolledModel", "CNNProx", "LearnedISTA", "LearnedIHT", "LISTA", "ALISTA", "analytic_weight"]
