@@ -198,3 +198,15 @@ def test_forward_not_converging_warns():
     layer = Unrolled(ProxGradStep(L1(0.05)), num_iters=3, grad_mode=implicit(forward_tol=1e-12))
     with pytest.warns(SolverWarning, match="did not reach the fixed point"):
         layer(Problem.create(op, y))
+
+
+def test_truncated_with_tolerance_keeps_a_graph():
+    """Even when every sample converges during the no-graph part, the last k steps still run
+    with a graph (frozen samples simply get zero gradient)."""
+    op, y = setup()
+    reg = L1(0.05, learnable=True).double()
+    layer = Unrolled(ProxGradStep(reg), num_iters=3000)
+    out = layer(Problem.create(op, y), tol=1e-6, grad_mode=truncated(8))
+    assert out.x.requires_grad
+    out.x.sum().backward()
+    assert reg.raw_lam.grad is not None

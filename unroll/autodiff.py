@@ -170,7 +170,9 @@ def adjoint_bicgstab(vjp: Callable[[Tensor], Tensor], g: Tensor, tol: float, max
     """Solve ``(I − Jᵀ) v = g`` by BiCGSTAB (van der Vorst 1992), one system per sample.
 
     Converged samples are frozen; the loop stops when all are (one sync per iteration, in the
-    backward pass). Arguments and returns as :func:`adjoint_fixed_point`.
+    backward pass). Starts from ``v = g`` (the Jacobian-free guess) and returns, per sample, the
+    iterate with the smallest residual, so a stagnating solve is never worse than JFB.
+    Arguments and returns as :func:`adjoint_fixed_point`.
     """
     def op(u: Tensor) -> Tensor:
         return u - vjp(u)
@@ -185,9 +187,10 @@ def adjoint_bicgstab(vjp: Callable[[Tensor], Tensor], g: Tensor, tol: float, max
     nu = torch.zeros_like(g)
     res = _bnorm(r) / gnorm
     done = res <= tol
+    best_v, best_res = v, res  # never return worse than the best iterate (the start is the JFB guess)
     for it in range(1, max_iter + 1):
         if bool(done.all()):
-            return v, it - 1, res
+            return best_v, it - 1, best_res
         rho_new = _bdot(r_hat, r)
         beta = (rho_new / _safe(rho)) * (alpha / _safe(omega))
         p = r + _bcast(beta, g) * (p - _bcast(omega, g) * nu)
@@ -203,9 +206,11 @@ def adjoint_bicgstab(vjp: Callable[[Tensor], Tensor], g: Tensor, tol: float, max
         rho = rho_new
         res = torch.where(done, res, _bnorm(r) / gnorm)
         done = done | (res <= tol)
+        better = res < best_res
+        best_v, best_res = torch.where(_bcast(better, g), v, best_v), torch.where(better, res, best_res)
         if not bool(torch.isfinite(res).all()):
-            return v, it, res
-    return v, max_iter, res
+            return best_v, it, best_res
+    return best_v, max_iter, best_res
 
 
 def _safe(d: Tensor) -> Tensor:

@@ -191,8 +191,8 @@ class Unrolled(nn.Module):
             if trajectory is not None:
                 trajectory.extend(xs)
             objective.extend(objs)
-            if tol is not None and check_every > 0 and k1 < n and bool(carry[1].all()):
-                break  # host sync, once per segment (every `check_every` iterations)
+            if tol is not None and check_every > 0 and k1 < n and kind != "no_grad" and bool(carry[1].all()):
+                break  # host sync, once per segment; never before the segment that keeps the graph
         state, converged, iterations, residual = carry
         info = SolverInfo(iterations=iterations, residual=residual, converged=converged,
                           objective=torch.stack(objective, dim=1) if record_objective else None, tol=tol,
@@ -279,6 +279,7 @@ class Unrolled(nn.Module):
         if not torch.is_grad_enabled():
             return UnrolledOutput(x_star, out.trajectory, info)
         x = step(State(x_star), problem).x  # one step with a graph to θ, y and the operator
+        info.iterations = info.iterations + 1  # that step is part of what the layer did
         if mode.mode == "jfb":
             info.backward_iterations = 0
         elif x.requires_grad:
