@@ -52,6 +52,8 @@ import warnings
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from machine import cpu_name  # benchmarks/machine.py
+
 ROOT = Path(__file__).resolve().parents[1]
 MODES = ("full", "truncated", "checkpoint", "implicit", "jfb")
 SETTINGS = ("a", "b")
@@ -64,14 +66,6 @@ MiB = 2 ** 20
 
 
 # ---------------------------------------------------------------------------- machine
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _rss_bytes() -> int:
@@ -434,7 +428,7 @@ def main() -> None:
 
     Ks = [8, 32] if args.quick else sorted(set(args.K))
     command = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
-    machine = {"cpu_count": os.cpu_count(), "cpu": _cpu_name(), "torch": torch.__version__,
+    machine = {"cpu_count": os.cpu_count(), "cpu": cpu_name(), "torch": torch.__version__,
                "python": platform.python_version(), "platform": platform.platform(), "threads": args.threads,
                "repeat": args.repeat}
     print("# Gradient modes: memory and time of one forward+backward\n")

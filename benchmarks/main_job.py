@@ -22,17 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import cpu_name  # benchmarks/machine.py
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> None:
@@ -67,7 +61,7 @@ def main() -> None:
 
     print(f"## Main job: `unroll fit --config configs/{name}.yaml`" + (f" (max_time {args.max_time})" if args.max_time else ""))
     print()
-    print(f"Machine: {os.cpu_count()} cores, {_cpu_name()}; torch {torch.__version__}, Python {platform.python_version()}.")
+    print(f"Machine: {os.cpu_count()} cores, {cpu_name()}; torch {torch.__version__}, Python {platform.python_version()}.")
     print()
     print(f"- wall time of `unroll fit` (whole process): {wall:.0f} s")
     print(f"- final test NMSE on the 1000 published test signals: **{curves['model'][-1]:.2f} dB** "

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import time
 import warnings
@@ -26,6 +25,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from machine import cpu_name  # benchmarks/machine.py (scripts run from this folder)
 from unroll.data import Batch, load_standard_problem
 from unroll.models import LearnedISTA
 from unroll.operators import MatrixOperator
@@ -113,8 +113,7 @@ def main() -> None:
                 inf[name].append((time.perf_counter() - t) / args.steps)
     inf_med = {k: statistics.median(v) for k, v in inf.items()}
 
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
-               platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
+    cpu = cpu_name()
     print(f"Machine: {os.cpu_count()} cores ({args.threads} threads used), {cpu}; torch {torch.__version__}")
     print(f"Learned ISTA, K={K}, batch {args.batch}, A 250×500 float32; median of {args.reps} rounds × "
           f"{args.steps} steps (warm-up and compilation: {compile_s:.0f} s)")
