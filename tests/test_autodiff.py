@@ -139,7 +139,7 @@ def test_gradcheck_implicit_and_jfb_when_exact():
 def test_jfb_is_one_step_at_the_fixed_point():
     op, y = setup(seed=4)
     reg = L1(0.05, learnable=True).double()
-    layer = Unrolled(ProxGradStep(reg), num_iters=3000, grad_mode=jfb(forward_tol=1e-13))
+    layer = Unrolled(ProxGradStep(reg), num_iters=3000, grad_mode=jfb(forward_tol=1e-8))
     out = layer(Problem.create(op, y))
     (g_jfb,) = torch.autograd.grad(out.x.sum(), [reg.raw_lam])
     x_star = out.x.detach()
@@ -210,3 +210,19 @@ def test_truncated_with_tolerance_keeps_a_graph():
     assert out.x.requires_grad
     out.x.sum().backward()
     assert reg.raw_lam.grad is not None
+
+
+def test_classical_solver_with_implicit_gradient_matches_full_backprop():
+    """unroll.solvers.ista(..., grad_mode="implicit"): the gradient of the Lasso solution w.r.t. y
+    equals backprop through all the (converged) iterations."""
+    from unroll import solvers
+
+    op, y = setup(seed=6)
+    y1 = y.clone().requires_grad_()
+    x_imp, info = solvers.ista(op, y1, 0.05, max_iter=5000, tol=1e-13, grad_mode="implicit")
+    (g_imp,) = torch.autograd.grad(x_imp.square().sum(), [y1])
+    y2 = y.clone().requires_grad_()
+    x_full, _ = solvers.ista(op, y2, 0.05, max_iter=int(info.iterations.max()) + 200, tol=None)
+    (g_full,) = torch.autograd.grad(x_full.square().sum(), [y2])
+    torch.testing.assert_close(g_imp, g_full, rtol=1e-6, atol=1e-9)
+    assert info.grad_mode == "implicit" and info.backward_status == "converged"

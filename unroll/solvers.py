@@ -42,13 +42,13 @@ class _Projection(Regularizer):
 
 
 def _run(step: nn.Module, A: OperatorLike, y: Tensor, reg: nn.Module, max_iter: int, tol: Optional[float],
-         x0: Optional[Tensor], return_trajectory: bool):
+         x0: Optional[Tensor], return_trajectory: bool, grad_mode=None):
     if not isinstance(max_iter, int) or max_iter < 1:
         raise ValueError(f"max_iter: expected an int >= 1, got {max_iter!r}")
     problem = Problem.create(A, y, reg=reg)
     step.to(device=y.device, dtype=y.real.dtype)  # the step module holds reg (its prox) too
     out = Unrolled(step, num_iters=max_iter)(problem, x0, tol=tol, record_objective=True,
-                                             return_trajectory=return_trajectory)
+                                             return_trajectory=return_trajectory, grad_mode=grad_mode)
     out.info.trajectory = out.trajectory
     return out.x, out.info
 
@@ -60,10 +60,9 @@ def _lam_reg(kind, lam) -> Regularizer:
     return kind(float(lam_t))
 
 
-
 def ista(A: OperatorLike, y: Tensor, lam: float, max_iter: int = 1000, tol: Optional[float] = 1e-6,
          x0: Optional[Tensor] = None, step: float = 1.0,
-         return_trajectory: bool = False) -> Tuple[Tensor, SolverInfo]:
+         return_trajectory: bool = False, grad_mode=None) -> Tuple[Tensor, SolverInfo]:
     """ISTA for the Lasso ``½‖Ax − y‖² + λ‖x‖₁``.
 
     Args:
@@ -75,34 +74,38 @@ def ista(A: OperatorLike, y: Tensor, lam: float, max_iter: int = 1000, tol: Opti
         x0: initial estimate ``(B, n)`` (zeros by default).
         step: step size in units of ``1/‖A‖₂²``.
         return_trajectory: store every iterate in ``info.trajectory``.
+        grad_mode: how gradients flow back through the solve (:mod:`unroll.autodiff`; default
+            ``"full"``). ``"implicit"`` differentiates the solution at its fixed point with memory
+            independent of the iteration count (ISTA, IHT, projected gradient; FISTA's momentum
+            state is not a fixed-point map).
 
     Returns:
         ``(x, info)``, ``x`` of shape ``(B, n)``.
     """
     reg = _lam_reg(L1, lam)
-    return _run(ProxGradStep(reg, step=step), A, y, reg, max_iter, tol, x0, return_trajectory)
+    return _run(ProxGradStep(reg, step=step), A, y, reg, max_iter, tol, x0, return_trajectory, grad_mode)
 
 
 def fista(A: OperatorLike, y: Tensor, lam: float, max_iter: int = 1000, tol: Optional[float] = 1e-6,
           x0: Optional[Tensor] = None, step: float = 1.0,
-          return_trajectory: bool = False) -> Tuple[Tensor, SolverInfo]:
+          return_trajectory: bool = False, grad_mode=None) -> Tuple[Tensor, SolverInfo]:
     """FISTA (Beck & Teboulle 2009) for the Lasso; arguments as :func:`ista`."""
     reg = _lam_reg(L1, lam)
-    return _run(FISTAStep(reg, step=step), A, y, reg, max_iter, tol, x0, return_trajectory)
+    return _run(FISTAStep(reg, step=step), A, y, reg, max_iter, tol, x0, return_trajectory, grad_mode)
 
 
 def iht(A: OperatorLike, y: Tensor, lam: float, max_iter: int = 1000, tol: Optional[float] = 1e-6,
         x0: Optional[Tensor] = None, step: float = 1.0,
-        return_trajectory: bool = False) -> Tuple[Tensor, SolverInfo]:
+        return_trajectory: bool = False, grad_mode=None) -> Tuple[Tensor, SolverInfo]:
     """Iterative hard thresholding for ``½‖Ax − y‖² + λ‖x‖₀`` (Blumensath & Davies 2008):
     ``x ← H_{√(2αλ)}(x − α Aᴴ(Ax − y))``. Arguments as :func:`ista` (λ weighs ‖x‖₀)."""
     reg = _lam_reg(L0, lam)
-    return _run(ProxGradStep(reg, step=step), A, y, reg, max_iter, tol, x0, return_trajectory)
+    return _run(ProxGradStep(reg, step=step), A, y, reg, max_iter, tol, x0, return_trajectory, grad_mode)
 
 
 def projected_gradient(A: OperatorLike, y: Tensor, project: Union[Callable[[Tensor], Tensor], nn.Module],
                        max_iter: int = 1000, tol: Optional[float] = 1e-6, x0: Optional[Tensor] = None,
-                       step: float = 1.0, return_trajectory: bool = False) -> Tuple[Tensor, SolverInfo]:
+                       step: float = 1.0, return_trajectory: bool = False, grad_mode=None) -> Tuple[Tensor, SolverInfo]:
     """Projected gradient for ``min ½‖Ax − y‖²`` s.t. ``x ∈ C``.
 
     Args:
@@ -116,4 +119,4 @@ def projected_gradient(A: OperatorLike, y: Tensor, project: Union[Callable[[Tens
         reg = _Projection(project)
     else:
         raise TypeError(f"project: expected a projection function or an indicator module, got {type(project).__name__}")
-    return _run(ProxGradStep(reg, step=step), A, y, reg, max_iter, tol, x0, return_trajectory)
+    return _run(ProxGradStep(reg, step=step), A, y, reg, max_iter, tol, x0, return_trajectory, grad_mode)
