@@ -111,5 +111,4 @@ class ALISTA(UnrolledModel):
                                  grad_mode=self.grad_mode)
 
     def problem(self, y: Tensor, op: LinearOperator) -> WeightedProblem:
-        lip = op.lipschitz().to(device=y.device, dtype=y.real.dtype)
-        return WeightedProblem(op=op, y=y, lipschitz=lip, weight=self.weight)
+        return WeightedProblem.create(op, y, check=False, weight=self.weight)

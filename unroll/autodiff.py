@@ -38,6 +38,8 @@ from typing import Callable, Literal, Optional, Union
 import torch
 from torch import Tensor
 
+from .batched import batch_dot, batch_norm, per_sample
+
 __all__ = ["GradMode", "as_grad_mode", "truncated", "checkpointed", "implicit", "jfb", "SolverWarning",
            "adjoint_fixed_point", "adjoint_bicgstab"]
 
@@ -132,19 +134,6 @@ def num_segments(mode: GradMode, n: int) -> int:
 
 
 # ---------------------------------------------------------------------------- adjoint solvers
-def _bdot(a: Tensor, b: Tensor) -> Tensor:
-    """Per-sample ⟨a, b⟩ = Σ conj(a)·b over all but the first dim: ``(B,)``."""
-    return (a.conj() * b).flatten(1).sum(1) if a.is_complex() else (a * b).flatten(1).sum(1)
-
-
-def _bnorm(a: Tensor) -> Tensor:
-    return torch.linalg.vector_norm(a.flatten(1), dim=1)
-
-
-def _bcast(s: Tensor, like: Tensor) -> Tensor:
-    return s.view(-1, *([1] * (like.dim() - 1)))
-
-
 def adjoint_fixed_point(vjp: Callable[[Tensor], Tensor], g: Tensor, tol: float, max_iter: int):
     """Solve ``v = g + Jᵀ v`` by the Neumann/fixed-point iteration (converges when ``ρ(J) < 1``).
 
@@ -154,12 +143,12 @@ def adjoint_fixed_point(vjp: Callable[[Tensor], Tensor], g: Tensor, tol: float, 
     Returns:
         ``(v, iterations, relative residual (B,))``.
     """
-    gnorm = _bnorm(g).clamp_min(torch.finfo(g.real.dtype).tiny)
+    gnorm = batch_norm(g).clamp_min(torch.finfo(g.real.dtype).tiny)
     v = g
     res = torch.zeros_like(gnorm)
     for it in range(1, max_iter + 1):
         v_new = g + vjp(v)
-        res = _bnorm(v_new - v) / gnorm
+        res = batch_norm(v_new - v) / gnorm
         v = v_new
         if bool((res <= tol).all()) or not bool(torch.isfinite(res).all()):  # backward: one sync/iter
             return v, it, res
@@ -178,36 +167,36 @@ def adjoint_bicgstab(vjp: Callable[[Tensor], Tensor], g: Tensor, tol: float, max
         return u - vjp(u)
 
     tiny = torch.finfo(g.real.dtype).tiny
-    gnorm = _bnorm(g).clamp_min(tiny)
+    gnorm = batch_norm(g).clamp_min(tiny)
     v = g.clone()  # start from the JFB guess
     r = g - op(v)
     r_hat = r.clone()
-    rho = alpha = omega = torch.ones_like(_bdot(r, r))
+    rho = alpha = omega = torch.ones_like(batch_dot(r, r))
     p = torch.zeros_like(g)
     nu = torch.zeros_like(g)
-    res = _bnorm(r) / gnorm
+    res = batch_norm(r) / gnorm
     done = res <= tol
     best_v, best_res = v, res  # never return worse than the best iterate (the start is the JFB guess)
     for it in range(1, max_iter + 1):
         if bool(done.all()):
             return best_v, it - 1, best_res
-        rho_new = _bdot(r_hat, r)
+        rho_new = batch_dot(r_hat, r)
         beta = (rho_new / _safe(rho)) * (alpha / _safe(omega))
-        p = r + _bcast(beta, g) * (p - _bcast(omega, g) * nu)
+        p = r + per_sample(beta, g) * (p - per_sample(omega, g) * nu)
         nu = op(p)
-        alpha = rho_new / _safe(_bdot(r_hat, nu))
-        s = r - _bcast(alpha, g) * nu
+        alpha = rho_new / _safe(batch_dot(r_hat, nu))
+        s = r - per_sample(alpha, g) * nu
         t = op(s)
-        omega = _bdot(t, s) / _safe(_bdot(t, t))
-        step = _bcast(alpha, g) * p + _bcast(omega, g) * s
-        keep = _bcast(done, g)
+        omega = batch_dot(t, s) / _safe(batch_dot(t, t))
+        step = per_sample(alpha, g) * p + per_sample(omega, g) * s
+        keep = per_sample(done, g)
         v = torch.where(keep, v, v + step)
-        r = torch.where(keep, r, s - _bcast(omega, g) * t)
+        r = torch.where(keep, r, s - per_sample(omega, g) * t)
         rho = rho_new
-        res = torch.where(done, res, _bnorm(r) / gnorm)
+        res = torch.where(done, res, batch_norm(r) / gnorm)
         done = done | (res <= tol)
         better = res < best_res
-        best_v, best_res = torch.where(_bcast(better, g), v, best_v), torch.where(better, res, best_res)
+        best_v, best_res = torch.where(per_sample(better, g), v, best_v), torch.where(better, res, best_res)
         if not bool(torch.isfinite(res).all()):
             return best_v, it, best_res
     return best_v, max_iter, best_res

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from .batched import batch_dot, batch_norm, per_sample
 from .checks import check_measurements
 from .operators.base import LinearOperator, _fmt_shape, as_operator
 
@@ -66,22 +67,6 @@ class CGInfo:
 
 
 # ---------------------------------------------------------------------------------- helpers
-def _bview(t: Tensor, ndim: int) -> Tensor:
-    """A ``(B,)`` tensor viewed as ``(B, 1, ..., 1)`` to broadcast against ``ndim``-dim tensors."""
-    return t.view(-1, *([1] * (ndim - 1)))
-
-
-def _rdot(u: Tensor, v: Tensor) -> Tensor:
-    """``Re ⟨u, v⟩`` per sample (vdot convention ``Σ conj(u)·v`` over the flattened sample dims): ``(B,)``."""
-    if u.is_complex():
-        return (u.conj() * v).real.flatten(1).sum(1)
-    return (u * v).flatten(1).sum(1)
-
-
-def _norm(t: Tensor) -> Tensor:
-    return torch.linalg.vector_norm(t.flatten(1), dim=1)
-
-
 def _as_callable(op, name: str) -> Callable[[Tensor], Tensor]:
     if isinstance(op, Tensor):
         op = as_operator(op)
@@ -128,45 +113,44 @@ def _dedupe(ts: Sequence[Tensor]) -> List[Tensor]:
 def _cg_loop(A, b: Tensor, x0: Optional[Tensor], M, tol: float, atol: float, max_iter: int,
              check_every: int) -> Tuple[Tensor, CGInfo]:
     """Batched preconditioned CG without a graph. ``A``, ``M``: callables; ``M`` may be ``None``."""
-    nd = b.dim()
-    bnorm = _norm(b)
+    bnorm = batch_norm(b)
     zero_b = bnorm == 0
     thresh = torch.clamp(tol * bnorm, min=atol)
     if x0 is None:
         x = torch.zeros_like(b)
         r = b.clone()
     else:
-        x = torch.where(_bview(zero_b, nd), torch.zeros_like(x0), x0)  # b = 0 → x = 0
+        x = torch.where(per_sample(zero_b, b), torch.zeros_like(x0), x0)  # b = 0 → x = 0
         r = b - _apply(A, x, "A")
     z = r if M is None else _apply(M, r, "M")
     p = z
-    rz = _rdot(r, z)
+    rz = batch_dot(r, z).real
     bsz = b.shape[0]
     iterations = torch.zeros(bsz, dtype=torch.long, device=b.device)
-    converged = zero_b | (_norm(r) <= thresh)
+    converged = zero_b | (batch_norm(r) <= thresh)
     frozen = converged.clone()  # converged, or broken down (pᴴAp ≤ 0: A not positive definite)
     for k in range(max_iter):
         if check_every > 0 and k % check_every == 0 and bool(frozen.all()):  # one host sync per check
             break
         active = ~frozen
         Ap = _apply(A, p, "A")
-        pAp = _rdot(p, Ap)
+        pAp = batch_dot(p, Ap).real
         ok = pAp > 0
         alpha = torch.where(active & ok, rz / torch.where(ok, pAp, torch.ones_like(pAp)), torch.zeros_like(pAp))
-        a = _bview(alpha, nd)
+        a = per_sample(alpha, b)
         x = x + a * p
         r = r - a * Ap
         iterations = iterations + active.long()
-        now = active & (_norm(r) <= thresh)
+        now = active & (batch_norm(r) <= thresh)
         converged = converged | now
         frozen = frozen | now | (active & ~ok & ~torch.isnan(pAp))  # NaN propagates: "diverged"
         z = r if M is None else _apply(M, r, "M")
-        rz_new = _rdot(r, z)
+        rz_new = batch_dot(r, z).real
         nz = rz != 0
         beta = torch.where(nz, rz_new / torch.where(nz, rz, torch.ones_like(rz)), torch.zeros_like(rz))
-        p = torch.where(_bview(frozen, nd), p, z + _bview(beta, nd) * p)
+        p = torch.where(per_sample(frozen, b), p, z + per_sample(beta, b) * p)
         rz = torch.where(frozen, rz, rz_new)
-    res = _norm(b - _apply(A, x, "A"))
+    res = batch_norm(b - _apply(A, x, "A"))
     rel = torch.where(zero_b, res, res / torch.where(zero_b, torch.ones_like(bnorm), bnorm))
     info = CGInfo(iterations=iterations, residual_norm=rel, converged=converged, tol=tol, atol=atol,
                   max_iter=max_iter)
@@ -332,7 +316,7 @@ def solve_normal(A: Union[LinearOperator, Tensor], y: Tensor, lam: Union[float, 
     elif not isinstance(lam, Real) or isinstance(lam, bool) or not lam >= 0:
         raise ValueError(f"lam: expected a number >= 0 or a tensor, got {lam!r}")
     rhs = op.adjoint(y)
-    lam_b = _bview(lam, rhs.dim()) if isinstance(lam, Tensor) and lam.dim() == 1 else lam
+    lam_b = per_sample(lam, rhs) if isinstance(lam, Tensor) and lam.dim() == 1 else lam
 
     def normal(x: Tensor) -> Tensor:
         return op.normal(x) + lam_b * x

@@ -37,7 +37,7 @@ class Problem:
     lipschitz: Tensor = field(default=None)  # type: ignore[assignment]
 
     @classmethod
-    def create(cls, op, y: Tensor, reg: Optional[nn.Module] = None, check: bool = True) -> "Problem":
+    def create(cls, op, y: Tensor, reg: Optional[nn.Module] = None, check: bool = True, **extra) -> "Problem":
         """Build a problem from an operator (or a matrix) and measurements.
 
         Args:
@@ -45,13 +45,14 @@ class Problem:
             y: ``(B, *out_shape)`` measurements.
             reg: optional regulariser.
             check: validate ``y`` against ``op`` (shape, dtype, NaN/Inf; one host sync).
+            extra: the further fields of a subclass (e.g. a model's fixed weight).
         """
         op = as_operator(op)
         if check:
             check_measurements(y, op, "y")
         lip = op.lipschitz()
         lip = lip.to(device=y.device, dtype=y.real.dtype) if isinstance(lip, Tensor) else torch.tensor(lip)
-        return cls(op=op, y=y, reg=reg, lipschitz=lip)
+        return cls(op=op, y=y, reg=reg, lipschitz=lip, **extra)
 
     @property
     def batch_size(self) -> int:

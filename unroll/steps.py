@@ -16,6 +16,7 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor, nn
 
+from .batched import per_sample
 from .parametrize import PositiveScalar
 from .problem import Problem
 
@@ -111,5 +112,5 @@ class FISTAStep(ProxGradStep):
     def forward(self, state: MomentumState, problem: Problem) -> MomentumState:
         x_new = super().forward(State(state.z), problem).x
         t_new = 0.5 * (1.0 + torch.sqrt(1.0 + 4.0 * state.t * state.t))
-        beta = ((state.t - 1.0) / t_new).view(-1, *([1] * (x_new.dim() - 1)))
+        beta = per_sample((state.t - 1.0) / t_new, x_new)
         return MomentumState(x_new, x_new + beta * (x_new - state.x), t_new)

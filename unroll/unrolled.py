@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from .batched import batch_norm, per_sample
 from .autodiff import GradMode, adjoint_bicgstab, adjoint_fixed_point, as_grad_mode, num_segments
 from .problem import Problem
 from .steps import State
@@ -79,14 +80,9 @@ class UnrolledOutput(NamedTuple):
     info: SolverInfo
 
 
-def _batch_norm(t: Tensor) -> Tensor:
-    return torch.linalg.vector_norm(t.flatten(1), dim=1)
-
-
 def _freeze(new, old, frozen: Tensor):
     """Keep ``old`` where ``frozen`` (``(B,)`` bool), else take ``new``; field by field."""
-    return type(new)(*(torch.where(frozen.view(-1, *([1] * (n.dim() - 1))), o, n)
-                       for n, o in zip(new, old)))
+    return type(new)(*(torch.where(per_sample(frozen, n), o, n) for n, o in zip(new, old)))
 
 
 class Unrolled(nn.Module):
@@ -233,7 +229,7 @@ class Unrolled(nn.Module):
             new = steps[min(k, last)](state, problem)
             if tol is not None or k == n - 1:
                 prev = state.x
-                rel = _batch_norm(new.x - prev) / _batch_norm(prev).clamp_min(torch.finfo(residual.dtype).tiny)
+                rel = batch_norm(new.x - prev) / batch_norm(prev).clamp_min(torch.finfo(residual.dtype).tiny)
                 if tol is not None:
                     new = _freeze(new, state, converged)
                     residual = torch.where(converged, residual, rel)
