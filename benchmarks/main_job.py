@@ -56,6 +56,7 @@ def main() -> None:
     if proc.returncode != 0:
         sys.exit(f"unroll evaluate failed:\n{proc.stderr[-4000:]}")
     curves = {k: v["nmse_db"] for k, v in json.loads((out_dir / "metrics.json").read_text()).items()}
+    curves["model"] = next(v for k, v in curves.items() if k not in ("ista", "fista"))
 
     import torch
 

@@ -4,8 +4,6 @@ with support selection."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List
-
 import torch
 from torch import Tensor
 
@@ -16,7 +14,7 @@ from unroll.prox import soft_threshold_support_selection
 from unroll.steps import State, Step
 from unroll.unrolled import Unrolled
 
-from .base import UnrolledModel
+from .base import UnrolledModel, support_selection_schedule
 from .lista import dense_matrix
 
 __all__ = ["ALISTA", "ALISTAStep", "analytic_weight", "support_selection_schedule"]
@@ -40,11 +38,6 @@ def analytic_weight(a: Tensor) -> Tensor:
     v = torch.cholesky_solve(a64, chol)  # (AAᴴ)⁻¹ A, column i = (AAᴴ)⁻¹ a_i
     denom = (a64.conj() * v).sum(0)  # a_iᴴ (AAᴴ)⁻¹ a_i, real positive
     return (v / denom.conj()).to(a.dtype)
-
-
-def support_selection_schedule(num_layers: int, p_step: float = 1.2, p_max: float = 13.0) -> List[float]:
-    """Percent of entries passed through per layer: ``p_k = min(p_step·k, p_max)``, ``k = 1..K``."""
-    return [min(p_step * (k + 1), p_max) for k in range(num_layers)]
 
 
 @dataclass(frozen=True)
@@ -100,8 +93,7 @@ class ALISTA(UnrolledModel):
                  grad_mode: str = "full") -> None:
         super().__init__(num_layers, grad_mode)
         self.gamma, self.theta = gamma, theta
-        self.percents = (support_selection_schedule(num_layers, p_step, p_max) if support_selection
-                         else [0.0] * num_layers)
+        self.percents = support_selection_schedule(num_layers, p_step, p_max, support_selection)
         if operator is not None:
             self.bind(operator)
 

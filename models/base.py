@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import List, Optional, Union
 
 from torch import Tensor, nn
 
@@ -12,7 +12,18 @@ from unroll.operators import LinearOperator, as_operator
 from unroll.problem import Problem
 from unroll.unrolled import Unrolled, UnrolledOutput
 
-__all__ = ["UnrolledModel"]
+__all__ = ["UnrolledModel", "support_selection_schedule"]
+
+
+def support_selection_schedule(num_layers: int, p_step: float = 1.2, p_max: float = 13.0,
+                               enabled: bool = True) -> List[float]:
+    """Percent of entries passed through per layer by support selection (Chen et al. 2018):
+    ``p_k = min(p_step·k, p_max)`` for ``k = 1..K``; all zeros when not ``enabled``."""
+    if not enabled:
+        return [0.0] * num_layers
+    if not (p_step >= 0 and 0 <= p_max <= 100):
+        raise ValueError(f"p_step, p_max: expected p_step >= 0 and p_max in [0, 100], got {p_step}, {p_max}")
+    return [min(p_step * (k + 1), p_max) for k in range(num_layers)]
 
 
 class UnrolledModel(nn.Module):
@@ -69,6 +80,22 @@ class UnrolledModel(nn.Module):
     def _build(self, op: LinearOperator) -> None:
         """Create ``self.unrolled`` for operator ``op`` (models that need it override)."""
         raise NotImplementedError(f"{type(self).__name__} must build self.unrolled in __init__ or _build")
+
+    # ------------------------------------------------------------------ layers
+    def layer_parameters(self, k: int) -> List[nn.Parameter]:
+        """The parameters of layer ``k`` (0-based) alone: its step's (the single shared step of a
+        tied network). Used by stage-wise training (:class:`unroll.train.StageWise`)."""
+        if not self.is_bound:
+            raise RuntimeError(f"{type(self).__name__} is not bound to an operator yet")
+        if not 0 <= k < self.num_layers:
+            raise IndexError(f"k: expected a layer index in [0, {self.num_layers}), got {k}")
+        steps = self.unrolled.steps
+        return list(steps[min(k, len(steps) - 1)].parameters())
+
+    def shared_parameters(self) -> List[nn.Parameter]:
+        """Parameters that belong to no single layer (e.g. TiLISTA's tied matrix ``W``)."""
+        in_steps = {id(p) for p in self.unrolled.parameters()} if self.is_bound else set()
+        return [p for p in self.parameters() if id(p) not in in_steps]
 
     # ------------------------------------------------------------------ call
     def _operator(self, A) -> LinearOperator:

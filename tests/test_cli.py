@@ -32,6 +32,7 @@ def tiny(tmp_path, m=20, n=40, layers=4, steps=30, seed=0):
         "--data.init_args.problem=gaussian", f"--data.init_args.m={m}", f"--data.init_args.n={n}",
         "--data.init_args.train_batches=10", "--data.init_args.val_size=64", "--data.init_args.test_size=64",
         f"--data.init_args.seed={seed}", f"--model.init_args.model.init_args.num_layers={layers}",
+        "--trainer.val_check_interval=1.0",
     ]
 
 
@@ -53,15 +54,15 @@ def test_fit_then_evaluate(tmp_path, capsys):
                  "--output_dir", str(eval_dir)]
     main(eval_args)
     metrics = json.loads((eval_dir / "metrics.json").read_text())
-    assert set(metrics) == {"model", "ista", "fista"}
+    assert set(metrics) == {"ALISTA", "ista", "fista"}
     for curve in metrics.values():
         assert len(curve["nmse_db"]) == 4 and all(math.isfinite(v) for v in curve["nmse_db"])
     # ISTA and FISTA coincide at the first iteration (same first step from x0 = 0)
     assert metrics["ista"]["nmse_db"][0] == pytest.approx(metrics["fista"]["nmse_db"][0], abs=1e-4)
     # 150 steps of training already beat ISTA at equal depth
-    assert metrics["model"]["nmse_db"][-1] < metrics["ista"]["nmse_db"][-1]
+    assert metrics["ALISTA"]["nmse_db"][-1] < metrics["ista"]["nmse_db"][-1]
     assert (eval_dir / "metrics.csv").read_text().splitlines()[0] == \
-        "iteration,model_nmse_db,ista_nmse_db,fista_nmse_db"
+        "iteration,ALISTA_nmse_db,ista_nmse_db,fista_nmse_db"
     assert (eval_dir / "nmse.png").read_bytes()[:4] == b"\x89PNG"
     assert "iteration" in capsys.readouterr().out  # the table
 
@@ -69,6 +70,38 @@ def test_fit_then_evaluate(tmp_path, capsys):
     other = [a if not a.startswith("--data.init_args.seed") else "--data.init_args.seed=1" for a in eval_args]
     with pytest.raises(ValueError, match="trained on another problem"):
         main(other)
+
+
+def test_evaluate_several_checkpoints_in_one_table(tmp_path, capsys):
+    """Each checkpoint carries the config that trained it: no --config needed, one table."""
+    ckpts = []
+    for name in ("tilista", "lista_cpss"):
+        run = tmp_path / name
+        main(["fit", "--config", str(CONFIGS / f"{name}.yaml"), *tiny(run, steps=40)])
+        ckpts.append(str(last_ckpt(tmp_path / "runs" / name)))  # the configs' checkpoint dirpath
+    eval_dir = tmp_path / "eval"
+    main(["evaluate", "--ckpt_path", *ckpts, "--output_dir", str(eval_dir)])
+    metrics = json.loads((eval_dir / "metrics.json").read_text())
+    assert list(metrics) == ["TiLISTA", "LISTACPSS", "ista", "fista"]
+    assert all(len(v["nmse_db"]) == 4 for v in metrics.values())
+    # each checkpoint's curve is its own test run: the same as evaluating it alone with its config
+    alone = tmp_path / "alone"
+    main(["evaluate", "--config", str(CONFIGS / "tilista.yaml"), *tiny(tmp_path / "tilista"), "--ckpt_path", ckpts[0],
+          "--output_dir", str(alone)])
+    np_alone = json.loads((alone / "metrics.json").read_text())["TiLISTA"]["nmse_db"]
+    assert metrics["TiLISTA"]["nmse_db"] == pytest.approx(np_alone, abs=1e-6)
+    assert "TiLISTA" in capsys.readouterr().out
+
+    # names, and a checkpoint of other data cannot share the table
+    main(["evaluate", "--ckpt_path", *ckpts, "--names", "a", "b", "--output_dir", str(eval_dir)])
+    assert list(json.loads((eval_dir / "metrics.json").read_text()))[:2] == ["a", "b"]
+    other = tmp_path / "other"
+    main(["fit", "--config", str(CONFIGS / "tilista.yaml"), *tiny(other, steps=2, seed=1)])
+    with pytest.raises(ValueError, match="other data"):
+        main(["evaluate", "--ckpt_path", ckpts[0], str(last_ckpt(tmp_path / "runs" / "tilista")),
+              "--output_dir", str(eval_dir)])
+    with pytest.raises(ValueError, match="names"):
+        main(["evaluate", "--ckpt_path", *ckpts, "--names", "a", "--output_dir", str(eval_dir)])
 
 
 def test_resume_from_last_checkpoint(tmp_path):

@@ -1,6 +1,7 @@
 """Lightning tasks, the ``unroll`` CLI, evaluation and callbacks."""
 
 from .callbacks import PredictionWriter, ReportPaths
+from .stagewise import StageWise
 from .task import ReconstructionTask
 
-__all__ = ["ReconstructionTask", "ReportPaths", "PredictionWriter"]
+__all__ = ["ReconstructionTask", "StageWise", "ReportPaths", "PredictionWriter"]

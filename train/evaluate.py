@@ -1,14 +1,16 @@
 """``unroll evaluate``: a checkpoint against classical ISTA and FISTA on the test split.
 
-    unroll evaluate --config CONFIG --ckpt_path CKPT --output_dir DIR [--lam 0.1]
+    unroll evaluate --ckpt_path CKPT [CKPT ...] --output_dir DIR [--names N ...] [--lam 0.1]
+    unroll evaluate --config CONFIG [overrides] --ckpt_path CKPT [CKPT ...] --output_dir DIR
 
-Builds the task and data module from the same config used for training, runs the
-checkpoint on the data module's test split through ``Trainer.test`` (which checks the
-checkpoint's model class and operator against the config's), and runs ISTA and FISTA with
-the same number of iterations. Prints a table of NMSE (dB) per iteration and writes
-``DIR/metrics.json`` (``{"model": {"nmse_db": [...]}, "ista": {...}, "fista": {...}}``, one
-value per iteration, the last one being the final estimate), ``DIR/metrics.csv`` and
-``DIR/nmse.png``, each atomically.
+Rebuilds each checkpoint's task and data module (from the config ``unroll fit`` saved in the
+checkpoint, or from ``--config``), runs it on the data module's test split through
+``Trainer.test`` (which checks the checkpoint's model class and operator against the
+config's), and runs ISTA and FISTA with the same number of iterations. All checkpoints share
+one test set and one table. Prints NMSE (dB) per iteration and writes ``DIR/metrics.json``
+(``{"ALISTA": {"nmse_db": [...]}, ..., "ista": {...}, "fista": {...}}``, one value per
+iteration, the last one being the final estimate; columns named by model class or
+``--names``), ``DIR/metrics.csv`` and ``DIR/nmse.png``, each atomically.
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ from __future__ import annotations
 import csv
 import io
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Dict, List, Optional
 
 import lightning as L
 import torch
+from jsonargparse import ArgumentParser
 from rich.console import Console
 from rich.table import Table
 
@@ -36,9 +40,16 @@ __all__ = ["evaluate_main", "baseline_curves", "write_report"]
 
 class _EvaluateCLI(UnrollCLI):
     def add_arguments_to_parser(self, parser) -> None:
-        parser.add_argument("--ckpt_path", type=str, required=True, help="checkpoint to evaluate")
-        parser.add_argument("--output_dir", type=str, required=True, help="folder for metrics.json/.csv and the plot")
-        parser.add_argument("--lam", type=float, default=0.1, help="λ of the ISTA/FISTA baselines")
+        _add_evaluate_arguments(parser)
+
+
+def _add_evaluate_arguments(parser) -> None:
+    parser.add_argument("--ckpt_path", type=str, nargs="+", required=True,
+                        help="checkpoint(s) to evaluate; several share one table")
+    parser.add_argument("--output_dir", type=str, required=True, help="folder for metrics.json/.csv and the plot")
+    parser.add_argument("--lam", type=float, default=0.1, help="λ of the ISTA/FISTA baselines")
+    parser.add_argument("--names", type=str, nargs="+", default=None,
+                        help="column names, one per checkpoint (default: the model class names)")
 
 
 def _test_split(datamodule: L.LightningDataModule):
@@ -110,29 +121,91 @@ def _print_table(curves: Dict[str, List[float]], title: str) -> None:
     Console().print(table)
 
 
-def evaluate_main(argv: Optional[List[str]] = None) -> Dict[str, List[float]]:
-    """Run ``unroll evaluate`` with command-line arguments ``argv``; returns the curves."""
-    cli = _EvaluateCLI(args=argv, run=False)
-    cfg = cli.config
-    ckpt_path = cfg["ckpt_path"]
-    if not os.path.isfile(ckpt_path):
-        raise FileNotFoundError(f"ckpt_path: no checkpoint at {ckpt_path!r}")
-    task, datamodule = cli.model, cli.datamodule
+def _embedded_config(ckpt_path: str) -> Dict:
+    meta = torch.load(ckpt_path, map_location="cpu", weights_only=False).get("unroll") or {}
+    cfg = meta.get("config")
+    if not cfg:
+        raise ValueError(f"ckpt_path: {ckpt_path!r} carries no config (it was not written by `unroll fit`); "
+                         "pass the config that trained it with --config")
+    return cfg
 
-    trainer = L.Trainer(accelerator=cli.trainer.accelerator, devices=1, logger=False,
-                        enable_checkpointing=False, enable_model_summary=False)
+
+def _build(cfg: Optional[Dict], argv: Optional[List[str]]):
+    """(task, datamodule, accelerator) from a checkpoint's embedded config or from ``argv``."""
+    if cfg is not None:
+        with warnings.catch_warnings():  # a dict of args next to `unroll evaluate`'s own command line is intended
+            warnings.filterwarnings("ignore", message=".*args parameter is intended.*")
+            cli = UnrollCLI(args={"model": cfg["model"], "data": cfg["data"], "trainer": {"logger": False}},
+                            run=False)
+        return cli.model, cli.datamodule, "cpu" if not torch.cuda.is_available() else "auto"
+    cli = _EvaluateCLI(args=argv, run=False)
+    return cli.model, cli.datamodule, cli.trainer.accelerator
+
+
+def _test_curve(task, datamodule, ckpt_path: str, accelerator) -> List[float]:
+    trainer = L.Trainer(accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False,
+                        enable_model_summary=False)
     with warnings.catch_warnings():  # the training callbacks (Timer, ModelCheckpoint) are not needed to test
         warnings.filterwarnings("ignore", message=".*callbacks used to create the checkpoint.*")
         trainer.test(task, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
-    model_curve = [float(v) for v in task.test_nmse_per_iter]
+    return [float(v) for v in task.test_nmse_per_iter]
 
-    y, x = _test_split(datamodule)
-    op = task.operator.to("cpu")
-    curves = {"model": model_curve}
-    curves.update(baseline_curves(op, y.cpu(), x.cpu(), len(model_curve), cfg["lam"]))
 
-    name = type(task.model).__name__
-    title = f"{name} vs ISTA/FISTA (λ={cfg['lam']:g}) on {y.shape[0]} test signals"
+def _unique_names(names: List[str]) -> List[str]:
+    out = []
+    for i, n in enumerate(names):
+        k = sum(1 for m in names[:i] if m == n)
+        out.append(n if names.count(n) == 1 else f"{n}-{k + 1}")
+    return out
+
+
+def evaluate_main(argv: Optional[List[str]] = None) -> Dict[str, List[float]]:
+    """Run ``unroll evaluate`` with command-line arguments ``argv``; returns the curves.
+
+    With ``--config`` (and any overrides after it) that config builds the data module and the
+    model for every checkpoint. Without it each checkpoint is rebuilt from the config that
+    ``unroll fit`` saved in it; then all checkpoints must have been trained on the same data
+    (same problem, sizes, noise and seed), since they share one test set and one table.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--config" in argv or any(a.startswith("--config=") for a in argv):
+        cfg = _EvaluateCLI(args=argv, run=False).config
+    else:
+        parser = ArgumentParser(prog="unroll evaluate", description="Evaluate checkpoints against ISTA/FISTA")
+        _add_evaluate_arguments(parser)
+        cfg = parser.parse_args(argv)
+    ckpts = list(cfg["ckpt_path"])
+    for path in ckpts:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"ckpt_path: no checkpoint at {path!r}")
+    if cfg["names"] is not None and len(cfg["names"]) != len(ckpts):
+        raise ValueError(f"names: expected one name per checkpoint ({len(ckpts)}), got {len(cfg['names'])}")
+    use_config = "config" in cfg and cfg.get("config")
+
+    curves: Dict[str, List[float]] = {}
+    reference = None  # (describe(), operator fingerprint) of the first checkpoint's test data
+    test_data = None
+    model_names = []
+    for path in ckpts:
+        task, datamodule, accelerator = _build(None if use_config else _embedded_config(path), argv)
+        curve = _test_curve(task, datamodule, path, accelerator)
+        data_id = (datamodule.describe() if hasattr(datamodule, "describe") else None, task.operator.fingerprint())
+        if reference is None:
+            reference, test_data = data_id, (_test_split(datamodule), task.operator.to("cpu"))
+        elif data_id != reference:
+            raise ValueError(f"ckpt_path: {path!r} was trained on other data ({data_id[0]}, operator {data_id[1]}) "
+                             f"than {ckpts[0]!r} ({reference[0]}, operator {reference[1]}); checkpoints in one "
+                             "table must share the test set: evaluate them separately")
+        model_names.append(type(task.model).__name__)
+        curves[path] = curve
+    names = list(cfg["names"]) if cfg["names"] is not None else _unique_names(model_names)
+    curves = dict(zip(names, curves.values()))
+
+    (y, x), op = test_data
+    depth = max(len(c) for c in curves.values())
+    curves.update(baseline_curves(op, y.cpu(), x.cpu(), depth, cfg["lam"]))
+
+    title = f"{', '.join(names)} vs ISTA/FISTA (λ={cfg['lam']:g}) on {y.shape[0]} test signals"
     _print_table(curves, title)
     paths = write_report(curves, cfg["output_dir"], title)
     print(f"metrics: {paths['json']}  {paths['csv']}  plot: {paths['png']}", flush=True)

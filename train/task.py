@@ -60,6 +60,12 @@ class ReconstructionTask(L.LightningModule):
             self.bind(operator)
         self.val_nmse = NMSE()
         self.test_nmse: Optional[NMSE] = None
+        #: depth run by training and validation steps (``None``: all layers); set by
+        #: stage-wise training (:class:`unroll.train.StageWise`). Test and predict use all layers.
+        self.active_layers: Optional[int] = None
+        #: the ``model`` and ``data`` sections of the config that built this task (set by the
+        #: ``unroll`` CLI), saved in checkpoints for ``unroll evaluate``.
+        self.cli_config: Optional[Dict[str, Any]] = None
 
     # ------------------------------------------------------------------ operator
     def bind(self, operator) -> None:
@@ -93,14 +99,17 @@ class ReconstructionTask(L.LightningModule):
     def _problem(self, y: Tensor) -> Problem:
         return Problem.create(self.operator, y, check=False)
 
+    def _depth(self) -> Dict[str, int]:
+        return {} if self.active_layers is None else {"num_iters": int(self.active_layers)}
+
     def training_step(self, batch, batch_idx: int) -> Tensor:
         y, x = batch.y, batch.x
         if self.loss.requires_target and x is None:
             raise ValueError(f"batch.x: {type(self.loss).__name__} is supervised but the batch has no ground truth")
         if self.weighting == "last":
-            loss = self.loss(self(y), x, self._problem(y))
+            loss = self.loss(self(y, **self._depth()), x, self._problem(y))
         else:
-            out = self(y, return_trajectory=True)
+            out = self(y, return_trajectory=True, **self._depth())
             w = iteration_weights(self.weighting, len(out.trajectory))
             loss = trajectory_loss(self.loss, out.trajectory, x, self._problem(y), w)
         if not torch.isfinite(loss):  # one scalar sync per step; never train on (or checkpoint) NaNs
@@ -111,7 +120,7 @@ class ReconstructionTask(L.LightningModule):
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        x_hat = self(batch.y)
+        x_hat = self(batch.y, **self._depth())
         self.val_nmse.update(x_hat, batch.x)
         self.log("val/loss", self.loss(x_hat, batch.x, self._problem(batch.y)), batch_size=batch.y.shape[0],
                  sync_dist=True)
@@ -148,6 +157,7 @@ class ReconstructionTask(L.LightningModule):
             "model_class": f"{type(self.model).__module__}.{type(self.model).__qualname__}",
             "operator_fingerprint": None if self.operator is None else self.operator.fingerprint(),
             "num_layers": getattr(self.model, "num_layers", None),
+            "config": self.cli_config,
         }
 
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:

@@ -229,7 +229,9 @@ class Unrolled(nn.Module):
             new = steps[min(k, last)](state, problem)
             if tol is not None or k == n - 1:
                 prev = state.x
-                rel = batch_norm(new.x - prev) / batch_norm(prev).clamp_min(torch.finfo(residual.dtype).tiny)
+                prev_norm = batch_norm(prev)  # from x = 0 (a first iteration) the change is relative to the new x
+                denom = torch.where(prev_norm > 0, prev_norm, batch_norm(new.x))
+                rel = batch_norm(new.x - prev) / denom.clamp_min(torch.finfo(residual.dtype).tiny)
                 if tol is not None:
                     new = _freeze(new, state, converged)
                     residual = torch.where(converged, residual, rel)

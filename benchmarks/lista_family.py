@@ -1,0 +1,186 @@
+"""The LISTA-family table: NMSE (dB) per layer on the standard problem, noiseless and at SNR 40 dB.
+
+Trains LISTA, LISTA-CP, LISTA-CPSS, TiLISTA and ALISTA (16 layers, stage-wise, the configs in
+``configs/``) with the same wall-clock budget each, evaluates all checkpoints of one setting in
+one ``unroll evaluate`` table on the 1000 published test signals (next to ISTA and FISTA with
+λ = 0.1), and compares layer 16 with the published curves (Chen et al. 2018, Fig. 3 and 4;
+Liu et al. 2019, Fig. 1 and 2).
+
+    python benchmarks/lista_family.py                       # 8 min per model, 2 runs at a time
+    python benchmarks/lista_family.py --budget 00:00:25:00  # closer to the papers' training
+    python benchmarks/lista_family.py --short               # 40 s per model: a smoke run
+
+Each run uses one thread (``OMP_NUM_THREADS=1``) and ``--jobs`` runs go in parallel.
+``--reuse`` keeps checkpoints already in the work folder. Writes
+``benchmarks/results/lista_family.json``, ``benchmarks/figures/lista_family_<setting>.png`` and
+prints the Markdown for BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Dict, List, Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_name  # noqa: E402
+
+MODELS = {  # column name -> config
+    "LISTA": "lista",
+    "LISTA-CP": "lista_cp",
+    "LISTA-CPSS": "lista_cpss",
+    "TiLISTA": "tilista",
+    "ALISTA": "alista",
+}
+SETTINGS = {"noiseless": None, "snr40": 40.0}
+#: published NMSE (dB) at layer 16, read off the papers' figures (approximate).
+PUBLISHED = {
+    "noiseless": {"LISTA": -40.0, "LISTA-CPSS": -60.0, "ALISTA": -60.0},
+    "snr40": {"LISTA": -40.0, "LISTA-CP": -40.0, "LISTA-CPSS": -42.5, "TiLISTA": -42.5, "ALISTA": -42.5},
+}
+
+
+def _unroll() -> List[str]:
+    exe = shutil.which("unroll")
+    return [exe] if exe else [sys.executable, "-c", "from unroll.train.cli import main; main()"]
+
+
+def train(work: Path, setting: str, name: str, budget: str, reuse: bool) -> Dict[str, object]:
+    """``unroll fit`` one config in ``work/setting/name``; returns where and how long."""
+    cfg = MODELS[name]
+    run_dir = work / setting / cfg
+    ckpt = run_dir / "runs" / cfg / "checkpoints" / "last.ckpt"
+    if reuse and ckpt.is_file():
+        return {"ckpt": str(ckpt), "wall_s": None, "reused": True}
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    cmd = [*_unroll(), "fit", "--config", str(ROOT / "configs" / f"{cfg}.yaml"), f"--trainer.max_time={budget}"]
+    if SETTINGS[setting] is not None:
+        cmd.append(f"--data.init_args.snr_db={SETTINGS[setting]}")
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    t0 = time.perf_counter()
+    with open(run_dir / "fit.log", "w") as log:
+        proc = subprocess.run(cmd, cwd=run_dir, env=env, stdout=log, stderr=subprocess.STDOUT)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0 or not ckpt.is_file():
+        raise RuntimeError(f"{name} ({setting}) failed, see {run_dir / 'fit.log'}")
+    print(f"trained {name:<10} {setting:<9} in {wall:.0f} s", flush=True)
+    return {"ckpt": str(ckpt), "wall_s": wall, "reused": False}
+
+
+def progress(ckpt: str) -> Dict[str, object]:
+    """Training steps and stage-wise position saved in a checkpoint."""
+    import torch
+
+    c = torch.load(ckpt, map_location="cpu", weights_only=False)
+    out: Dict[str, object] = {"steps": int(c["global_step"])}
+    for key, state in c.get("callbacks", {}).items():
+        if key.startswith("StageWise"):
+            out.update(layer=state["layer"], stage=state["stage"] + 1, done=state["done"],
+                       stages_finished=len(state["history"]))
+    return out
+
+
+def evaluate(work: Path, setting: str, ckpts: Dict[str, str]) -> Dict[str, List[float]]:
+    out_dir = work / setting / "eval"
+    cmd = [*_unroll(), "evaluate", "--ckpt_path", *ckpts.values(), "--names", *ckpts.keys(),
+           "--output_dir", str(out_dir)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"unroll evaluate failed:\n{proc.stderr[-4000:]}")
+    return {k: v["nmse_db"] for k, v in json.loads((out_dir / "metrics.json").read_text()).items()}
+
+
+def plot(curves: Dict[str, List[float]], setting: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for k, v in curves.items():
+        style = "--" if k in ("ista", "fista") else "-"
+        ax.plot(range(1, len(v) + 1), v, style, marker="o", markersize=3, label=k.upper() if style == "--" else k)
+    ax.set_xlabel("layer / iteration")
+    ax.set_ylabel("NMSE (dB), 1000 published test signals")
+    ax.set_title(f"Standard problem (250×500, p=0.1), {'noiseless' if setting == 'noiseless' else 'SNR 40 dB'}")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def markdown(results: Dict[str, Dict], budget: str) -> str:
+    lines = []
+    for setting, res in results.items():
+        curves = res["curves"]
+        cols = ["ista", "fista", *[k for k in MODELS if k in curves]]
+        lines.append(f"#### {'Noiseless' if setting == 'noiseless' else 'SNR 40 dB'}\n")
+        lines.append("| layer | " + " | ".join(c.upper() if c in ("ista", "fista") else c for c in cols) + " |")
+        lines.append("|---:|" + "---:|" * len(cols))
+        for i in range(len(curves["ista"])):
+            lines.append(f"| {i + 1} | " + " | ".join(f"{curves[c][i]:.2f}" for c in cols) + " |")
+        pub = PUBLISHED[setting]
+        lines.append("| published, layer 16 | – | – | " + " | ".join(
+            f"≈ {pub[c]:.0f}" if c in pub else "–" for c in cols[2:]) + " |")
+        lines.append("")
+        lines.append("| model | steps | stage-wise position at the end | wall (s) |")
+        lines.append("|---|---:|---|---:|")
+        for k in cols[2:]:
+            p = res["progress"][k]
+            pos = "all 16 layers done" if p.get("done") else f"layer {p.get('layer')}, stage {p.get('stage')}"
+            wall = res["runs"][k]["wall_s"]
+            lines.append(f"| {k} | {p['steps']} | {pos} | {'' if wall is None else f'{wall:.0f}'} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--budget", default="00:00:08:00", help="trainer.max_time per model (DD:HH:MM:SS)")
+    ap.add_argument("--short", action="store_true", help="40 s per model")
+    ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--jobs", type=int, default=2, help="runs in parallel (one thread each)")
+    ap.add_argument("--work", default=str(ROOT / "benchmarks" / "runs" / "lista_family"))
+    ap.add_argument("--reuse", action="store_true", help="keep checkpoints already in --work")
+    ap.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "lista_family.json"))
+    args = ap.parse_args(argv)
+    budget = "00:00:00:40" if args.short else args.budget
+    work = Path(args.work)
+
+    jobs = [(s, m) for s in args.settings for m in args.models]
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        runs = dict(zip(jobs, pool.map(lambda j: train(work, j[0], j[1], budget, args.reuse), jobs)))
+    results: Dict[str, Dict] = {}
+    for s in args.settings:
+        ckpts = {m: runs[(s, m)]["ckpt"] for m in args.models}
+        curves = evaluate(work, s, ckpts)
+        plot(curves, s, ROOT / "benchmarks" / "figures" / f"lista_family_{s}.png")
+        results[s] = {"curves": curves, "runs": {m: runs[(s, m)] for m in args.models},
+                      "progress": {m: progress(ckpts[m]) for m in args.models}}
+    meta = {"budget_per_model": budget, "threads_per_run": 1, "parallel_runs": args.jobs,
+            "machine": f"{os.cpu_count()} cores, {cpu_name()}", "python": platform.python_version(),
+            "total_wall_s": time.perf_counter() - t0, "published_layer16": PUBLISHED}
+    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.results).write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    print(f"\nbudget {budget} per model, {args.jobs} runs at a time, 1 thread each; {meta['machine']}; "
+          f"total {meta['total_wall_s']:.0f} s\n")
+    print(markdown(results, budget))
+
+
+if __name__ == "__main__":
+    main()

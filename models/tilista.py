@@ -1,0 +1,54 @@
+"""TiLISTA (Liu, Chen, Wang & Yin, ICLR 2019): LISTA-CPSS with one matrix shared by all
+layers, scaled by a learned step per layer."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from unroll.operators import LinearOperator
+from unroll.unrolled import Unrolled
+
+from .alista import ALISTAStep, WeightedProblem
+from .base import UnrolledModel, support_selection_schedule
+from .lista import dense_matrix
+
+__all__ = ["TiLISTA"]
+
+
+class TiLISTA(UnrolledModel):
+    """Tied LISTA: ``x_{k+1} = η^{ss}_{θ_k, p_k}(x_k − γ_k Wᵀ(A x_k − y))``.
+
+    One learned ``(m, n)`` matrix ``W`` for all layers (a model parameter, not a layer's), and
+    a learned step ``γ_k`` and threshold ``θ_k`` per layer. Initialised at ISTA: ``W = A``,
+    ``γ_k = 1/L``, ``θ_k = λ/L``. It is ALISTA with ``W`` learned instead of computed.
+
+    Args:
+        num_layers: ``K``.
+        operator: the ``(m, n)`` matrix or ``MatrixOperator`` (or bind later).
+        lam: λ for the initial thresholds.
+        support_selection: as in the paper's TiLISTA (``p_k = min(p_step·k, p_max)`` %), or off.
+        p_step, p_max: the support-selection schedule in percent.
+        grad_mode: gradient mode of the unrolled layers (see :mod:`unroll.autodiff`).
+
+    Shapes: ``y`` ``(B, m)`` → ``x`` ``(B, n)``. Parameters: ``m·n + 2K``.
+    """
+
+    needs_operator = True
+
+    def __init__(self, num_layers: int = 16, operator=None, lam: float = 0.4, support_selection: bool = True,
+                 p_step: float = 1.2, p_max: float = 13.0, grad_mode: str = "full") -> None:
+        super().__init__(num_layers, grad_mode)
+        self.lam = lam
+        self.percents = support_selection_schedule(num_layers, p_step, p_max, support_selection)
+        if operator is not None:
+            self.bind(operator)
+
+    def _build(self, op: LinearOperator) -> None:
+        a = dense_matrix(op, "TiLISTA").detach()
+        lip = float(op.lipschitz())
+        self.weight = nn.Parameter(a.clone())
+        self.unrolled = Unrolled([ALISTAStep(1.0 / lip, self.lam / lip, p) for p in self.percents],
+                                 grad_mode=self.grad_mode)
+
+    def problem(self, y: Tensor, op: LinearOperator) -> WeightedProblem:
+        return WeightedProblem.create(op, y, check=False, weight=self.weight)

@@ -1,0 +1,174 @@
+"""Stage-wise (layer-by-layer) training: the schedule, what is trained at each stage, resume."""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+from unroll.data import SparseRecoveryDataModule
+from unroll.models import ALISTA, LearnedISTA
+from unroll.train import ReconstructionTask, StageWise
+
+
+def data(**kw):
+    args = dict(problem="gaussian", m=20, n=40, p=0.1, batch_size=16, train_batches=4, val_size=64,
+                test_size=64, seed=0)
+    args.update(kw)
+    return SparseRecoveryDataModule(**args)
+
+
+def trainer(callbacks, tmp_path, **kw):
+    args = dict(accelerator="cpu", devices=1, max_epochs=-1, logger=False, enable_progress_bar=False,
+                enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path,
+                enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks))
+    args.update(kw)
+    return L.Trainer(callbacks=callbacks, **args)
+
+
+class Recorder(Callback):
+    """Per training batch: (layer, stage, active depth, lr, names of trainable parameters)."""
+
+    def __init__(self, sw: StageWise) -> None:
+        self.sw, self.rows = sw, []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        trainable = [n for n, p in pl_module.model.named_parameters() if p.requires_grad]
+        self.rows.append((self.sw.layer, self.sw.stage, pl_module.active_layers,
+                          trainer.optimizers[0].param_groups[0]["lr"], trainable))
+
+
+def task(layers=3, lr=0.01):
+    return ReconstructionTask(LearnedISTA(layers, lam=0.05), optimizer=partial(torch.optim.Adam, lr=lr))
+
+
+def test_schedule_depth_learning_rates_and_trainable_layers(tmp_path):
+    sw = StageWise(lr_factors=(1.0, 0.2, 0.02), patience=1, min_delta=100.0)  # every stage: 2 validations
+    rec = Recorder(sw)
+    t = task(3)
+    trainer(([sw, rec]), tmp_path, max_steps=500).fit(t, datamodule=data())
+    # all 3 layers x 3 stages, in order, then training stopped by the callback (not by max_steps)
+    assert [(h["layer"], h["stage"]) for h in sw.history] == [(k, s) for k in (1, 2, 3) for s in (1, 2, 3)]
+    assert sw.done and t.global_step < 500
+    steps = [h["step"] for h in sw.history]
+    assert steps == sorted(steps) and len(set(steps)) == len(steps)
+    for layer, stage, depth, lr, trainable in rec.rows:
+        assert depth == layer  # training (and validation) runs the first `layer` layers
+        assert lr == pytest.approx(0.01 * (1.0, 0.2, 0.02)[stage])
+        layers = {int(n.split(".")[2]) for n in trainable}  # unrolled.steps.<k>.…
+        assert layers == ({layer - 1} if stage == 0 else set(range(layer)))
+    # after training the module is whole again
+    assert t.active_layers is None and all(p.requires_grad for p in t.parameters())
+
+
+def test_untrained_layers_do_not_move_and_warm_start_copies(tmp_path):
+    t = task(3)
+    t.bind(data().get_operator())
+    before = [p.detach().clone() for p in t.model.layer_parameters(2)]
+    sw = StageWise(patience=1, min_delta=100.0, warm_start=True)
+    seen = {}
+
+    class Peek(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if sw.layer == 2 and sw.stage == 0 and "l3" not in seen:  # first batch of layer 2
+                seen["l3"] = [p.detach().clone() for p in pl_module.model.layer_parameters(2)]
+                seen["l1"] = [p.detach().clone() for p in pl_module.model.layer_parameters(0)]
+                seen["l2"] = [p.detach().clone() for p in pl_module.model.layer_parameters(1)]
+
+    trainer([sw, Peek()], tmp_path, max_steps=500).fit(t, datamodule=data())
+    # while layer 1 trained, layer 3 stayed at its initialisation
+    for a, b in zip(seen["l3"], before):
+        assert torch.equal(a, b)
+    # warm start: layer 2 started from layer 1's trained values, which moved away from the init
+    for a, b, c in zip(seen["l2"], seen["l1"], before):
+        assert torch.equal(a, b) and not torch.equal(b, c)
+
+
+def test_stage_ends_when_the_metric_stops_improving(tmp_path):
+    """With min_delta = 0 a stage lasts while validation improves, at least `patience` checks more."""
+    sw = StageWise(patience=2, min_delta=0.0)
+    seen = []
+
+    class Metric(Callback):
+        def on_validation_end(self, trainer, pl_module):
+            seen.append((sw.layer, sw.stage, float(trainer.callback_metrics["val/nmse_db"])))
+
+    # Metric runs before StageWise in on_validation_end: it sees the stage the value belongs to
+    trainer([Metric(), sw], tmp_path, max_steps=300).fit(task(2, lr=0.05), datamodule=data())
+    assert sw.history, "no stage ended in 300 steps"
+    first = [v for (k, s, v) in seen if (k, s) == (1, 0)]
+    best = min(first)
+    # the stage ended exactly `patience` validations after its best value
+    assert len(first) - 1 - first.index(best) == 2
+    assert sw.history[0]["best"] == pytest.approx(best)
+
+
+def test_time_aware_stages_reach_the_last_layer(tmp_path):
+    sw = StageWise(patience=10_000)  # never ends by patience: only the time shares move it on
+    trainer([sw], tmp_path, max_time={"seconds": 6}, val_check_interval=2).fit(task(2), datamodule=data())
+    assert {h["layer"] for h in sw.history} == {1, 2} or sw.layer == 2
+
+
+def test_resume_continues_the_schedule(tmp_path):
+    ckpt_dir = tmp_path / "ckpt"
+    sw = StageWise(patience=1, min_delta=100.0)
+    ck = ModelCheckpoint(dirpath=ckpt_dir, save_last=True)
+    trainer([sw, ck], tmp_path, max_steps=30).fit(task(3), datamodule=data())
+    state = (sw.layer, sw.stage, len(sw.history))
+    assert state[0] >= 2  # mid-schedule
+
+    saved = torch.load(ckpt_dir / "last.ckpt", weights_only=False)
+    key = next(k for k in saved["callbacks"] if k.startswith("StageWise"))
+    assert (saved["callbacks"][key]["layer"], saved["callbacks"][key]["stage"]) == state[:2]
+
+    sw2 = StageWise(patience=1, min_delta=100.0)
+    rec = Recorder(sw2)
+    t2 = task(3)
+    trainer([sw2, rec, ModelCheckpoint(dirpath=ckpt_dir, save_last=True)], tmp_path, max_steps=500).fit(
+        t2, datamodule=data(), ckpt_path=str(ckpt_dir / "last.ckpt"))
+    assert rec.rows[0][:3] == (state[0], state[1], state[0])  # picked up where it stopped
+    assert sw2.done and len(sw2.history) == 9
+
+
+def test_works_with_alista_and_beats_its_initialisation(tmp_path):
+    dm = data(m=30, n=60)
+    t = ReconstructionTask(ALISTA(3, gamma=1.0, theta=0.1), optimizer=partial(torch.optim.Adam, lr=0.01))
+    t.bind(dm.get_operator())
+    dm.setup("test")
+    with torch.no_grad():
+        before = float(10 * torch.log10(((t(dm.test_split.y) - dm.test_split.x) ** 2).sum()
+                                        / (dm.test_split.x ** 2).sum()))
+    sw = StageWise(patience=2, min_delta=0.01)
+    trainer([sw], tmp_path, max_steps=600).fit(t, datamodule=dm)
+    with torch.no_grad():
+        after = float(10 * torch.log10(((t(dm.test_split.y) - dm.test_split.x) ** 2).sum()
+                                       / (dm.test_split.x ** 2).sum()))
+    assert after < before - 1.0
+
+
+def test_bad_arguments_and_modules_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="lr_factors"):
+        StageWise(lr_factors=[])
+    with pytest.raises(ValueError, match="lr_factors"):
+        StageWise(lr_factors=[1.0, -0.2])
+    with pytest.raises(ValueError, match="patience"):
+        StageWise(patience=0)
+
+    class Plain(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(2, 2)
+
+    with pytest.raises(TypeError, match="active_layers"):
+        StageWise()._check_module(Plain())
+
+    t = ReconstructionTask(LearnedISTA(2), optimizer=partial(torch.optim.Adam, lr=0.01),
+                           lr_scheduler=partial(torch.optim.lr_scheduler.StepLR, step_size=1))
+    t.scheduler_factory = partial(torch.optim.lr_scheduler.StepLR, step_size=1)
+    with pytest.raises(ValueError, match="lr_scheduler"):
+        trainer([StageWise()], tmp_path, max_steps=2).fit(t, datamodule=data())
+    assert math.isfinite(StageWise().best) is False
