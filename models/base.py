@@ -53,6 +53,7 @@ class UnrolledModel(nn.Module):
         self._fingerprint: Optional[str] = None
         self._last_matrix: Optional[Tensor] = None
         self._last_op: Optional[LinearOperator] = None
+        self._last_version: int = -1
         self._bound_op: Optional[LinearOperator] = None
 
     # ------------------------------------------------------------------ binding
@@ -101,11 +102,13 @@ class UnrolledModel(nn.Module):
     def _operator(self, A) -> LinearOperator:
         if isinstance(A, LinearOperator):
             return A
-        if isinstance(A, Tensor) and A is self._last_matrix and self._last_op is not None:
-            return self._last_op  # same matrix as last call: keep its cached Lipschitz constant
+        if (isinstance(A, Tensor) and A is self._last_matrix and self._last_op is not None
+                and A._version == self._last_version):
+            return self._last_op  # same, unmodified matrix as last call: keep its cached Lipschitz constant
         op = as_operator(A)
         if isinstance(A, Tensor):  # plain attributes, not submodules
             self.__dict__["_last_matrix"], self.__dict__["_last_op"] = A, op
+            self.__dict__["_last_version"] = A._version  # an in-place change makes it another operator
         return op
 
     def problem(self, y: Tensor, op: LinearOperator) -> Problem:

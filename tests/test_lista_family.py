@@ -520,3 +520,15 @@ def test_config_parses_and_builds_the_model(config, cls, ss, tmp_path, monkeypat
         assert model.step_sizes() == pytest.approx([1.0] * 16, rel=1e-6)
         a, _, y = small_problem()
     assert model(y, a).shape == (y.shape[0], a.shape[1])
+
+
+def test_matrix_changed_in_place_is_another_operator():
+    """The operator cached for a matrix argument is dropped when the matrix is modified in place."""
+    torch.manual_seed(0)
+    a = torch.randn(10, 20, dtype=torch.float64) / 10 ** 0.5
+    model = LISTACP(3, operator=a.clone()).double()
+    y = torch.randn(4, 10, dtype=torch.float64)
+    model(y, a)
+    a[3, 5] += 1.0
+    with pytest.raises(ValueError, match="^A:"):
+        model(y, a)
