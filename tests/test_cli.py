@@ -91,6 +91,25 @@ def test_evaluate_several_checkpoints_in_one_table(tmp_path, capsys):
     np_alone = json.loads((alone / "metrics.json").read_text())["TiLISTA"]["nmse_db"]
     assert metrics["TiLISTA"]["nmse_db"] == pytest.approx(np_alone, abs=1e-6)
     assert "TiLISTA" in capsys.readouterr().out
+    # per sample: the final NMSE of each test signal; ISTA's equals an independent computation
+    from unroll import solvers
+    from unroll.data import SparseRecoveryDataModule
+    from unroll.metrics import nmse
+
+    per = {k: v["per_sample_nmse_db"] for k, v in metrics.items()}
+    assert all(len(v) == 64 for v in per.values())
+    dm = SparseRecoveryDataModule(problem="gaussian", m=20, n=40, val_size=64, test_size=64, seed=0)
+    dm.setup("test")
+    x_ista, _ = solvers.ista(dm.get_operator(), dm.test_split.y, 0.1, max_iter=4, tol=None)
+    assert per["ista"] == pytest.approx(nmse(x_ista, dm.test_split.x, reduction="none").tolist(), abs=1e-3,
+                                         nan_ok=True)  # a signal that is all zero has no NMSE
+    assert (eval_dir / "per_sample.csv").read_text().splitlines()[0] == \
+        "sample,TiLISTA_nmse_db,LISTACPSS_nmse_db,ista_nmse_db,fista_nmse_db"
+    # --data: the same checkpoints on other measurements of the same A (here: SNR 10 dB)
+    noisy = tmp_path / "noisy"
+    main(["evaluate", "--ckpt_path", *ckpts, "--data", "{init_args: {snr_db: 10}}", "--output_dir", str(noisy)])
+    worse = json.loads((noisy / "metrics.json").read_text())
+    assert worse["ista"]["nmse_db"][-1] != pytest.approx(metrics["ista"]["nmse_db"][-1], abs=1e-3)
 
     # names, and a checkpoint of other data cannot share the table
     main(["evaluate", "--ckpt_path", *ckpts, "--names", "a", "b", "--output_dir", str(eval_dir)])

@@ -30,7 +30,7 @@ from rich.console import Console
 from rich.table import Table
 
 from unroll import solvers
-from unroll.metrics import NMSE
+from unroll.metrics import NMSE, nmse
 
 from .cli import UnrollCLI
 from .io import atomic_write, atomic_write_json, atomic_write_text
@@ -52,6 +52,12 @@ def _add_evaluate_arguments(parser) -> None:
                         help="column names, one per checkpoint (default: the model class names)")
 
 
+def _add_data_argument(parser) -> None:
+    parser.add_argument("--data", type=Optional[dict], default=None,
+                        help="the data section (YAML), merged over each checkpoint's own, e.g. "
+                             "'{init_args: {snr_db: 30}}' or a whole '{class_path: ..., init_args: ...}'")
+
+
 def _test_split(datamodule: L.LightningDataModule):
     ys, xs = [], []
     for batch in datamodule.test_dataloader():
@@ -61,27 +67,46 @@ def _test_split(datamodule: L.LightningDataModule):
 
 
 def baseline_curves(operator, y: torch.Tensor, x: torch.Tensor, num_iters: int, lam: float,
-                    batch_size: int = 1000) -> Dict[str, List[float]]:
+                    batch_size: int = 1000, per_sample: Optional[Dict[str, List[float]]] = None
+                    ) -> Dict[str, List[float]]:
     """NMSE (dB) per iteration of ISTA and FISTA (``λ = lam``, ``num_iters`` iterations, no early
-    stop) on ``y`` ``(N, m)`` against ``x`` ``(N, n)``."""
+    stop) on ``y`` ``(N, m)`` against ``x`` ``(N, n)``. If ``per_sample`` is given, the final
+    NMSE (dB) of every sample is stored in it under ``"ista"``/``"fista"``."""
     curves = {}
     for name, solver in (("ista", solvers.ista), ("fista", solvers.fista)):
         metric = NMSE(num_iters=num_iters)
+        finals = []
         for i in range(0, y.shape[0], batch_size):
-            _, info = solver(operator, y[i:i + batch_size], lam, max_iter=num_iters, tol=None,
-                             return_trajectory=True)
+            x_hat, info = solver(operator, y[i:i + batch_size], lam, max_iter=num_iters, tol=None,
+                                 return_trajectory=True)
             metric.update(info.trajectory, x[i:i + batch_size])
+            finals.append(nmse(x_hat, x[i:i + batch_size], reduction="none"))
         curves[name] = [float(v) for v in metric.compute()]
+        if per_sample is not None:
+            per_sample[name] = [float(v) for v in torch.cat(finals)]
     return curves
 
 
-def write_report(curves: Dict[str, List[float]], output_dir: str, title: str = "") -> Dict[str, str]:
+def write_report(curves: Dict[str, List[float]], output_dir: str, title: str = "",
+                 per_sample: Optional[Dict[str, List[float]]] = None) -> Dict[str, str]:
     """Write ``metrics.json``, ``metrics.csv`` and ``nmse.png`` for ``{method: [nmse_db per
-    iteration]}`` curves into ``output_dir`` (atomically); return their paths."""
+    iteration]}`` curves into ``output_dir`` (atomically), and with ``per_sample`` (``{method:
+    [final nmse_db per test sample]}``) also ``per_sample.csv`` and a ``per_sample_nmse_db``
+    entry per method in the JSON; return their paths."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
-    paths["json"] = str(atomic_write_json(out / "metrics.json", {k: {"nmse_db": v} for k, v in curves.items()}))
+    report = {k: {"nmse_db": v} for k, v in curves.items()}
+    if per_sample:
+        for k, v in per_sample.items():
+            report.setdefault(k, {})["per_sample_nmse_db"] = v
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(["sample", *[f"{k}_nmse_db" for k in per_sample]])
+        for i in range(max(len(v) for v in per_sample.values())):
+            writer.writerow([i, *[f"{v[i]:.4f}" if i < len(v) else "" for v in per_sample.values()]])
+        paths["per_sample_csv"] = str(atomic_write_text(out / "per_sample.csv", buf.getvalue()))
+    paths["json"] = str(atomic_write_json(out / "metrics.json", report))
 
     buf = io.StringIO()
     writer = csv.writer(buf)
@@ -173,6 +198,7 @@ def evaluate_main(argv: Optional[List[str]] = None) -> Dict[str, List[float]]:
     else:
         parser = ArgumentParser(prog="unroll evaluate", description="Evaluate checkpoints against ISTA/FISTA")
         _add_evaluate_arguments(parser)
+        _add_data_argument(parser)
         cfg = parser.parse_args(argv)
     ckpts = list(cfg["ckpt_path"])
     for path in ckpts:
@@ -186,9 +212,16 @@ def evaluate_main(argv: Optional[List[str]] = None) -> Dict[str, List[float]]:
     reference = None  # (describe(), operator fingerprint) of the first checkpoint's test data
     test_data = None
     model_names = []
+    per_sample: Dict[str, List[float]] = {}
     for path in ckpts:
-        task, datamodule, accelerator = _build(None if use_config else _embedded_config(path), argv)
+        embedded = None
+        if not use_config:
+            embedded = _embedded_config(path)
+            if cfg.get("data"):
+                embedded = dict(embedded, data=_merge(embedded["data"], cfg["data"]))
+        task, datamodule, accelerator = _build(embedded, argv)
         curve = _test_curve(task, datamodule, path, accelerator)
+        per_sample[path] = [float(v) for v in task.test_nmse_per_sample]
         data_id = (datamodule.describe() if hasattr(datamodule, "describe") else None, task.operator.fingerprint())
         if reference is None:
             reference, test_data = data_id, (_test_split(datamodule), task.operator.to("cpu"))
@@ -200,13 +233,39 @@ def evaluate_main(argv: Optional[List[str]] = None) -> Dict[str, List[float]]:
         curves[path] = curve
     names = list(cfg["names"]) if cfg["names"] is not None else _unique_names(model_names)
     curves = dict(zip(names, curves.values()))
+    per_sample = dict(zip(names, per_sample.values()))
 
     (y, x), op = test_data
     depth = max(len(c) for c in curves.values())
-    curves.update(baseline_curves(op, y.cpu(), x.cpu(), depth, cfg["lam"]))
+    curves.update(baseline_curves(op, y.cpu(), x.cpu(), depth, cfg["lam"], per_sample=per_sample))
 
     title = f"{', '.join(names)} vs ISTA/FISTA (λ={cfg['lam']:g}) on {y.shape[0]} test signals"
     _print_table(curves, title)
-    paths = write_report(curves, cfg["output_dir"], title)
-    print(f"metrics: {paths['json']}  {paths['csv']}  plot: {paths['png']}", flush=True)
+    _print_per_sample(per_sample)
+    paths = write_report(curves, cfg["output_dir"], title, per_sample=per_sample)
+    print(f"metrics: {paths['json']}  {paths['csv']}  {paths['per_sample_csv']}  plot: {paths['png']}", flush=True)
     return curves
+
+
+def _merge(base: Dict, override: Dict) -> Dict:
+    """``override`` merged into ``base`` recursively (a new ``class_path`` replaces the section)."""
+    if "class_path" in override and override["class_path"] != base.get("class_path"):
+        return override
+    out = dict(base)
+    for k, v in override.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _print_per_sample(per_sample: Dict[str, List[float]]) -> None:
+    table = Table(title="final NMSE (dB) over the test samples (all-zero signals, whose NMSE is undefined, left out)")
+    for col in ("", "mean of dB", "median", "90th percentile", "worst"):
+        table.add_column(col, justify="right")
+    for k, v in per_sample.items():
+        t = torch.tensor(v, dtype=torch.float64)
+        t = t[~torch.isnan(t)]
+        if t.numel() == 0:
+            continue
+        table.add_row(k, f"{float(t.mean()):.2f}", f"{float(t.median()):.2f}",
+                      f"{float(torch.quantile(t, 0.9)):.2f}", f"{float(t.max()):.2f}")
+    Console().print(table)

@@ -15,7 +15,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from unroll.losses import Loss, MSELoss, iteration_weights, trajectory_loss
-from unroll.metrics import NMSE
+from unroll.metrics import NMSE, nmse
 from unroll.operators import LinearOperator, as_operator
 from unroll.problem import Problem
 
@@ -128,14 +128,18 @@ class ReconstructionTask(L.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self.test_nmse = NMSE(num_iters=self.num_layers).to(self.device)
+        self._test_per_sample: List[Tensor] = []
 
     def test_step(self, batch, batch_idx: int) -> None:
         out = self(batch.y, return_trajectory=True)
         self.test_nmse.update(out.trajectory, batch.x)
+        self._test_per_sample.append(nmse(out.x, batch.x, reduction="none").detach().cpu())
 
     def on_test_epoch_end(self) -> None:
         per_iter = self.test_nmse.compute()
         self.test_nmse_per_iter = per_iter.detach().cpu()
+        #: final-estimate NMSE (dB) of every test sample of this process, in order
+        self.test_nmse_per_sample = torch.cat(self._test_per_sample) if self._test_per_sample else torch.empty(0)
         self.log("test/nmse_db", per_iter[-1])
         for k, v in enumerate(per_iter.tolist()):
             self.log(f"test/nmse_db_iter_{k + 1:02d}", v)
