@@ -194,9 +194,18 @@ class StageWise(Callback):
                 self._snapshot(model)
         else:
             self.wait += 1
-        if self.wait < self.patience and not self._past_deadline(trainer):
-            return
-        # the stage is over
+        if self.wait >= self.patience or self._past_deadline(trainer):
+            self._end_stage(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
+        # time shares are enforced at every step, not only at validations, so that short shares
+        # are not overrun by a validation interval and the last layers get their time
+        if not self.done and self._past_deadline(trainer):
+            self._end_stage(trainer, pl_module)
+
+    def _end_stage(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        model = pl_module.model
         if self.restore_best:
             self._restore(model)
         self.history.append({"layer": self.layer, "stage": self.stage + 1, "best": self.best,
@@ -213,7 +222,8 @@ class StageWise(Callback):
             rank_zero_info(f"StageWise: all {model.num_layers} layers trained (step {trainer.global_step})")
         else:
             rank_zero_info(f"StageWise: layer {self.layer}/{model.num_layers}, stage {self.stage + 1}/"
-                           f"{len(self.lr_factors)} (step {trainer.global_step}, previous best {self.history[-1]['best']:.2f})")
+                           f"{len(self.lr_factors)} (step {trainer.global_step}, previous best "
+                           f"{self.history[-1]['best']:.2f})")
         for opt in trainer.optimizers:  # a fresh optimiser state for the new stage
             opt.state.clear()
         self._apply(trainer, pl_module)
