@@ -161,13 +161,22 @@ class StageWise(Callback):
         self.deadline = timer.time_elapsed() + max(left, 0.0) / max(stages_left, 1)
 
     def _past_deadline(self, trainer: L.Trainer) -> bool:
+        if self.deadline is None:
+            return False
         timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
-        return self.deadline is not None and timer is not None and timer.time_elapsed() >= self.deadline
+        past = timer is not None and timer.time_elapsed() >= self.deadline
+        # clocks differ between processes: rank 0 decides, so all ranks change stage together
+        return bool(trainer.strategy.broadcast(past, src=0)) if trainer.world_size > 1 else past
 
     # ------------------------------------------------------------------ hooks
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit":
             self._check_module(pl_module)
+            ddp_kwargs = getattr(trainer.strategy, "_ddp_kwargs", None)
+            if isinstance(ddp_kwargs, dict) and not ddp_kwargs.get("find_unused_parameters", False):
+                # frozen layers give parameters without gradients, which DDP must be told to expect
+                ddp_kwargs["find_unused_parameters"] = True
+                rank_zero_info("StageWise: DDP set to find_unused_parameters=True (layers are frozen by stage)")
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.lr_scheduler_configs:
