@@ -172,3 +172,18 @@ def test_bad_arguments_and_modules_are_refused(tmp_path):
     with pytest.raises(ValueError, match="lr_scheduler"):
         trainer([StageWise()], tmp_path, max_steps=2).fit(t, datamodule=data())
     assert math.isfinite(StageWise().best) is False
+
+
+def test_shared_parameters_train_in_every_stage(tmp_path):
+    """TiLISTA's tied matrix belongs to every layer: it is trained in each stage, with the layer(s)."""
+    from unroll.models import TiLISTA
+
+    sw = StageWise(patience=1, min_delta=100.0)
+    rec = Recorder(sw)
+    t = ReconstructionTask(TiLISTA(2), optimizer=partial(torch.optim.Adam, lr=1e-3))
+    trainer([sw, rec], tmp_path, max_steps=500).fit(t, datamodule=data())
+    assert sw.done
+    for layer, stage, _, _, trainable in rec.rows:
+        steps = {n for n in trainable if n.startswith("unrolled.")}
+        assert "weight" in trainable
+        assert {int(n.split(".")[2]) for n in steps} == ({layer - 1} if stage == 0 else set(range(layer)))
