@@ -135,6 +135,17 @@ def test_resume_from_last_checkpoint(tmp_path):
     assert torch.load(last_ckpt(tmp_path), weights_only=False)["global_step"] == 20
 
 
+def test_last_checkpoint_is_the_latest_state_even_without_improvement(tmp_path):
+    """last.ckpt follows training (for resume and evaluation), not the last improvement of the
+    monitored metric: with lr = 0 nothing improves after the first validation."""
+    cfg = str(CONFIGS / "learned_ista.yaml")
+    main(["fit", "--config", cfg, *tiny(tmp_path, steps=30), "--model.init_args.optimizer.init_args.lr=0.0"])
+    assert torch.load(tmp_path / "runs" / "learned_ista" / "checkpoints" / "last.ckpt",
+                      weights_only=False)["global_step"] == 30
+    best = list((tmp_path / "runs" / "learned_ista" / "checkpoints").glob("best-*.ckpt"))
+    assert len(best) == 1 and torch.load(best[0], weights_only=False)["global_step"] == 10
+
+
 def test_predict_writes_atomically(tmp_path):
     cfg = str(CONFIGS / "learned_ista.yaml")
     main(["fit", "--config", cfg, *tiny(tmp_path, steps=5)])

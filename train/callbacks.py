@@ -25,7 +25,7 @@ class ReportPaths(L.Callback):
         lines = []
         for cb in trainer.checkpoint_callbacks:
             if isinstance(cb, ModelCheckpoint):
-                if cb.best_model_path:
+                if cb.best_model_path and cb.monitor:
                     score = "" if cb.best_model_score is None else f" ({cb.monitor} = {float(cb.best_model_score):.2f})"
                     lines.append(f"best checkpoint: {cb.best_model_path}{score}")
                 if cb.last_model_path:
