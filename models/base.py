@@ -12,7 +12,7 @@ from unroll.operators import LinearOperator, as_operator
 from unroll.problem import Problem
 from unroll.unrolled import Unrolled, UnrolledOutput
 
-__all__ = ["UnrolledModel", "support_selection_schedule"]
+__all__ = ["UnrolledModel", "ThresholdedMatrixModel", "support_selection_schedule"]
 
 
 def support_selection_schedule(num_layers: int, p_step: float = 1.2, p_max: float = 13.0,
@@ -142,3 +142,22 @@ class UnrolledModel(nn.Module):
         out = self.unrolled(self.problem(y, op), x0, num_iters=num_iters, tol=tol,
                             return_trajectory=return_trajectory, grad_mode=grad_mode)
         return out if return_trajectory else out.x
+
+
+class ThresholdedMatrixModel(UnrolledModel):
+    """Base of the LISTA family: weights built from the dense matrix ``A`` at binding, initial
+    thresholds ``λ/L`` and a support-selection schedule (all zeros when it is off).
+
+    Subclasses give their own typed ``__init__`` (their defaults) and build ``self.unrolled``
+    in :meth:`_build` from ``self.lam`` and ``self.percents``.
+    """
+
+    needs_operator = True
+
+    def __init__(self, num_layers: int, operator, lam: float, support_selection: bool, p_step: float,
+                 p_max: float, grad_mode: Union[str, GradMode]) -> None:
+        super().__init__(num_layers, grad_mode)
+        self.lam = lam
+        self.percents = support_selection_schedule(num_layers, p_step, p_max, support_selection)
+        if operator is not None:
+            self.bind(operator)

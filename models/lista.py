@@ -13,7 +13,7 @@ from unroll.prox import soft_threshold_support_selection
 from unroll.steps import State, Step
 from unroll.unrolled import Unrolled
 
-from .base import UnrolledModel, support_selection_schedule
+from .base import ThresholdedMatrixModel
 
 __all__ = ["LISTA", "LISTASS", "LISTAStep", "dense_matrix"]
 
@@ -52,7 +52,7 @@ class LISTAStep(Step):
         return f"percent={self.percent:g}"
 
 
-class LISTA(UnrolledModel):
+class LISTA(ThresholdedMatrixModel):
     """Learned ISTA with free matrices per layer: ``x_{k+1} = S_{θ_k}(W₁ᵏ y + W₂ᵏ x_k)``, ``x_0 = 0``.
 
     Initialised at ISTA (``W₁ = Aᵀ/L``, ``W₂ = I − AᵀA/L``, ``θ = λ/L``), so the untrained
@@ -70,15 +70,9 @@ class LISTA(UnrolledModel):
     Shapes: ``y`` ``(B, m)`` → ``x`` ``(B, n)``. Parameters: ``K·(n·m + n² + 1)``.
     """
 
-    needs_operator = True
-
     def __init__(self, num_layers: int = 16, operator=None, lam: float = 0.1, support_selection: bool = False,
                  p_step: float = 1.2, p_max: float = 13.0, grad_mode: str = "full") -> None:
-        super().__init__(num_layers, grad_mode)
-        self.lam = lam
-        self.percents = support_selection_schedule(num_layers, p_step, p_max, support_selection)
-        if operator is not None:
-            self.bind(operator)
+        super().__init__(num_layers, operator, lam, support_selection, p_step, p_max, grad_mode)
 
     def _build(self, op: LinearOperator) -> None:
         a = dense_matrix(op, "LISTA").detach()

@@ -4,7 +4,6 @@ selection."""
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from unroll.operators import LinearOperator
@@ -14,7 +13,7 @@ from unroll.prox import soft_threshold_support_selection
 from unroll.steps import State, Step
 from unroll.unrolled import Unrolled
 
-from .base import UnrolledModel, support_selection_schedule
+from .base import ThresholdedMatrixModel
 from .lista import dense_matrix
 
 __all__ = ["CoupledStep", "LISTACP", "LISTACPSS"]
@@ -43,7 +42,7 @@ class CoupledStep(Step):
         return f"percent={self.percent:g}"
 
 
-class LISTACP(UnrolledModel):
+class LISTACP(ThresholdedMatrixModel):
     """LISTA-CP: ``x_{k+1} = η_{θ_k}(x_k + Wₖᵀ(y − A x_k))``, ``x_0 = 0``, one learned ``(m, n)``
     matrix ``Wₖ`` and threshold ``θₖ`` per layer.
 
@@ -62,15 +61,9 @@ class LISTACP(UnrolledModel):
     Shapes: ``y`` ``(B, m)`` → ``x`` ``(B, n)``. Parameters: ``K·(m·n + 1)``.
     """
 
-    needs_operator = True
-
     def __init__(self, num_layers: int = 16, operator=None, lam: float = 0.4, support_selection: bool = False,
                  p_step: float = 1.2, p_max: float = 13.0, grad_mode: str = "full") -> None:
-        super().__init__(num_layers, grad_mode)
-        self.lam = lam
-        self.percents = support_selection_schedule(num_layers, p_step, p_max, support_selection)
-        if operator is not None:
-            self.bind(operator)
+        super().__init__(num_layers, operator, lam, support_selection, p_step, p_max, grad_mode)
 
     def _build(self, op: LinearOperator) -> None:
         a = dense_matrix(op, type(self).__name__).detach()

@@ -9,13 +9,13 @@ from unroll.operators import LinearOperator
 from unroll.unrolled import Unrolled
 
 from .alista import ALISTAStep, WeightedProblem
-from .base import UnrolledModel, support_selection_schedule
+from .base import ThresholdedMatrixModel
 from .lista import dense_matrix
 
 __all__ = ["TiLISTA"]
 
 
-class TiLISTA(UnrolledModel):
+class TiLISTA(ThresholdedMatrixModel):
     """Tied LISTA: ``x_{k+1} = η^{ss}_{θ_k, p_k}(x_k − γ_k Wᵀ(A x_k − y))``.
 
     One learned ``(m, n)`` matrix ``W`` for all layers (a model parameter, not a layer's), and
@@ -33,15 +33,9 @@ class TiLISTA(UnrolledModel):
     Shapes: ``y`` ``(B, m)`` → ``x`` ``(B, n)``. Parameters: ``m·n + 2K``.
     """
 
-    needs_operator = True
-
     def __init__(self, num_layers: int = 16, operator=None, lam: float = 0.4, support_selection: bool = True,
                  p_step: float = 1.2, p_max: float = 13.0, grad_mode: str = "full") -> None:
-        super().__init__(num_layers, grad_mode)
-        self.lam = lam
-        self.percents = support_selection_schedule(num_layers, p_step, p_max, support_selection)
-        if operator is not None:
-            self.bind(operator)
+        super().__init__(num_layers, operator, lam, support_selection, p_step, p_max, grad_mode)
 
     def _build(self, op: LinearOperator) -> None:
         a = dense_matrix(op, "TiLISTA").detach()
