@@ -27,6 +27,8 @@ from unroll.models.lista_cp import CoupledStep
 from unroll.parametrize import PositiveScalar, inverse_softplus
 from unroll.prox import L1Ball, NonNegative
 
+from test_models import small_problem  # noqa: E402  (a Gaussian A with unit-norm columns, sparse x, y = A x)
+
 DT = torch.float64
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -37,15 +39,6 @@ SS_MODELS = ["LISTASS", "LISTACPSS", "TiLISTA", "ALISTA"]
 # --------------------------------------------------------------------------- #
 # helpers
 # --------------------------------------------------------------------------- #
-def small_problem(m=20, n=40, batch=6, p=0.1, seed=0, dtype=torch.float32):
-    """A Gaussian ``A`` with unit-norm columns, Bernoulli–Gaussian ``x``, ``y = A x``."""
-    g = torch.Generator().manual_seed(seed)
-    a = torch.randn(m, n, generator=g, dtype=DT) / m ** 0.5
-    a = a / a.norm(dim=0, keepdim=True)
-    x = torch.randn(batch, n, generator=g, dtype=DT) * (torch.rand(batch, n, generator=g, dtype=DT) < p)
-    return a.to(dtype), x.to(dtype), (x @ a.T).to(dtype)
-
-
 def build(name, K, a, lam=0.1, **kw):
     """Model ``name`` with ``K`` layers bound to ``a`` (LearnedPGD needs no operator)."""
     if name == "LISTA":

@@ -147,7 +147,8 @@ def _print_table(curves: Dict[str, List[float]], title: str) -> None:
 
 
 def _embedded_config(ckpt_path: str) -> Dict:
-    meta = torch.load(ckpt_path, map_location="cpu", weights_only=False).get("unroll") or {}
+    # memory-mapped: only the small metadata is read here (Trainer.test loads the weights)
+    meta = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True).get("unroll") or {}
     cfg = meta.get("config")
     if not cfg:
         raise ValueError(f"ckpt_path: {ckpt_path!r} carries no config (it was not written by `unroll fit`); "

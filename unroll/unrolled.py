@@ -229,9 +229,11 @@ class Unrolled(nn.Module):
             new = steps[min(k, last)](state, problem)
             if tol is not None or k == n - 1:
                 prev = state.x
-                prev_norm = batch_norm(prev)  # from x = 0 (a first iteration) the change is relative to the new x
-                denom = torch.where(prev_norm > 0, prev_norm, batch_norm(new.x))
-                rel = batch_norm(new.x - prev) / denom.clamp_min(torch.finfo(residual.dtype).tiny)
+                prev_norm, change = batch_norm(prev), batch_norm(new.x - prev)
+                # from x = 0 (a first iteration) any change is a whole one: 1 (or 0), not change / tiny,
+                # which overflows; NaN/Inf still come out non-finite, for the divergence check
+                tiny = torch.finfo(residual.dtype).tiny
+                rel = torch.where(prev_norm > 0, change / prev_norm.clamp_min(tiny), change / change.clamp_min(tiny))
                 if tol is not None:
                     new = _freeze(new, state, converged)
                     residual = torch.where(converged, residual, rel)
