@@ -8,13 +8,12 @@ import torch
 from torch import Tensor
 
 from unroll.operators import LinearOperator
-from unroll.parametrize import PositiveScalar
 from unroll.problem import Problem
 from unroll.prox import soft_threshold_support_selection
 from unroll.steps import State, Step
 from unroll.unrolled import Unrolled
 
-from .base import UnrolledModel, support_selection_schedule
+from .base import UnrolledModel, learned_scalar, support_selection_schedule
 from .lista import dense_matrix
 
 __all__ = ["ALISTA", "ALISTAStep", "analytic_weight", "support_selection_schedule"]
@@ -52,13 +51,14 @@ class ALISTAStep(Step):
     soft thresholding with support selection (the largest ``p`` % pass untouched).
 
     Args:
-        gamma: initial step γ > 0; theta: initial threshold θ > 0; percent: ``p`` in %.
+        gamma: initial step γ > 0; theta: initial threshold θ > 0 (both learned, see
+            :func:`~unroll.models.base.learned_scalar`); percent: ``p`` in %.
     """
 
     def __init__(self, gamma: float, theta: float, percent: float) -> None:
         super().__init__()
-        self.gamma = PositiveScalar(gamma, learnable=True, name="gamma")
-        self.theta = PositiveScalar(theta, learnable=True, name="theta")
+        self.gamma = learned_scalar(gamma, "gamma")
+        self.theta = learned_scalar(theta, "theta")
         self.percent = float(percent)
 
     def forward(self, state: State, problem: WeightedProblem) -> State:

@@ -64,8 +64,7 @@ def n_params(model):
 
 def set_positive(scalar: PositiveScalar, value: float) -> None:
     """Set a learnable softplus-parametrised scalar to ``value``."""
-    with torch.no_grad():
-        scalar.raw.copy_(inverse_softplus(value).to(scalar.raw.dtype))
+    scalar.set_(value)
 
 
 def schedule_ref(K, p_step_tenths=12, p_max_tenths=130):
@@ -216,10 +215,12 @@ def test_parameter_counts():
     a, _, _ = small_problem(m=12, n=30)
     m, n = a.shape
     K = 5
-    assert n_params(LISTA(K, operator=a)) == K * (n * m + n * n + 1)
-    assert n_params(LISTASS(K, operator=a)) == K * (n * m + n * n + 1)
-    assert n_params(LISTACP(K, operator=a)) == K * (m * n + 1)
-    assert n_params(LISTACPSS(K, operator=a)) == K * (m * n + 1)
+    assert n_params(LISTA(K, operator=a)) == K * (n * m + n * n + 2)  # + threshold and relaxation
+    assert n_params(LISTA(K, operator=a, relaxation=False)) == K * (n * m + n * n + 1)
+    assert n_params(LISTASS(K, operator=a)) == K * (n * m + n * n + 2)
+    assert n_params(LISTACP(K, operator=a)) == K * (m * n + 2)
+    assert n_params(LISTACP(K, operator=a, relaxation=False)) == K * (m * n + 1)
+    assert n_params(LISTACPSS(K, operator=a)) == K * (m * n + 2)
     assert n_params(TiLISTA(K, operator=a)) == m * n + 2 * K
     assert n_params(TiLISTA(K, operator=a, support_selection=False)) == m * n + 2 * K
     assert n_params(ALISTA(K, operator=a)) == 2 * K
@@ -444,8 +445,8 @@ def test_layer_and_shared_parameters(name):
     layers = [{id(p) for p in model.layer_parameters(k)} for k in range(K)]
     shared = [id(p) for p in model.shared_parameters()]
     everything = [id(p) for p in model.parameters()]
-    per_layer = {"LISTA": n * m + n * n + 1, "LISTASS": n * m + n * n + 1, "LISTACP": m * n + 1,
-                 "LISTACPSS": m * n + 1, "TiLISTA": 2, "ALISTA": 2, "LearnedPGD": 1}[name]
+    per_layer = {"LISTA": n * m + n * n + 2, "LISTASS": n * m + n * n + 2, "LISTACP": m * n + 2,
+                 "LISTACPSS": m * n + 2, "TiLISTA": 2, "ALISTA": 2, "LearnedPGD": 1}[name]
     for k in range(K):
         assert sum(p.numel() for p in model.layer_parameters(k)) == per_layer
         assert layers[k] == {id(p) for p in model.unrolled.steps[k].parameters()}
@@ -525,3 +526,67 @@ def test_matrix_changed_in_place_is_another_operator():
     a[3, 5] += 1.0
     with pytest.raises(ValueError, match="^A:"):
         model(y, a)
+
+
+# --------------------------------------------------------------------------- #
+# 7. parametrisation of the learned scalars; relaxation
+# --------------------------------------------------------------------------- #
+@pytest.mark.parametrize("beta,value", [(1.0, 0.05), (1.0, 3.0), (200.0, 0.05), (200.0, 1e-4)])
+def test_softplus_beta_value_and_closed_form_gradient(beta, value, float64_default):
+    s = PositiveScalar(value, learnable=True, beta=beta)
+    v = s()
+    assert v.item() == pytest.approx(value, rel=1e-12)
+    v.backward()
+    # d softplus_β(r)/dr = sigmoid(β r) = 1 − exp(−β·value)
+    assert s.raw.grad.item() == pytest.approx(-math.expm1(-beta * value), rel=1e-9)
+    s.set_(2 * value)
+    assert s().item() == pytest.approx(2 * value, rel=1e-12)
+    with pytest.raises(ValueError, match="beta"):
+        PositiveScalar(value, learnable=True, beta=0.0)
+    with pytest.raises(ValueError, match="value"):
+        s.set_(-1.0)
+
+
+def test_learned_scalars_move_like_plain_parameters_in_their_range(float64_default):
+    """The family's thresholds and steps: β = 10/initial value, so d value / d raw ≥ 1 − e⁻¹⁰
+    at the initial value and ≥ 1 − e⁻¹ at a tenth of it."""
+    a, _, _ = small_problem(dtype=DT)
+    for model in (LISTA(2, operator=a), LISTACP(2, operator=a), TiLISTA(2, operator=a), ALISTA(2, operator=a)):
+        for st in model.unrolled.steps:
+            for scalar in (st.theta, st.gamma):
+                v0 = scalar().item()
+                assert scalar.beta == pytest.approx(10 / v0, rel=1e-9)
+                slope = -math.expm1(-scalar.beta * v0)
+                assert slope > 1 - 1e-4
+                scalar.set_(v0 / 10)
+                assert -math.expm1(-scalar.beta * v0 / 10) == pytest.approx(1 - math.exp(-1))
+
+
+def test_relaxed_layers_are_plain_layers_with_effective_weights(float64_default):
+    """x + γ(W₁y + W₂x − x) is the plain LISTA layer with γW₁ and (1−γ)I + γW₂; x − γWᵀ(Ax − y)
+    is the plain LISTA-CP layer with γW: relaxation does not change the set of networks."""
+    a, x, y = small_problem(m=20, n=40, batch=6, dtype=DT)
+    for name, ss in (("LISTA", False), ("LISTASS", True), ("LISTACP", False), ("LISTACPSS", True)):
+        relaxed = build(name, 3, a)
+        plain = build(name, 3, a, relaxation=False)
+        g = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for k, (sr, sp) in enumerate(zip(relaxed.unrolled.steps, plain.unrolled.steps)):
+                sr.gamma.set_(0.6 + 0.5 * k)  # under- and over-relaxed layers
+                for p in sr.parameters():
+                    if p.numel() > 1:
+                        p.add_(0.01 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+                sp.theta.set_(sr.theta().item())
+                if name.startswith("LISTACP"):
+                    sp.weight.copy_(sr.effective_weight())
+                else:
+                    w1, w2 = sr.effective_weights()
+                    sp.w1.copy_(w1)
+                    sp.w2.copy_(w2)
+            out_r = relaxed(y, a, return_trajectory=True)
+            out_p = plain(y, a, return_trajectory=True)
+        assert relaxed.unrolled.steps[0].percent == (1.2 if ss else 0.0)
+        for xr, xp in zip(out_r.trajectory, out_p.trajectory):
+            torch.testing.assert_close(xr, xp, rtol=1e-10, atol=1e-12)
+        # and γ matters: the relaxed network is not the untouched one
+        assert (out_r.x - build(name, 3, a)(y, a)).abs().max() > 1e-3

@@ -221,7 +221,8 @@ def test_parameter_counts():
     assert n_params(LearnedISTA(K, learn_step=False)) == K
     assert n_params(LearnedISTA(K, learn_threshold=False)) == K
     assert n_params(LearnedIHT(K)) == 2 * K
-    assert n_params(LISTA(K, operator=a)) == K * (n * m + n * n + 1)
+    assert n_params(LISTA(K, operator=a)) == K * (n * m + n * n + 2)  # threshold + relaxation
+    assert n_params(LISTA(K, operator=a, relaxation=False)) == K * (n * m + n * n + 1)
 
 
 @pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad")  # steps_and_weights uses float()
