@@ -8,7 +8,7 @@ from functools import partial
 import lightning as L
 import pytest
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, Timer
 
 from unroll.data import SparseRecoveryDataModule
 from unroll.models import ALISTA, LearnedISTA
@@ -187,3 +187,63 @@ def test_shared_parameters_train_in_every_stage(tmp_path):
         steps = {n for n in trainable if n.startswith("unrolled.")}
         assert "weight" in trainable
         assert {int(n.split(".")[2]) for n in steps} == ({layer - 1} if stage == 0 else set(range(layer)))
+
+
+def test_scalar_lr_factor_groups_follow_the_stages(tmp_path):
+    """Matrices at lr, single-element parameters at lr x scalar_lr_factor, both scaled by the stage."""
+    from unroll.models import LISTACP
+
+    dm = data()
+    model = LISTACP(2, operator=dm.get_operator())
+    t = ReconstructionTask(model, optimizer=partial(torch.optim.Adam, lr=0.01), scalar_lr_factor=10)
+    groups = t.parameter_groups()
+    assert [len(g["params"]) for g in groups] == [2, 4]  # 2 matrices | 2 thresholds + 2 steps
+    assert all(p.numel() > 1 for p in groups[0]["params"]) and all(p.numel() == 1 for p in groups[1]["params"])
+    opt = t.configure_optimizers()
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.01, 0.1])
+
+    seen = []
+
+    class Lrs(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append((sw.stage, [g["lr"] for g in trainer.optimizers[0].param_groups]))
+
+    sw = StageWise(lr_factors=(1.0, 0.2, 0.02), patience=1, min_delta=100.0)
+    trainer([sw, Lrs()], tmp_path, max_steps=200).fit(t, datamodule=dm)
+    assert sw.done and {s for s, _ in seen} == {0, 1, 2}
+    for stage, lrs in seen:
+        f = (1.0, 0.2, 0.02)[stage]
+        assert lrs == pytest.approx([0.01 * f, 0.1 * f])
+    with pytest.raises(ValueError, match="scalar_lr_factor"):
+        ReconstructionTask(model, scalar_lr_factor=0)
+
+
+def test_time_shares_grow_with_depth():
+    """Under max_time each stage's share of the time left is proportional to its depth."""
+
+    class FakeTimer(Timer):
+        def __init__(self, elapsed, remaining):
+            super().__init__()
+            self._e, self._r = elapsed, remaining
+
+        def time_elapsed(self, stage="train"):
+            return self._e
+
+        def time_remaining(self, stage="train"):
+            return self._r
+
+    class FakeTrainer:
+        def __init__(self, timer):
+            self.callbacks = [timer]
+
+    K, n = 4, 3
+    total_weight = n * sum(range(1, K + 1))  # every stage of every layer, weighted by depth
+    sw = StageWise(lr_factors=(1.0, 0.2, 0.02))
+    sw._set_deadline(FakeTrainer(FakeTimer(10.0, 300.0)), K)
+    assert sw.deadline == pytest.approx(10.0 + 300.0 * 1 / total_weight)  # layer 1, stage 1
+    sw.layer, sw.stage = 3, 1  # left: stages 2-3 of layer 3 and 3 stages of layer 4
+    sw._set_deadline(FakeTrainer(FakeTimer(50.0, 120.0)), K)
+    assert sw.deadline == pytest.approx(50.0 + 120.0 * 3 / (3 * 2 + 4 * 3))
+    # the shares of all stages left add up to the time left
+    shares = [t / (3 * 2 + 4 * 3) * 120.0 for t in (3, 3, 4, 4, 4)]
+    assert sum(shares) == pytest.approx(120.0)

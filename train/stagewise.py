@@ -48,9 +48,11 @@ class StageWise(Callback):
             shapes match), so a new layer starts from its trained predecessor. Off: each layer
             starts from its initialisation, as in the papers.
         time_aware: with ``trainer.max_time`` set, a stage also ends when it has used its share
-            of the time left (time left / stages left, fixed when the stage starts), so that a
-            time-limited run trains every layer instead of stopping half-way through the
-            network with untrained layers behind it.
+            of the time left (fixed when the stage starts: the time left times the stage's depth
+            over the summed depths of the stages left, so that stages get about equal numbers
+            of steps, a step at depth ``t`` costing about ``t`` layers), so that a time-limited
+            run trains every layer instead of stopping half-way through the network with
+            untrained layers behind it. Time a stage leaves unused goes to the later ones.
 
     Validation frequency (``trainer.val_check_interval``) sets how quickly a stage can end.
     The callback owns the learning rate: do not combine it with an LR scheduler.
@@ -157,8 +159,11 @@ class StageWise(Callback):
         if left is None or self.done:
             self.deadline = None
             return
-        stages_left = (num_layers - self.layer) * len(self.lr_factors) + len(self.lr_factors) - self.stage
-        self.deadline = timer.time_elapsed() + max(left, 0.0) / max(stages_left, 1)
+        # a stage's share of the time left is proportional to its depth (a step costs about
+        # depth layers), so every stage gets about the same number of steps
+        n = len(self.lr_factors)
+        weights_left = self.layer * (n - self.stage) + n * sum(range(self.layer + 1, num_layers + 1))
+        self.deadline = timer.time_elapsed() + max(left, 0.0) * self.layer / max(weights_left, 1)
 
     def _past_deadline(self, trainer: L.Trainer) -> bool:
         if self.deadline is None:
