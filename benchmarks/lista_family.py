@@ -56,6 +56,19 @@ def _unroll() -> List[str]:
     return [exe] if exe else [sys.executable, "-c", "from unroll.train.cli import main; main()"]
 
 
+def budget_for(setting: str, name: str, budget: str, overrides: List[str]) -> str:
+    """The training budget of one run: ``--budget`` unless ``--budget_for SETTING:MODEL=TIME`` says otherwise."""
+    for o in overrides:
+        key, _, value = o.partition("=")
+        s, _, m = key.partition(":")
+        if s not in SETTINGS or m not in MODELS or not value:
+            raise SystemExit(f"--budget_for: expected SETTING:MODEL=DD:HH:MM:SS with SETTING in {list(SETTINGS)} "
+                             f"and MODEL in {list(MODELS)}, got {o!r}")
+        if (s, m) == (setting, name):
+            return value
+    return budget
+
+
 def train(work: Path, setting: str, name: str, budget: str, reuse: bool) -> Dict[str, object]:
     """``unroll fit`` one config in ``work/setting/name``; returns where and how long."""
     cfg = MODELS[name]
@@ -77,7 +90,7 @@ def train(work: Path, setting: str, name: str, budget: str, reuse: bool) -> Dict
     if proc.returncode != 0 or not ckpt.is_file():
         raise RuntimeError(f"{name} ({setting}) failed, see {run_dir / 'fit.log'}")
     print(f"trained {name:<10} {setting:<9} in {wall:.0f} s", flush=True)
-    return {"ckpt": str(ckpt), "wall_s": wall, "reused": False}
+    return {"ckpt": str(ckpt), "wall_s": wall, "reused": False, "budget": budget}
 
 
 def progress(ckpt: str) -> Dict[str, object]:
@@ -144,13 +157,14 @@ def markdown(results: Dict[str, Dict], budget: str) -> str:
                                             f"no ({curves[c][-1] - target:+.1f} dB)")
             lines.append(f"| {c} | {curves[c][-1]:.2f} | {text} | {ok} |")
         lines.append("")
-        lines.append("| model | steps | stage-wise position at the end | wall (s) |")
-        lines.append("|---|---:|---|---:|")
+        lines.append("| model | budget | steps | stage-wise position at the end | wall (s) |")
+        lines.append("|---|---|---:|---|---:|")
         for k in cols[2:]:
             p = res["progress"][k]
             pos = "all 16 layers done" if p.get("done") else f"layer {p.get('layer')}, stage {p.get('stage')}"
             wall = res["runs"][k]["wall_s"]
-            lines.append(f"| {k} | {p['steps']} | {pos} | {'' if wall is None else f'{wall:.0f}'} |")
+            run_budget = res["runs"][k].get("budget", budget)
+            lines.append(f"| {k} | {run_budget} | {p['steps']} | {pos} | {'' if wall is None else f'{wall:.0f}'} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -159,6 +173,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--budget", default="00:00:08:00", help="trainer.max_time per model (DD:HH:MM:SS)")
     ap.add_argument("--short", action="store_true", help="40 s per model")
+    ap.add_argument("--budget_for", nargs="*", default=[], metavar="SETTING:MODEL=TIME",
+                    help="another budget for one run, e.g. noiseless:ALISTA=00:00:25:00")
     ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--jobs", type=int, default=2, help="runs in parallel (one thread each)")
@@ -175,9 +191,15 @@ def main(argv: Optional[List[str]] = None) -> None:
     work = Path(args.work)
 
     jobs = [(s, m) for s in args.settings for m in args.models]
+
+    def seconds(t: str) -> int:
+        return sum(int(v) * u for v, u in zip(t.split(":"), (86400, 3600, 60, 1)))
+
+    jobs.sort(key=lambda j: -seconds(budget_for(j[0], j[1], budget, args.budget_for)))  # longest first
     t0 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        runs = dict(zip(jobs, pool.map(lambda j: train(work, j[0], j[1], budget, args.reuse), jobs)))
+        runs = dict(zip(jobs, pool.map(
+            lambda j: train(work, j[0], j[1], budget_for(j[0], j[1], budget, args.budget_for), args.reuse), jobs)))
     results: Dict[str, Dict] = {}
     for s in args.settings:
         ckpts = {m: runs[(s, m)]["ckpt"] for m in args.models}
@@ -185,7 +207,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         plot(curves, s, ROOT / "benchmarks" / "figures" / f"lista_family_{s}.png")
         results[s] = {"curves": curves, "runs": {m: runs[(s, m)] for m in args.models},
                       "progress": {m: progress(ckpts[m]) for m in args.models}}
-    meta = {"budget_per_model": budget, "threads_per_run": 1, "parallel_runs": args.jobs,
+    meta = {"budget_per_model": budget, "budget_for": args.budget_for, "threads_per_run": 1, "parallel_runs": args.jobs,
             "machine": f"{os.cpu_count()} cores, {cpu_name()}", "python": platform.python_version(),
             "total_wall_s": time.perf_counter() - t0,
             "published_layer16": {s: {k: v[0] for k, v in d.items()} for s, d in PUBLISHED.items()}}

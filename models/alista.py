@@ -14,29 +14,9 @@ from unroll.steps import State, Step
 from unroll.unrolled import Unrolled
 
 from .base import UnrolledModel, learned_scalar, support_selection_schedule
-from .lista import dense_matrix
+from .weights import analytic_weight, dense_matrix
 
 __all__ = ["ALISTA", "ALISTAStep", "analytic_weight", "support_selection_schedule"]
-
-
-def analytic_weight(a: Tensor) -> Tensor:
-    """ALISTA's weight ``W`` ``(m, n)`` for a matrix ``A`` ``(m, n)``.
-
-    ``W`` minimises ``‖Wᵀ A‖_F`` subject to ``diag(Wᵀ A) = 1``. The problem separates over the
-    columns: ``w_i = argmin ‖Aᵀ w‖²`` s.t. ``a_iᵀ w = 1``, whose Lagrange conditions give
-    ``w_i = (AAᵀ)⁻¹ a_i / (a_iᵀ (AAᵀ)⁻¹ a_i)``. Computed in float64 with a Cholesky solve,
-    returned in ``A``'s dtype. Needs ``A`` of full row rank (``m ≤ n``).
-    """
-    if a.dim() != 2:
-        raise ValueError(f"a: expected a (m, n) matrix, got shape {tuple(a.shape)}")
-    a64 = a.detach().to(torch.complex128 if a.is_complex() else torch.float64)
-    gram = a64 @ a64.mH
-    chol, info = torch.linalg.cholesky_ex(gram)
-    if int(info) != 0:
-        raise ValueError(f"a: A Aᴴ is singular (A of shape {tuple(a.shape)} must have full row rank)")
-    v = torch.cholesky_solve(a64, chol)  # (AAᴴ)⁻¹ A, column i = (AAᴴ)⁻¹ a_i
-    denom = (a64.conj() * v).sum(0)  # a_iᴴ (AAᴴ)⁻¹ a_i, real positive
-    return (v / denom.conj()).to(a.dtype)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,8 @@ from unroll.parametrize import PositiveScalar
 from unroll.problem import Problem
 from unroll.unrolled import Unrolled, UnrolledOutput
 
+from .weights import INITS
+
 __all__ = ["UnrolledModel", "ThresholdedMatrixModel", "learned_scalar", "support_selection_schedule"]
 
 
@@ -23,8 +25,7 @@ def learned_scalar(value: float, name: str) -> PositiveScalar:
 
     The papers (Chen et al. 2018; Liu et al. 2019) learn θ and γ as plain variables, so an Adam
     step moves them by about the learning rate. A softplus with ``β = 1`` would, for θ ≈ 0.07,
-    move them by only ~7 % of that (and ever less as they shrink): on the standard problem that
-    costs LISTA-CPSS 15 dB at 16 layers for the same training budget (BENCHMARKS.md). With
+    move them by only ~7 % of that (and ever less as they shrink; ablation in BENCHMARKS.md). With
     ``β = 10/value`` the value moves as a plain variable would in its working range, and it
     still cannot reach zero or become negative.
     """
@@ -161,8 +162,9 @@ class UnrolledModel(nn.Module):
 
 
 class ThresholdedMatrixModel(UnrolledModel):
-    """Base of the LISTA family: weights built from the dense matrix ``A`` at binding, initial
-    thresholds ``λ/L`` and a support-selection schedule (all zeros when it is off).
+    """Base of the LISTA family: weights built from the dense matrix ``A`` at binding (from
+    ISTA's or ALISTA's weight, ``init``), initial thresholds ``λ/L`` and a support-selection
+    schedule (all zeros when it is off).
 
     Subclasses give their own typed ``__init__`` (their defaults) and build ``self.unrolled``
     in :meth:`_build` from ``self.lam`` and ``self.percents``.
@@ -171,12 +173,16 @@ class ThresholdedMatrixModel(UnrolledModel):
     needs_operator = True
 
     def __init__(self, num_layers: int, operator, lam: float, support_selection: bool, p_step: float,
-                 p_max: float, grad_mode: Union[str, GradMode], relaxation: bool = False) -> None:
+                 p_max: float, grad_mode: Union[str, GradMode], relaxation: bool = False,
+                 init: str = "ista") -> None:
         super().__init__(num_layers, grad_mode)
         if not isinstance(relaxation, bool):
             raise ValueError(f"relaxation: expected a bool, got {relaxation!r}")
+        if init not in INITS:
+            raise ValueError(f"init: expected one of {', '.join(repr(i) for i in INITS)}, got {init!r}")
         self.lam = lam
         self.relaxation = relaxation
+        self.init = init
         self.percents = support_selection_schedule(num_layers, p_step, p_max, support_selection)
         if operator is not None:
             self.bind(operator)

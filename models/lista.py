@@ -3,26 +3,21 @@ LISTA-SS: the same network with support selection (Chen et al., NeurIPS 2018).""
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import Tensor, nn
 
-from unroll.operators import LinearOperator, MatrixOperator
+from unroll.operators import LinearOperator
 from unroll.problem import Problem
 from unroll.prox import soft_threshold_support_selection
 from unroll.steps import State, Step
 from unroll.unrolled import Unrolled
 
 from .base import ThresholdedMatrixModel, learned_scalar
+from .weights import dense_matrix, initial_weight
 
-__all__ = ["LISTA", "LISTASS", "LISTAStep", "dense_matrix"]
-
-
-def dense_matrix(op: LinearOperator, model: str) -> Tensor:
-    """The dense ``(m, n)`` matrix of a :class:`MatrixOperator` (models that need ``A`` itself)."""
-    if not isinstance(op, MatrixOperator) or op.batched:
-        raise TypeError(f"A: {model} needs a single (m, n) matrix (a MatrixOperator or a 2-D tensor), "
-                        f"got {type(op).__name__}")
-    return op.dense()
+__all__ = ["LISTA", "LISTASS", "LISTAStep", "dense_matrix"]  # dense_matrix: re-exported from .weights
 
 
 class LISTAStep(Step):
@@ -69,7 +64,11 @@ class LISTA(ThresholdedMatrixModel):
     """Learned ISTA with free matrices per layer: ``x_{k+1} = S_{θ_k}(W₁ᵏ y + W₂ᵏ x_k)``, ``x_0 = 0``.
 
     Initialised at ISTA (``W₁ = Aᵀ/L``, ``W₂ = I − AᵀA/L``, ``θ = λ/L``), so the untrained
-    network is ISTA with ``K`` iterations.
+    network is ISTA with ``K`` iterations; or, with ``init="analytic"``, at ALISTA's weight
+    ``W`` (:func:`~unroll.models.analytic_weight`: ``W₁ = Wᵀ``, ``W₂ = I − WᵀA``, ``θ = λ/L``),
+    the matrices that the LISTA-CP analysis says training converges to (Liu et al. 2019).
+    Trained from there, the network starts where ISTA-initialised training arrives only after
+    long runs; the configs use it (BENCHMARKS.md compares the two).
 
     Relaxation (on by default): each layer also learns a scalar ``γ_k`` (initially 1) and computes
     ``η_θ(x + γ_k (W₁ y + W₂ x − x))``. That is still a LISTA layer, with matrices ``γ_k W₁`` and
@@ -77,7 +76,7 @@ class LISTA(ThresholdedMatrixModel):
     same, at one extra parameter per layer. It changes what training finds: Adam moves each entry
     of a matrix by about the learning rate, so it rescales a 500×500 matrix only slowly, while the
     layer's step size is what lets the learned thresholds alternate between large and small as
-    in ALISTA. On the standard problem it is worth >10 dB at 16 layers (BENCHMARKS.md).
+    in ALISTA (ablation in BENCHMARKS.md).
 
     Args:
         num_layers: ``K``.
@@ -87,6 +86,7 @@ class LISTA(ThresholdedMatrixModel):
             (``p_k = min(p_step·k, p_max)``), as LISTA-SS; off for plain LISTA.
         p_step, p_max: the support-selection schedule in percent.
         relaxation: learn a relaxation ``γ_k`` per layer (see above); off: plain LISTA layers.
+        init: ``"ista"`` or ``"analytic"`` (see above).
         grad_mode: gradient mode of the unrolled layers (see :mod:`unroll.autodiff`).
 
     Shapes: ``y`` ``(B, m)`` → ``x`` ``(B, n)``. Parameters: ``K·(n·m + n² + 2)`` (``+ 1`` per
@@ -95,15 +95,16 @@ class LISTA(ThresholdedMatrixModel):
 
     def __init__(self, num_layers: int = 16, operator=None, lam: float = 0.1, support_selection: bool = False,
                  p_step: float = 1.2, p_max: float = 13.0, relaxation: bool = True,
-                 grad_mode: str = "full") -> None:
+                 init: Literal["ista", "analytic"] = "ista", grad_mode: str = "full") -> None:
         super().__init__(num_layers, operator, lam, support_selection, p_step, p_max, grad_mode,
-                         relaxation=relaxation)
+                         relaxation=relaxation, init=init)
 
     def _build(self, op: LinearOperator) -> None:
         a = dense_matrix(op, "LISTA").detach()
         lip = float(op.lipschitz())
-        w1 = a.mH / lip
-        w2 = torch.eye(a.shape[1], dtype=a.dtype, device=a.device) - a.mH @ a / lip
+        w, gamma = initial_weight(a, lip, self.init)
+        w1 = gamma * w.mH
+        w2 = torch.eye(a.shape[1], dtype=a.dtype, device=a.device) - w1 @ a
         self.unrolled = Unrolled([LISTAStep(w1, w2, self.lam / lip, p, self.relaxation) for p in self.percents],
                                  grad_mode=self.grad_mode)
 
@@ -116,5 +117,5 @@ class LISTASS(LISTA):
 
     def __init__(self, num_layers: int = 16, operator=None, lam: float = 0.1, support_selection: bool = True,
                  p_step: float = 1.2, p_max: float = 13.0, relaxation: bool = True,
-                 grad_mode: str = "full") -> None:
-        super().__init__(num_layers, operator, lam, support_selection, p_step, p_max, relaxation, grad_mode)
+                 init: Literal["ista", "analytic"] = "ista", grad_mode: str = "full") -> None:
+        super().__init__(num_layers, operator, lam, support_selection, p_step, p_max, relaxation, init, grad_mode)

@@ -4,6 +4,8 @@ selection."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from torch import Tensor, nn
 
 from unroll.operators import LinearOperator
@@ -13,7 +15,7 @@ from unroll.steps import State, Step
 from unroll.unrolled import Unrolled
 
 from .base import ThresholdedMatrixModel, learned_scalar
-from .lista import dense_matrix
+from .weights import dense_matrix, initial_weight
 
 __all__ = ["CoupledStep", "LISTACP", "LISTACPSS"]
 
@@ -53,7 +55,9 @@ class LISTACP(ThresholdedMatrixModel):
     """LISTA-CP: ``x_{k+1} = η_{θ_k}(x_k + Wₖᵀ(y − A x_k))``, ``x_0 = 0``, one learned ``(m, n)``
     matrix ``Wₖ`` and threshold ``θₖ`` per layer.
 
-    Initialised at ISTA (``Wₖ = A/L``, ``θₖ = λ/L``). Chen et al. prove that the coupling is
+    Initialised at ISTA (``Wₖ = A/L``, ``θₖ = λ/L``), or with ``init="analytic"`` at ALISTA's
+    weight (``Wₖ`` = :func:`~unroll.models.analytic_weight`, ``θₖ = λ/L``; see
+    :class:`~unroll.models.LISTA`). Chen et al. prove that the coupling is
     necessary for convergence of the learned iteration, and it halves LISTA's parameters.
 
     Relaxation (on by default): each layer also learns a step ``γ_k`` (initially 1) and uses
@@ -69,6 +73,7 @@ class LISTACP(ThresholdedMatrixModel):
             threshold (LISTA-CPSS); off for LISTA-CP.
         p_step, p_max: the support-selection schedule in percent.
         relaxation: learn a step ``γ_k`` per layer (see above); off: plain LISTA-CP layers.
+        init: ``"ista"`` or ``"analytic"`` (see above).
         grad_mode: gradient mode of the unrolled layers (see :mod:`unroll.autodiff`).
 
     Shapes: ``y`` ``(B, m)`` → ``x`` ``(B, n)``. Parameters: ``K·(m·n + 2)`` (``+ 1`` per layer
@@ -77,14 +82,15 @@ class LISTACP(ThresholdedMatrixModel):
 
     def __init__(self, num_layers: int = 16, operator=None, lam: float = 0.4, support_selection: bool = False,
                  p_step: float = 1.2, p_max: float = 13.0, relaxation: bool = True,
-                 grad_mode: str = "full") -> None:
+                 init: Literal["ista", "analytic"] = "ista", grad_mode: str = "full") -> None:
         super().__init__(num_layers, operator, lam, support_selection, p_step, p_max, grad_mode,
-                         relaxation=relaxation)
+                         relaxation=relaxation, init=init)
 
     def _build(self, op: LinearOperator) -> None:
         a = dense_matrix(op, type(self).__name__).detach()
         lip = float(op.lipschitz())
-        self.unrolled = Unrolled([CoupledStep(a / lip, self.lam / lip, p, self.relaxation) for p in self.percents],
+        w, gamma = initial_weight(a, lip, self.init)
+        self.unrolled = Unrolled([CoupledStep(gamma * w, self.lam / lip, p, self.relaxation) for p in self.percents],
                                  grad_mode=self.grad_mode)
 
 
@@ -96,5 +102,5 @@ class LISTACPSS(LISTACP):
 
     def __init__(self, num_layers: int = 16, operator=None, lam: float = 0.4, support_selection: bool = True,
                  p_step: float = 1.2, p_max: float = 13.0, relaxation: bool = True,
-                 grad_mode: str = "full") -> None:
-        super().__init__(num_layers, operator, lam, support_selection, p_step, p_max, relaxation, grad_mode)
+                 init: Literal["ista", "analytic"] = "ista", grad_mode: str = "full") -> None:
+        super().__init__(num_layers, operator, lam, support_selection, p_step, p_max, relaxation, init, grad_mode)

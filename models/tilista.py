@@ -3,6 +3,8 @@ layers, scaled by a learned step per layer."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from torch import Tensor, nn
 
 from unroll.operators import LinearOperator
@@ -10,7 +12,7 @@ from unroll.unrolled import Unrolled
 
 from .alista import ALISTAStep, WeightedProblem
 from .base import ThresholdedMatrixModel
-from .lista import dense_matrix
+from .weights import dense_matrix, initial_weight
 
 __all__ = ["TiLISTA"]
 
@@ -20,7 +22,9 @@ class TiLISTA(ThresholdedMatrixModel):
 
     One learned ``(m, n)`` matrix ``W`` for all layers (a model parameter, not a layer's), and
     a learned step ``γ_k`` and threshold ``θ_k`` per layer. Initialised at ISTA: ``W = A``,
-    ``γ_k = 1/L``, ``θ_k = λ/L``. It is ALISTA with ``W`` learned instead of computed.
+    ``γ_k = 1/L``, ``θ_k = λ/L``, or with ``init="analytic"`` at ALISTA (``W`` =
+    :func:`~unroll.models.analytic_weight`, ``γ_k = 1``). It is ALISTA with ``W`` learned
+    instead of computed.
 
     Args:
         num_layers: ``K``.
@@ -28,20 +32,23 @@ class TiLISTA(ThresholdedMatrixModel):
         lam: λ for the initial thresholds.
         support_selection: as in the paper's TiLISTA (``p_k = min(p_step·k, p_max)`` %), or off.
         p_step, p_max: the support-selection schedule in percent.
+        init: ``"ista"`` or ``"analytic"`` (see above).
         grad_mode: gradient mode of the unrolled layers (see :mod:`unroll.autodiff`).
 
     Shapes: ``y`` ``(B, m)`` → ``x`` ``(B, n)``. Parameters: ``m·n + 2K``.
     """
 
     def __init__(self, num_layers: int = 16, operator=None, lam: float = 0.4, support_selection: bool = True,
-                 p_step: float = 1.2, p_max: float = 13.0, grad_mode: str = "full") -> None:
-        super().__init__(num_layers, operator, lam, support_selection, p_step, p_max, grad_mode)
+                 p_step: float = 1.2, p_max: float = 13.0, init: Literal["ista", "analytic"] = "ista",
+                 grad_mode: str = "full") -> None:
+        super().__init__(num_layers, operator, lam, support_selection, p_step, p_max, grad_mode, init=init)
 
     def _build(self, op: LinearOperator) -> None:
         a = dense_matrix(op, "TiLISTA").detach()
         lip = float(op.lipschitz())
-        self.weight = nn.Parameter(a.clone())
-        self.unrolled = Unrolled([ALISTAStep(1.0 / lip, self.lam / lip, p) for p in self.percents],
+        w, gamma = initial_weight(a, lip, self.init)
+        self.weight = nn.Parameter(w.clone())
+        self.unrolled = Unrolled([ALISTAStep(gamma, self.lam / lip, p) for p in self.percents],
                                  grad_mode=self.grad_mode)
 
     def problem(self, y: Tensor, op: LinearOperator) -> WeightedProblem:

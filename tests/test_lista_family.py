@@ -20,7 +20,8 @@ import torch
 from unroll import MatrixOperator, Problem, State, UnrolledOutput, solvers
 from unroll.data import SparseRecoveryDataModule
 from unroll.metrics import nmse
-from unroll.models import ALISTA, LISTA, LISTACP, LISTACPSS, LISTASS, LearnedPGD, TiLISTA, UnrolledModel
+from unroll.models import (ALISTA, LISTA, LISTACP, LISTACPSS, LISTASS, LearnedPGD, TiLISTA, UnrolledModel,
+                           analytic_weight)
 from unroll.models.alista import ALISTAStep, WeightedProblem
 from unroll.models.lista import LISTAStep
 from unroll.models.lista_cp import CoupledStep
@@ -590,3 +591,37 @@ def test_relaxed_layers_are_plain_layers_with_effective_weights(float64_default)
             torch.testing.assert_close(xr, xp, rtol=1e-10, atol=1e-12)
         # and γ matters: the relaxed network is not the untouched one
         assert (out_r.x - build(name, 3, a)(y, a)).abs().max() > 1e-3
+
+
+# --------------------------------------------------------------------------- #
+# 8. the analytic initialisation
+# --------------------------------------------------------------------------- #
+def test_analytic_init_is_alista_before_training(float64_default):
+    """init="analytic": LISTA, LISTA-CP(SS) and TiLISTA start as ALISTA with γ = 1, θ = λ/L (an
+    independent model: its weight is a buffer, its layers another class)."""
+    a, _, y = small_problem(m=25, n=50, batch=8, dtype=DT)
+    lam, K = 0.2, 5
+    L = float(np.linalg.norm(a.numpy(), 2) ** 2)
+    w = analytic_weight(a)
+    for name, ss in (("LISTA", False), ("LISTASS", True), ("LISTACP", False), ("LISTACPSS", True),
+                     ("TiLISTA", True)):
+        model = build(name, K, a, lam=lam, init="analytic")
+        ref = ALISTA(K, operator=a, gamma=1.0, theta=lam / L, support_selection=ss)
+        with torch.no_grad():
+            got, want = model(y, a, return_trajectory=True), ref(y, a, return_trajectory=True)
+        for xg, xw in zip(got.trajectory, want.trajectory):
+            torch.testing.assert_close(xg, xw, rtol=1e-9, atol=1e-11)
+        st = model.unrolled.steps[0]
+        if name.startswith("LISTACP"):
+            torch.testing.assert_close(st.weight.detach(), w)
+        elif name == "TiLISTA":
+            torch.testing.assert_close(model.weight.detach(), w)
+            assert st.gamma().item() == pytest.approx(1.0, rel=1e-12)
+        else:
+            torch.testing.assert_close(st.w1.detach(), w.T)
+            torch.testing.assert_close(st.w2.detach(), torch.eye(50, dtype=DT) - w.T @ a)
+    # and it is not the ISTA initialisation
+    ista = build("LISTACP", K, a, lam=lam)
+    assert (ista(y, a) - build("LISTACP", K, a, lam=lam, init="analytic")(y, a)).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="init"):
+        build("LISTA", K, a, init="alista")
