@@ -247,3 +247,30 @@ def test_time_shares_grow_with_depth():
     # the shares of all stages left add up to the time left
     shares = [t / (3 * 2 + 4 * 3) * 120.0 for t in (3, 3, 4, 4, 4)]
     assert sum(shares) == pytest.approx(120.0)
+
+
+def test_a_stage_that_only_makes_things_worse_keeps_its_starting_weights(tmp_path):
+    """Stage 2 of layer 1 starts from stage 1's best; a jolt that ruins the thresholds at its
+    start and never recovers within the stage must not be kept."""
+    sw = StageWise(lr_factors=(1.0, 1e-6), patience=2, min_delta=0.0)
+    state = {}
+
+    class Jolt(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if sw.layer == 1 and sw.stage == 1 and "start" not in state:
+                state["start"] = [p.detach().clone() for p in pl_module.model.parameters()]
+                with torch.no_grad():  # thresholds far too large: the estimate is ~0
+                    pl_module.model.unrolled.steps[0].prox.raw_lam.add_(5.0)
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if sw.layer == 2 and "after" not in state:
+                state["after"] = [p.detach().clone() for p in pl_module.model.layer_parameters(0)]
+
+    trainer([sw, Jolt()], tmp_path, max_steps=400, val_check_interval=2).fit(task(2, lr=0.05), datamodule=data())
+    stage1, stage2 = sw.history[0], sw.history[1]
+    assert (stage1["layer"], stage2["layer"], stage2["stage"]) == (1, 1, 2)
+    assert stage2["best"] == stage1["best"]  # never beaten
+    # layer 1 went into layer 2 with the weights stage 2 started from, not the jolted ones
+    layer1_start = state["start"][:len(state["after"])]
+    for a, b in zip(state["after"], layer1_start):
+        assert torch.equal(a, b)

@@ -9,7 +9,9 @@ stages (Chen et al. 2018, Sec. 4; Liu et al. 2019):
 
 A stage ends when the monitored validation metric has not improved for ``patience``
 validations; the best weights of the stage are then restored and the next stage starts with a
-fresh optimiser state. After the last stage of layer ``K`` training stops.
+fresh optimiser state. A stage at the same depth as the one before starts with that stage's
+best as the value to beat, so it keeps its starting weights unless it improves on them. After
+the last stage of layer ``K`` training stops.
 
 The callback works with any LightningModule that has an ``active_layers`` attribute (the depth
 its training and validation steps run; ``None`` = all) and a ``model`` with
@@ -225,11 +227,19 @@ class StageWise(Callback):
         self.history.append({"layer": self.layer, "stage": self.stage + 1, "best": self.best,
                              "step": trainer.global_step})
         self.stage += 1
-        if self.stage == len(self.lr_factors):
+        same_depth = self.stage < len(self.lr_factors)
+        if not same_depth:
             if self.warm_start:
                 self._copy_forward(model, self.layer - 1)
             self.stage, self.layer = 0, self.layer + 1
-        self.best, self.wait, self._best_state = math.inf, 0, None
+        if same_depth and self.restore_best and math.isfinite(self.best):
+            # the next stage starts from the weights just restored, whose metric is known: it
+            # must beat them to replace them, so no stage ends worse than it started (a fresh
+            # optimiser's first steps can make things worse before they make them better)
+            self.wait = 0
+            self._snapshot(model)
+        else:  # a new depth: the metric of the starting point is not yet known
+            self.best, self.wait, self._best_state = math.inf, 0, None
         if self.layer > model.num_layers:
             self.done = True
             trainer.should_stop = True
