@@ -7,7 +7,8 @@ one ``unroll evaluate`` table on the 1000 published test signals (next to ISTA a
 Liu et al. 2019, Fig. 1 and 2).
 
     python benchmarks/lista_family.py                       # 8 min per model, 2 runs at a time
-    python benchmarks/lista_family.py --budget 00:00:25:00  # closer to the papers' training
+    python benchmarks/lista_family.py --budget 00:00:15:00 --budget_for noiseless:ALISTA=00:00:25:00
+                                                            # the run in BENCHMARKS.md (~85 min)
     python benchmarks/lista_family.py --short               # 40 s per model: a smoke run
 
 Each run uses one thread (``OMP_NUM_THREADS=1``) and ``--jobs`` runs go in parallel.
