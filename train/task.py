@@ -42,9 +42,9 @@ class ReconstructionTask(L.LightningModule):
         scalar_lr_factor: learning rate of the model's single-element parameters (learned step
             sizes, thresholds, relaxations) relative to the optimiser's ``lr``, which the matrices
             and other tensors keep. The two form separate parameter groups of one optimiser.
-            For the LISTA family 10 (5e-4 for the matrices, 5e-3 for the scalars, ALISTA's rate):
-            a threshold moves by about the learning rate per Adam step, and the matrices' rate
-            is too slow for the large early thresholds and step sizes the networks want.
+            The LISTA-family configs use 100: matrices at 5e-5 (they start at ALISTA's analytic
+            weight and only need refining), thresholds and steps at 5e-3 (ALISTA's rate), which
+            a matrix rate would make far too slow.
 
     Batches are ``unroll.data.Batch(y, x)`` (``x`` may be ``None`` for unsupervised data).
     """
