@@ -13,7 +13,7 @@ from unroll.parametrize import PositiveScalar
 from unroll.problem import Problem
 from unroll.unrolled import Unrolled, UnrolledOutput
 
-from .weights import INITS
+from .weights import check_init
 
 __all__ = ["UnrolledModel", "ThresholdedMatrixModel", "learned_scalar", "support_selection_schedule"]
 
@@ -178,11 +178,9 @@ class ThresholdedMatrixModel(UnrolledModel):
         super().__init__(num_layers, grad_mode)
         if not isinstance(relaxation, bool):
             raise ValueError(f"relaxation: expected a bool, got {relaxation!r}")
-        if init not in INITS:
-            raise ValueError(f"init: expected one of {', '.join(repr(i) for i in INITS)}, got {init!r}")
         self.lam = lam
         self.relaxation = relaxation
-        self.init = init
+        self.init = check_init(init)
         self.percents = support_selection_schedule(num_layers, p_step, p_max, support_selection)
         if operator is not None:
             self.bind(operator)

@@ -10,10 +10,17 @@ from torch import Tensor
 
 from unroll.operators import LinearOperator, MatrixOperator
 
-__all__ = ["INITS", "analytic_weight", "dense_matrix", "initial_weight"]
+__all__ = ["INITS", "analytic_weight", "check_init", "dense_matrix", "initial_weight"]
 
 #: the initialisations of the LISTA family's matrices
 INITS = ("ista", "analytic")
+
+
+def check_init(init: str) -> str:
+    """``init`` if it is one of :data:`INITS`; otherwise a ``ValueError`` that lists them."""
+    if init not in INITS:
+        raise ValueError(f"init: expected one of {', '.join(repr(i) for i in INITS)}, got {init!r}")
+    return init
 
 
 def dense_matrix(op: LinearOperator, model: str) -> Tensor:
@@ -53,8 +60,6 @@ def initial_weight(a: Tensor, lip: float, init: str) -> Tuple[Tensor, float]:
     Args:
         a: ``(m, n)`` matrix; lip: ``L = ‖A‖²``; init: one of :data:`INITS`.
     """
-    if init == "ista":
+    if check_init(init) == "ista":
         return a, 1.0 / lip
-    if init == "analytic":
-        return analytic_weight(a), 1.0
-    raise ValueError(f"init: expected one of {', '.join(repr(i) for i in INITS)}, got {init!r}")
+    return analytic_weight(a), 1.0

@@ -25,7 +25,7 @@ from unroll.models import (ALISTA, LISTA, LISTACP, LISTACPSS, LISTASS, LearnedPG
 from unroll.models.alista import ALISTAStep, WeightedProblem
 from unroll.models.lista import LISTAStep
 from unroll.models.lista_cp import CoupledStep
-from unroll.parametrize import PositiveScalar, inverse_softplus
+from unroll.parametrize import PositiveScalar
 from unroll.prox import L1Ball, NonNegative
 
 from test_models import small_problem  # noqa: E402  (a Gaussian A with unit-norm columns, sparse x, y = A x)

@@ -232,12 +232,11 @@ class StageWise(Callback):
             if self.warm_start:
                 self._copy_forward(model, self.layer - 1)
             self.stage, self.layer = 0, self.layer + 1
-        if same_depth and self.restore_best and math.isfinite(self.best):
-            # the next stage starts from the weights just restored, whose metric is known: it
-            # must beat them to replace them, so no stage ends worse than it started (a fresh
-            # optimiser's first steps can make things worse before they make them better)
+        if same_depth and self.restore_best and self._best_state is not None:
+            # the next stage starts from the weights just restored (still held in _best_state),
+            # whose metric is known: it must beat them to replace them, so no stage ends worse
+            # than it started (a fresh optimiser's first steps can make things worse first)
             self.wait = 0
-            self._snapshot(model)
         else:  # a new depth: the metric of the starting point is not yet known
             self.best, self.wait, self._best_state = math.inf, 0, None
         if self.layer > model.num_layers:

@@ -21,6 +21,14 @@ def inverse_softplus(y: Union[float, Tensor], beta: float = 1.0) -> Tensor:
     return (by + torch.log(-torch.expm1(-by))) / beta
 
 
+def _positive(value, name: str) -> Tensor:
+    """``value`` as a float64 tensor, checked finite and > 0 (the error names ``name``)."""
+    v = torch.as_tensor(value, dtype=torch.float64)
+    if not torch.isfinite(v).all() or (v <= 0).any():
+        raise ValueError(f"{name}: expected a finite value > 0, got {value!r}")
+    return v
+
+
 class PositiveScalar(nn.Module):
     """A positive quantity (step size, threshold, weight), fixed or learned.
 
@@ -47,9 +55,7 @@ class PositiveScalar(nn.Module):
     def __init__(self, value: Union[float, Sequence[float], Tensor], learnable: bool = False,
                  name: str = "value", beta: float = 1.0) -> None:
         super().__init__()
-        v = torch.as_tensor(value, dtype=torch.float64).clone()
-        if not torch.isfinite(v).all() or (v <= 0).any():
-            raise ValueError(f"{name}: expected a finite value > 0, got {value!r}")
+        v = _positive(value, name).clone()
         if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not (0 < beta < float("inf")):
             raise ValueError(f"beta: expected a finite number > 0 for {name}, got {beta!r}")
         self.learnable = learnable
@@ -68,9 +74,7 @@ class PositiveScalar(nn.Module):
     @torch.no_grad()
     def set_(self, value: Union[float, Tensor]) -> "PositiveScalar":
         """Set the value in place (``value > 0``); returns ``self``."""
-        v = torch.as_tensor(value, dtype=torch.float64)
-        if not torch.isfinite(v).all() or (v <= 0).any():
-            raise ValueError(f"value: expected a finite value > 0, got {value!r}")
+        v = _positive(value, "value")
         if self.learnable:
             self.raw.copy_(inverse_softplus(v, self.beta).to(self.raw.dtype))
         else:
