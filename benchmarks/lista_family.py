@@ -1,14 +1,15 @@
 """The LISTA-family table: NMSE (dB) per layer on the standard problem, noiseless and at SNR 40 dB.
 
 Trains LISTA, LISTA-CP, LISTA-CPSS, TiLISTA and ALISTA (16 layers, stage-wise, the configs in
-``configs/``) with the same wall-clock budget each, evaluates all checkpoints of one setting in
-one ``unroll evaluate`` table on the 1000 published test signals (next to ISTA and FISTA with
-λ = 0.1), and compares layer 16 with the published curves (Chen et al. 2018, Fig. 3 and 4;
-Liu et al. 2019, Fig. 1 and 2).
+``configs/``) with a wall-clock budget each (``--budget``, or ``--budget_for`` one run), evaluates
+all checkpoints of one setting in one ``unroll evaluate`` table on the 1000 published test signals
+(next to ISTA and FISTA with λ = 0.1), and compares layer 16 with the published curves (Chen et
+al. 2018, Fig. 3 and 4; Liu et al. 2019, Fig. 1 and 2). In the noisy setting it also reports the
+converged LASSO with λ picked on the validation split, the reference for soft-thresholding models.
 
     python benchmarks/lista_family.py                       # 8 min per model, 2 runs at a time
-    python benchmarks/lista_family.py --budget 00:00:15:00 --budget_for noiseless:ALISTA=00:00:25:00
-                                                            # the run in BENCHMARKS.md (~85 min)
+    python benchmarks/lista_family.py --budget 00:00:15:00 --budget_for noiseless:ALISTA=00:00:25:00 \
+        snr40:LISTA=00:00:30:00 snr40:LISTA-CP=00:00:30:00  # the run in BENCHMARKS.md (≤ 95 min)
     python benchmarks/lista_family.py --short               # 40 s per model: a smoke run
 
 Each run uses one thread (``OMP_NUM_THREADS=1``) and ``--jobs`` runs go in parallel.
