@@ -154,7 +154,7 @@ def evaluate(work: Path, setting: str, ckpts: Dict[str, str]) -> Dict[str, List[
     return {k: v["nmse_db"] for k, v in json.loads((out_dir / "metrics.json").read_text()).items()}
 
 
-def plot(curves: Dict[str, List[float]], setting: str, path: Path) -> None:
+def plot(curves: Dict[str, List[float]], setting: str, path: Path, lasso_db: Optional[float] = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -164,6 +164,8 @@ def plot(curves: Dict[str, List[float]], setting: str, path: Path) -> None:
     for k, v in curves.items():
         style = "--" if k in ("ista", "fista") else "-"
         ax.plot(range(1, len(v) + 1), v, style, marker="o", markersize=3, label=k.upper() if style == "--" else k)
+    if lasso_db is not None:
+        ax.axhline(lasso_db, color="grey", linestyle=":", label="LASSO, converged (best λ)")
     ax.set_xlabel("layer / iteration")
     ax.set_ylabel("NMSE (dB), 1000 published test signals")
     ax.set_title(f"Standard problem (250×500, p=0.1), {'noiseless' if setting == 'noiseless' else 'SNR 40 dB'}")
@@ -225,10 +227,15 @@ def main(argv: Optional[List[str]] = None) -> None:
     ap.add_argument("--work", default=str(ROOT / "benchmarks" / "runs" / "lista_family"))
     ap.add_argument("--reuse", action="store_true", help="keep checkpoints already in --work")
     ap.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "lista_family.json"))
-    ap.add_argument("--report", action="store_true", help="only print the Markdown of an earlier --results file")
+    ap.add_argument("--report", action="store_true",
+                    help="only print the Markdown of an earlier --results file and redraw its figures")
     args = ap.parse_args(argv)
-    if args.report:
+    if args.report:  # also redraws the figures from the saved curves
         saved = json.loads(Path(args.results).read_text())
+        for s, res in saved["results"].items():
+            lasso = res.get("lasso")
+            plot(res["curves"], s, ROOT / "benchmarks" / "figures" / f"lista_family_{s}.png",
+                 None if not lasso else lasso["test_db"])
         print(markdown(saved["results"], saved["meta"]["budget_per_model"]))
         return
     budget = "00:00:00:40" if args.short else args.budget
@@ -248,10 +255,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     for s in args.settings:
         ckpts = {m: runs[(s, m)]["ckpt"] for m in args.models}
         curves = evaluate(work, s, ckpts)
-        plot(curves, s, ROOT / "benchmarks" / "figures" / f"lista_family_{s}.png")
+        lasso = lasso_reference(s, args.short)
+        plot(curves, s, ROOT / "benchmarks" / "figures" / f"lista_family_{s}.png",
+             None if lasso is None else lasso["test_db"])
         results[s] = {"curves": curves, "runs": {m: runs[(s, m)] for m in args.models},
-                      "progress": {m: progress(ckpts[m]) for m in args.models},
-                      "lasso": lasso_reference(s, args.short)}
+                      "progress": {m: progress(ckpts[m]) for m in args.models}, "lasso": lasso}
     meta = {"budget_per_model": budget, "budget_for": args.budget_for, "threads_per_run": 1, "parallel_runs": args.jobs,
             "machine": f"{os.cpu_count()} cores, {cpu_name()}", "python": platform.python_version(),
             "total_wall_s": time.perf_counter() - t0,
