@@ -124,7 +124,7 @@ class ReconstructionTask(L.LightningModule):
             loss = trajectory_loss(self.loss, out.trajectory, x, self._problem(y), w)
         if not torch.isfinite(loss):  # one scalar sync per step; never train on (or checkpoint) NaNs
             raise FloatingPointError(
-                f"train/loss is {float(loss)} at step {self.global_step}: the model diverged (a step size above "
+                f"train/loss is {float(loss.detach())} at step {self.global_step}: the model diverged (a step size above "
                 "2/L, a learning rate too high, or bad input); stopping before a non-finite checkpoint is written")
         self.log("train/loss", loss, batch_size=y.shape[0])
         return loss
