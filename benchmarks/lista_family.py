@@ -154,24 +154,28 @@ def evaluate(work: Path, setting: str, ckpts: Dict[str, str]) -> Dict[str, List[
     return {k: v["nmse_db"] for k, v in json.loads((out_dir / "metrics.json").read_text()).items()}
 
 
-def plot(curves: Dict[str, List[float]], setting: str, path: Path, lasso_db: Optional[float] = None) -> None:
+def plot(setting: str, res: Dict[str, object]) -> None:
+    """``benchmarks/figures/lista_family_<setting>.png`` from one setting's results (its curves,
+    and the converged-LASSO line when there is one)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    curves, lasso = res["curves"], res.get("lasso")
     for k, v in curves.items():
         style = "--" if k in ("ista", "fista") else "-"
         ax.plot(range(1, len(v) + 1), v, style, marker="o", markersize=3, label=k.upper() if style == "--" else k)
-    if lasso_db is not None:
-        ax.axhline(lasso_db, color="grey", linestyle=":", label="LASSO, converged (best λ)")
+    if lasso:
+        ax.axhline(lasso["test_db"], color="grey", linestyle=":", label="LASSO, converged (best λ)")
     ax.set_xlabel("layer / iteration")
     ax.set_ylabel("NMSE (dB), 1000 published test signals")
     ax.set_title(f"Standard problem (250×500, p=0.1), {'noiseless' if setting == 'noiseless' else 'SNR 40 dB'}")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
+    path = ROOT / "benchmarks" / "figures" / f"lista_family_{setting}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -233,9 +237,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     if args.report:  # also redraws the figures from the saved curves
         saved = json.loads(Path(args.results).read_text())
         for s, res in saved["results"].items():
-            lasso = res.get("lasso")
-            plot(res["curves"], s, ROOT / "benchmarks" / "figures" / f"lista_family_{s}.png",
-                 None if not lasso else lasso["test_db"])
+            plot(s, res)
         print(markdown(saved["results"], saved["meta"]["budget_per_model"]))
         return
     budget = "00:00:00:40" if args.short else args.budget
@@ -254,12 +256,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     results: Dict[str, Dict] = {}
     for s in args.settings:
         ckpts = {m: runs[(s, m)]["ckpt"] for m in args.models}
-        curves = evaluate(work, s, ckpts)
-        lasso = lasso_reference(s, args.short)
-        plot(curves, s, ROOT / "benchmarks" / "figures" / f"lista_family_{s}.png",
-             None if lasso is None else lasso["test_db"])
-        results[s] = {"curves": curves, "runs": {m: runs[(s, m)] for m in args.models},
-                      "progress": {m: progress(ckpts[m]) for m in args.models}, "lasso": lasso}
+        results[s] = {"curves": evaluate(work, s, ckpts), "runs": {m: runs[(s, m)] for m in args.models},
+                      "progress": {m: progress(ckpts[m]) for m in args.models},
+                      "lasso": lasso_reference(s, args.short)}
+        plot(s, results[s])
     meta = {"budget_per_model": budget, "budget_for": args.budget_for, "threads_per_run": 1, "parallel_runs": args.jobs,
             "machine": f"{os.cpu_count()} cores, {cpu_name()}", "python": platform.python_version(),
             "total_wall_s": time.perf_counter() - t0,
