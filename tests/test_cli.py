@@ -216,3 +216,62 @@ def test_diverging_training_stops_without_nan_checkpoint(tmp_path):
     for ckpt in Path(tmp_path).rglob("*.ckpt"):
         state = torch.load(ckpt, weights_only=False)["state_dict"]
         assert all(torch.isfinite(t).all() for t in state.values())
+
+
+def test_load_from_checkpoint_without_its_config(tmp_path, capsys):
+    """``ReconstructionTask.load_from_checkpoint(path)`` rebuilds task, model and operator from a
+    checkpoint of ``unroll fit`` alone, and gives the estimates ``unroll evaluate`` scored."""
+    from unroll.data import SparseRecoveryDataModule
+    from unroll.metrics import nmse
+    from unroll.models import LISTACP
+    from unroll.train import ReconstructionTask
+
+    main(["fit", "--config", str(CONFIGS / "lista_cp.yaml"), *tiny(tmp_path, steps=20)])
+    ckpt = last_ckpt(tmp_path / "runs" / "lista_cp")
+    task = ReconstructionTask.load_from_checkpoint(ckpt)
+    assert isinstance(task.model, LISTACP) and task.model.num_layers == 4 and task.scalar_lr_factor == 100
+    state = torch.load(ckpt, weights_only=False)["state_dict"]
+    assert task.state_dict().keys() == state.keys()
+    assert all(torch.equal(task.state_dict()[k], v) for k, v in state.items())
+
+    main(["evaluate", "--ckpt_path", str(ckpt), "--output_dir", str(tmp_path / "eval")])
+    scored = json.loads((tmp_path / "eval" / "metrics.json").read_text())["LISTACP"]["nmse_db"][-1]
+    dm = SparseRecoveryDataModule(problem="gaussian", m=20, n=40, val_size=64, test_size=64, seed=0)
+    dm.setup("test")
+    y, x = dm.test_split
+    with torch.no_grad():
+        x_hat = task(y)
+    assert float(nmse(x_hat, x)) == pytest.approx(scored, abs=1e-4)
+
+    # overrides of the task's arguments, and the saved config travels on
+    assert ReconstructionTask.load_from_checkpoint(ckpt, weighting="uniform").weighting == "uniform"
+    assert task.cli_config["model"]["init_args"]["model"]["class_path"] == "unroll.models.LISTACP"
+
+
+def test_load_from_checkpoint_of_a_task_trained_from_python(tmp_path):
+    """No saved config: the architecture comes from ``model=``; a wrong one is refused."""
+    import lightning as L
+
+    from unroll.data import SparseRecoveryDataModule
+    from unroll.models import ALISTA, LISTACP
+    from unroll.train import ReconstructionTask
+
+    dm = SparseRecoveryDataModule(problem="gaussian", m=20, n=40, train_batches=5, val_size=32, test_size=32)
+    task = ReconstructionTask(LISTACP(num_layers=3, init="analytic"), scalar_lr_factor=10.0)
+    trainer = L.Trainer(max_steps=5, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu")
+    trainer.fit(task, datamodule=dm)
+    path = tmp_path / "python.ckpt"
+    trainer.save_checkpoint(path)
+
+    with pytest.raises(ValueError, match="no config.*model="):
+        ReconstructionTask.load_from_checkpoint(path)
+    loaded = ReconstructionTask.load_from_checkpoint(path, model=LISTACP(num_layers=3, init="analytic"))
+    assert loaded.scalar_lr_factor == 10.0
+    y = dm.test_split.y
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(y), task(y), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="holds a .*LISTACP"):
+        ReconstructionTask.load_from_checkpoint(path, model=ALISTA(num_layers=3))
+    with pytest.raises(ValueError, match="3 layers"):
+        ReconstructionTask.load_from_checkpoint(path, model=LISTACP(num_layers=4))

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from unroll.losses import Loss, MSELoss, iteration_weights, trajectory_loss
 from unroll.metrics import NMSE, nmse
-from unroll.operators import LinearOperator, as_operator
+from unroll.operators import LinearOperator, MatrixOperator, as_operator
 from unroll.problem import Problem
 
 __all__ = ["ReconstructionTask"]
@@ -202,9 +202,75 @@ class ReconstructionTask(L.LightningModule):
         if meta.get("num_layers") != getattr(self.model, "num_layers", None):
             raise ValueError(f"ckpt_path: the checkpoint's model has {meta.get('num_layers')} layers, "
                              f"the config's {getattr(self.model, 'num_layers', None)}")
+        if self.operator is None and meta["operator_fingerprint"] is not None:
+            self.bind(_operator_from_state(checkpoint.get("state_dict", {})))  # load_from_checkpoint
         fp = None if self.operator is None else self.operator.fingerprint()
         if meta["operator_fingerprint"] != fp:
             raise ValueError(
                 f"ckpt_path: the checkpoint was trained on another problem (operator {meta['operator_fingerprint']}) "
                 f"than the data module provides (operator {fp}); evaluate it on the data it was trained for "
                 "(same problem, sizes and seed)")
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict: Optional[bool] = None,
+                             **kwargs: Any) -> "ReconstructionTask":
+        """Rebuild a task with its weights from a checkpoint, without its config file::
+
+            task = ReconstructionTask.load_from_checkpoint("runs/alista/checkpoints/last.ckpt")
+            x_hat = task(y)  # = task.model(y, task.operator)
+
+        The task and its model are built from the config that ``unroll fit`` saved in the
+        checkpoint; for a task trained from Python (no saved config) pass ``model=`` (an
+        untrained instance of the same architecture). The operator is rebuilt from the
+        checkpoint (where the task's operator is a dense or sparse ``MatrixOperator``, saved as
+        its state) unless ``operator=`` is given. Further keyword arguments override the task's
+        ``__init__`` arguments (e.g. ``weighting="uniform"``). The checkpoint's model class,
+        depth and operator are checked as for ``unroll evaluate``.
+
+        Args:
+            checkpoint_path: path (or file-like object) of the checkpoint.
+            map_location: as in ``torch.load``; a device also moves the task there.
+            hparams_file: not supported (the config travels inside the checkpoint).
+            strict: require the checkpoint's state to match the task's exactly (default ``True``).
+        """
+        if hparams_file is not None:
+            raise ValueError("hparams_file: not supported by ReconstructionTask; its config is saved in the checkpoint")
+        ckpt = torch.load(checkpoint_path, map_location=map_location, weights_only=False)
+        meta = ckpt.get(_CKPT_KEY)
+        if meta is None:
+            raise ValueError(f"checkpoint_path: {checkpoint_path!r} was not written by unroll's ReconstructionTask "
+                             "(no 'unroll' metadata)")
+        config = meta.get("config")
+        if "model" in kwargs:
+            saved = {k: v for k, v in ckpt.get("hyper_parameters", {}).items() if not k.startswith("_")}
+            task = cls(**{**saved, **kwargs})
+        elif config and "model" in config:
+            task = _task_from_config(cls, config["model"], kwargs)
+        else:
+            raise ValueError(f"checkpoint_path: {checkpoint_path!r} carries no config (it was not written by "
+                             "`unroll fit`); pass model=... (an instance of the trained architecture)")
+        task.cli_config = config
+        task.on_load_checkpoint(ckpt)
+        task.load_state_dict(ckpt["state_dict"], strict=True if strict is None else strict)
+        if isinstance(map_location, (str, torch.device)):
+            task.to(map_location)
+        return task
+
+
+def _task_from_config(cls, section: Dict[str, Any], overrides: Dict[str, Any]) -> "ReconstructionTask":
+    """The task of a config's ``model`` section (``{"class_path", "init_args"}``), with overrides."""
+    from jsonargparse import ArgumentParser
+
+    section = dict(section, init_args={**section.get("init_args", {}), **overrides})
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_subclass_arguments(cls, "task", fail_untyped=False)
+    return parser.instantiate_classes(parser.parse_object({"task": section})).task
+
+
+def _operator_from_state(state: Dict[str, Tensor]) -> LinearOperator:
+    """The task's ``MatrixOperator`` from the ``operator.*`` entries of a checkpoint's state."""
+    keys = sorted(k for k in state if k.startswith("operator."))
+    if keys in (["operator.matrix"], ["operator.matrix", "operator.matrix_h"]):
+        return MatrixOperator(state["operator.matrix"])
+    raise ValueError(f"operator: the checkpoint's operator (state {keys or 'empty'}) is not a MatrixOperator that "
+                     "can be rebuilt from its state; pass operator=... (the operator it was trained with)")
