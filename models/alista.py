@@ -14,7 +14,7 @@ from unroll.steps import State, Step
 from unroll.unrolled import Unrolled
 
 from .base import UnrolledModel, learned_scalar, support_selection_schedule
-from .weights import analytic_weight, dense_matrix
+from .weights import analytic_weight, check_ridge, dense_matrix
 
 __all__ = ["ALISTA", "ALISTAStep", "analytic_weight", "support_selection_schedule"]
 
@@ -61,6 +61,8 @@ class ALISTA(UnrolledModel):
         gamma: initial step sizes; theta: initial thresholds.
         support_selection: use it (``p_k = min(p_step·k, p_max)`` %) or plain soft thresholding.
         p_step, p_max: the support-selection schedule in percent.
+        ridge: the weight of ``‖W‖²`` in the analytic weight's objective (0: ALISTA's ``W``;
+            see :func:`analytic_weight`), which lowers its noise gain for noisy data.
         grad_mode: gradient mode of the unrolled layers (see :mod:`unroll.autodiff`).
 
     Shapes: ``y`` ``(B, m)`` → ``x`` ``(B, n)``.
@@ -70,15 +72,16 @@ class ALISTA(UnrolledModel):
 
     def __init__(self, num_layers: int = 16, operator=None, gamma: float = 1.0, theta: float = 0.4,
                  support_selection: bool = True, p_step: float = 1.2, p_max: float = 13.0,
-                 grad_mode: str = "full") -> None:
+                 ridge: float = 0.0, grad_mode: str = "full") -> None:
         super().__init__(num_layers, grad_mode)
         self.gamma, self.theta = gamma, theta
+        self.ridge = check_ridge(ridge)
         self.percents = support_selection_schedule(num_layers, p_step, p_max, support_selection)
         if operator is not None:
             self.bind(operator)
 
     def _build(self, op: LinearOperator) -> None:
-        self.register_buffer("weight", analytic_weight(dense_matrix(op, "ALISTA")))
+        self.register_buffer("weight", analytic_weight(dense_matrix(op, "ALISTA"), self.ridge))
         self.unrolled = Unrolled([ALISTAStep(self.gamma, self.theta, p) for p in self.percents],
                                  grad_mode=self.grad_mode)
 

@@ -13,7 +13,7 @@ from unroll.parametrize import PositiveScalar
 from unroll.problem import Problem
 from unroll.unrolled import Unrolled, UnrolledOutput
 
-from .weights import check_init
+from .weights import check_init, check_ridge
 
 __all__ = ["UnrolledModel", "ThresholdedMatrixModel", "learned_scalar", "support_selection_schedule"]
 
@@ -174,13 +174,16 @@ class ThresholdedMatrixModel(UnrolledModel):
 
     def __init__(self, num_layers: int, operator, lam: float, support_selection: bool, p_step: float,
                  p_max: float, grad_mode: Union[str, GradMode], relaxation: bool = False,
-                 init: str = "ista") -> None:
+                 init: str = "ista", ridge: float = 0.0) -> None:
         super().__init__(num_layers, grad_mode)
         if not isinstance(relaxation, bool):
             raise ValueError(f"relaxation: expected a bool, got {relaxation!r}")
         self.lam = lam
         self.relaxation = relaxation
         self.init = check_init(init)
+        self.ridge = check_ridge(ridge)
+        if self.ridge and self.init != "analytic":
+            raise ValueError(f"ridge: applies to init='analytic' only, got ridge={ridge!r} with init={self.init!r}")
         self.percents = support_selection_schedule(num_layers, p_step, p_max, support_selection)
         if operator is not None:
             self.bind(operator)

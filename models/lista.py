@@ -87,6 +87,8 @@ class LISTA(ThresholdedMatrixModel):
         p_step, p_max: the support-selection schedule in percent.
         relaxation: learn a relaxation ``γ_k`` per layer (see above); off: plain LISTA layers.
         init: ``"ista"`` or ``"analytic"`` (see above).
+        ridge: ``"analytic"`` only: the weight of ``‖W‖²`` in the analytic weight's objective
+            (:func:`~unroll.models.analytic_weight`), which lowers its noise gain for noisy data.
         grad_mode: gradient mode of the unrolled layers (see :mod:`unroll.autodiff`).
 
     Shapes: ``y`` ``(B, m)`` → ``x`` ``(B, n)``. Parameters: ``K·(n·m + n² + 2)`` (``+ 1`` per
@@ -95,14 +97,14 @@ class LISTA(ThresholdedMatrixModel):
 
     def __init__(self, num_layers: int = 16, operator=None, lam: float = 0.1, support_selection: bool = False,
                  p_step: float = 1.2, p_max: float = 13.0, relaxation: bool = True,
-                 init: Literal["ista", "analytic"] = "ista", grad_mode: str = "full") -> None:
+                 init: Literal["ista", "analytic"] = "ista", ridge: float = 0.0, grad_mode: str = "full") -> None:
         super().__init__(num_layers, operator, lam, support_selection, p_step, p_max, grad_mode,
-                         relaxation=relaxation, init=init)
+                         relaxation=relaxation, init=init, ridge=ridge)
 
     def _build(self, op: LinearOperator) -> None:
         a = dense_matrix(op, "LISTA").detach()
         lip = float(op.lipschitz())
-        w, gamma = initial_weight(a, lip, self.init)
+        w, gamma = initial_weight(a, lip, self.init, self.ridge)
         w1 = gamma * w.mH
         w2 = torch.eye(a.shape[1], dtype=a.dtype, device=a.device) - w1 @ a
         self.unrolled = Unrolled([LISTAStep(w1, w2, self.lam / lip, p, self.relaxation) for p in self.percents],
@@ -117,5 +119,6 @@ class LISTASS(LISTA):
 
     def __init__(self, num_layers: int = 16, operator=None, lam: float = 0.1, support_selection: bool = True,
                  p_step: float = 1.2, p_max: float = 13.0, relaxation: bool = True,
-                 init: Literal["ista", "analytic"] = "ista", grad_mode: str = "full") -> None:
-        super().__init__(num_layers, operator, lam, support_selection, p_step, p_max, relaxation, init, grad_mode)
+                 init: Literal["ista", "analytic"] = "ista", ridge: float = 0.0, grad_mode: str = "full") -> None:
+        super().__init__(num_layers, operator, lam, support_selection, p_step, p_max, relaxation, init, ridge,
+                         grad_mode)

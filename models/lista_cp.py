@@ -74,6 +74,8 @@ class LISTACP(ThresholdedMatrixModel):
         p_step, p_max: the support-selection schedule in percent.
         relaxation: learn a step ``γ_k`` per layer (see above); off: plain LISTA-CP layers.
         init: ``"ista"`` or ``"analytic"`` (see above).
+        ridge: ``"analytic"`` only: the weight of ``‖W‖²`` in the analytic weight's objective
+            (:func:`~unroll.models.analytic_weight`), which lowers its noise gain for noisy data.
         grad_mode: gradient mode of the unrolled layers (see :mod:`unroll.autodiff`).
 
     Shapes: ``y`` ``(B, m)`` → ``x`` ``(B, n)``. Parameters: ``K·(m·n + 2)`` (``+ 1`` per layer
@@ -82,14 +84,14 @@ class LISTACP(ThresholdedMatrixModel):
 
     def __init__(self, num_layers: int = 16, operator=None, lam: float = 0.4, support_selection: bool = False,
                  p_step: float = 1.2, p_max: float = 13.0, relaxation: bool = True,
-                 init: Literal["ista", "analytic"] = "ista", grad_mode: str = "full") -> None:
+                 init: Literal["ista", "analytic"] = "ista", ridge: float = 0.0, grad_mode: str = "full") -> None:
         super().__init__(num_layers, operator, lam, support_selection, p_step, p_max, grad_mode,
-                         relaxation=relaxation, init=init)
+                         relaxation=relaxation, init=init, ridge=ridge)
 
     def _build(self, op: LinearOperator) -> None:
         a = dense_matrix(op, type(self).__name__).detach()
         lip = float(op.lipschitz())
-        w, gamma = initial_weight(a, lip, self.init)
+        w, gamma = initial_weight(a, lip, self.init, self.ridge)
         self.unrolled = Unrolled([CoupledStep(gamma * w, self.lam / lip, p, self.relaxation) for p in self.percents],
                                  grad_mode=self.grad_mode)
 
@@ -102,5 +104,6 @@ class LISTACPSS(LISTACP):
 
     def __init__(self, num_layers: int = 16, operator=None, lam: float = 0.4, support_selection: bool = True,
                  p_step: float = 1.2, p_max: float = 13.0, relaxation: bool = True,
-                 init: Literal["ista", "analytic"] = "ista", grad_mode: str = "full") -> None:
-        super().__init__(num_layers, operator, lam, support_selection, p_step, p_max, relaxation, init, grad_mode)
+                 init: Literal["ista", "analytic"] = "ista", ridge: float = 0.0, grad_mode: str = "full") -> None:
+        super().__init__(num_layers, operator, lam, support_selection, p_step, p_max, relaxation, init, ridge,
+                         grad_mode)

@@ -33,6 +33,8 @@ class TiLISTA(ThresholdedMatrixModel):
         support_selection: as in the paper's TiLISTA (``p_k = min(p_step·k, p_max)`` %), or off.
         p_step, p_max: the support-selection schedule in percent.
         init: ``"ista"`` or ``"analytic"`` (see above).
+        ridge: ``"analytic"`` only: the weight of ``‖W‖²`` in the analytic weight's objective
+            (:func:`~unroll.models.analytic_weight`), which lowers its noise gain for noisy data.
         grad_mode: gradient mode of the unrolled layers (see :mod:`unroll.autodiff`).
 
     Shapes: ``y`` ``(B, m)`` → ``x`` ``(B, n)``. Parameters: ``m·n + 2K``.
@@ -40,13 +42,14 @@ class TiLISTA(ThresholdedMatrixModel):
 
     def __init__(self, num_layers: int = 16, operator=None, lam: float = 0.4, support_selection: bool = True,
                  p_step: float = 1.2, p_max: float = 13.0, init: Literal["ista", "analytic"] = "ista",
-                 grad_mode: str = "full") -> None:
-        super().__init__(num_layers, operator, lam, support_selection, p_step, p_max, grad_mode, init=init)
+                 ridge: float = 0.0, grad_mode: str = "full") -> None:
+        super().__init__(num_layers, operator, lam, support_selection, p_step, p_max, grad_mode, init=init,
+                         ridge=ridge)
 
     def _build(self, op: LinearOperator) -> None:
         a = dense_matrix(op, "TiLISTA").detach()
         lip = float(op.lipschitz())
-        w, gamma = initial_weight(a, lip, self.init)
+        w, gamma = initial_weight(a, lip, self.init, self.ridge)
         self.weight = nn.Parameter(w.clone())
         self.unrolled = Unrolled([ALISTAStep(gamma, self.lam / lip, p) for p in self.percents],
                                  grad_mode=self.grad_mode)

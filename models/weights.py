@@ -10,7 +10,7 @@ from torch import Tensor
 
 from unroll.operators import LinearOperator, MatrixOperator
 
-__all__ = ["INITS", "analytic_weight", "check_init", "dense_matrix", "initial_weight"]
+__all__ = ["INITS", "analytic_weight", "check_init", "check_ridge", "dense_matrix", "initial_weight"]
 
 #: the initialisations of the LISTA family's matrices
 INITS = ("ista", "analytic")
@@ -23,6 +23,13 @@ def check_init(init: str) -> str:
     return init
 
 
+def check_ridge(ridge) -> float:
+    """``ridge`` as a float if it is a finite number ``>= 0``; otherwise a ``ValueError``."""
+    if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or not (0.0 <= ridge < float("inf")):
+        raise ValueError(f"ridge: expected a finite number >= 0, got {ridge!r}")
+    return float(ridge)
+
+
 def dense_matrix(op: LinearOperator, model: str) -> Tensor:
     """The dense ``(m, n)`` matrix of a :class:`MatrixOperator` (models that need ``A`` itself)."""
     if not isinstance(op, MatrixOperator) or op.batched:
@@ -31,35 +38,48 @@ def dense_matrix(op: LinearOperator, model: str) -> Tensor:
     return op.dense()
 
 
-def analytic_weight(a: Tensor) -> Tensor:
+def analytic_weight(a: Tensor, ridge: float = 0.0) -> Tensor:
     """ALISTA's weight ``W`` ``(m, n)`` for a matrix ``A`` ``(m, n)``.
 
-    ``W`` minimises ``‖Wᵀ A‖_F`` subject to ``diag(Wᵀ A) = 1``. The problem separates over the
-    columns: ``w_i = argmin ‖Aᵀ w‖²`` s.t. ``a_iᵀ w = 1``, whose Lagrange conditions give
-    ``w_i = (AAᵀ)⁻¹ a_i / (a_iᵀ (AAᵀ)⁻¹ a_i)``. Computed in float64 with a Cholesky solve,
-    returned in ``A``'s dtype. Needs ``A`` of full row rank (``m ≤ n``).
+    ``W`` minimises ``‖Wᵀ A‖²_F + ridge·‖W‖²_F`` subject to ``diag(Wᵀ A) = 1``. The problem
+    separates over the columns: ``w_i = argmin ‖Aᵀ w‖² + ridge·‖w‖²`` s.t. ``a_iᵀ w = 1``, whose
+    Lagrange conditions give ``w_i = M⁻¹ a_i / (a_iᵀ M⁻¹ a_i)`` with ``M = AAᵀ + ridge·I``.
+    Computed in float64 with a Cholesky solve, returned in ``A``'s dtype.
+
+    ``ridge = 0`` is ALISTA's weight (Liu et al. 2019), which needs ``A`` of full row rank
+    (``m ≤ n``). With noisy measurements ``y = Ax + e`` a layer ``x + Wᵀ(y − Ax)`` passes the
+    noise on as ``Wᵀe``, column ``i`` amplified by ``‖w_i‖`` (at least ``1/‖a_i‖``, reached by
+    ``w_i = a_i/‖a_i‖²``): ``ridge > 0`` trades some coherence ``|w_iᵀa_j|`` for less noise gain. For
+    ``e ~ N(0, σ²I)`` and an error of variance ``s²`` per entry in the layer's input, the
+    column's output error variance is ``s²·Σ_{j≠i} (w_iᵀa_j)² + σ²‖w_i‖²``, minimised by
+    ``ridge = σ²/s²``; ``ridge → ∞`` gives ``w_i ∝ a_i``, ISTA's direction.
     """
     if a.dim() != 2:
         raise ValueError(f"a: expected a (m, n) matrix, got shape {tuple(a.shape)}")
+    ridge = check_ridge(ridge)
     a64 = a.detach().to(torch.complex128 if a.is_complex() else torch.float64)
     gram = a64 @ a64.mH
+    if ridge:
+        gram = gram + float(ridge) * torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
     chol, info = torch.linalg.cholesky_ex(gram)
     if int(info) != 0:
-        raise ValueError(f"a: A Aᴴ is singular (A of shape {tuple(a.shape)} must have full row rank)")
+        raise ValueError(f"a: A Aᴴ is singular (A of shape {tuple(a.shape)} must have full row rank, "
+                         "or pass ridge > 0)")
     v = torch.cholesky_solve(a64, chol)  # (AAᴴ)⁻¹ A, column i = (AAᴴ)⁻¹ a_i
     denom = (a64.conj() * v).sum(0)  # a_iᴴ (AAᴴ)⁻¹ a_i, real positive
     return (v / denom.conj()).to(a.dtype)
 
 
-def initial_weight(a: Tensor, lip: float, init: str) -> Tuple[Tensor, float]:
+def initial_weight(a: Tensor, lip: float, init: str, ridge: float = 0.0) -> Tuple[Tensor, float]:
     """``(W, γ)`` with ``x − γ Wᴴ(A x − y)`` the first step of the chosen iteration.
 
     ``"ista"``: ``W = A``, ``γ = 1/L`` (ISTA's gradient step); ``"analytic"``: ``W`` =
-    :func:`analytic_weight` of ``A``, ``γ = 1`` (ALISTA's step, ``diag(Wᴴ A) = 1``).
+    :func:`analytic_weight` of ``A`` with ``ridge``, ``γ = 1`` (ALISTA's step, ``diag(Wᴴ A) = 1``).
 
     Args:
-        a: ``(m, n)`` matrix; lip: ``L = ‖A‖²``; init: one of :data:`INITS`.
+        a: ``(m, n)`` matrix; lip: ``L = ‖A‖²``; init: one of :data:`INITS`;
+        ridge: see :func:`analytic_weight` (``"analytic"`` only).
     """
     if check_init(init) == "ista":
         return a, 1.0 / lip
-    return analytic_weight(a), 1.0
+    return analytic_weight(a, ridge), 1.0

@@ -212,6 +212,25 @@ def test_lista_cp_and_tilista_initial_weights(float64_default):
         assert st.theta().item() == pytest.approx(0.3 / L, rel=1e-12)
 
 
+def test_ridge_starts_every_analytic_model_at_the_ridge_weight(float64_default):
+    """``ridge`` reaches the analytic weight of every model that starts from it; it is refused
+    with ISTA's start, where it would do nothing."""
+    a, _, _ = small_problem(dtype=DT)
+    w = analytic_weight(a, ridge=0.5)
+    cp = LISTACP(2, operator=a, init="analytic", ridge=0.5)
+    for st in cp.unrolled.steps:
+        torch.testing.assert_close(st.weight.detach(), w, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(TiLISTA(2, operator=a, init="analytic", ridge=0.5).weight.detach(), w)
+    torch.testing.assert_close(ALISTA(2, operator=a, ridge=0.5).weight, w)
+    li = LISTA(2, operator=a, init="analytic", ridge=0.5)
+    torch.testing.assert_close(li.unrolled.steps[0].w1.detach(), w.mT)
+    assert not torch.allclose(w, analytic_weight(a))
+    with pytest.raises(ValueError, match="ridge.*init='analytic'"):
+        LISTACP(2, operator=a, ridge=0.5)
+    with pytest.raises(ValueError, match="ridge"):
+        ALISTA(2, ridge=-1.0)
+
+
 def test_parameter_counts():
     a, _, _ = small_problem(m=12, n=30)
     m, n = a.shape

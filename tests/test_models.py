@@ -170,6 +170,37 @@ def test_analytic_weight_optimality():
         analytic_weight(torch.zeros(3, dtype=DT))
 
 
+def test_analytic_weight_with_ridge():
+    """min ‖WᵀA‖²_F + μ‖W‖²_F s.t. diag(WᵀA) = 1: optimal against feasible perturbations; the
+    noise gain ‖w_i‖ falls with μ towards ISTA's direction a_i/‖a_i‖² (gain 1/‖a_i‖)."""
+    r = np.random.default_rng(2)
+    a = r.standard_normal((12, 30)) / np.sqrt(12)
+    at = torch.tensor(a)
+
+    def objective(w, mu):
+        return np.sum((w.T @ a) ** 2) + mu * np.sum(w ** 2)
+
+    gains = []
+    for mu in (0.0, 0.1, 1.0, 10.0):
+        W = analytic_weight(at, ridge=mu).numpy()
+        np.testing.assert_allclose(np.diag(W.T @ a), 1.0, atol=1e-12)
+        f0 = objective(W, mu)
+        for _ in range(10):
+            p = r.standard_normal(W.shape)
+            p -= a * (np.sum(a * p, axis=0) / np.sum(a * a, axis=0))  # stays feasible
+            assert objective(W + 1e-3 * p, mu) > f0
+        gains.append(np.linalg.norm(W, axis=0))
+    assert all(np.all(g1 < g0) for g0, g1 in zip(gains, gains[1:]))
+    ista = a / np.sum(a * a, axis=0)
+    np.testing.assert_allclose(analytic_weight(at, ridge=1e9).numpy(), ista, rtol=1e-6, atol=1e-9)
+    # a ridge makes the weight exist even where A Aᵀ is singular (more rows than columns)
+    tall = torch.tensor(r.standard_normal((30, 12)))
+    assert torch.isfinite(analytic_weight(tall, ridge=1.0)).all()
+    for bad in (-1.0, float("nan"), True, "1"):
+        with pytest.raises(ValueError, match="ridge"):
+            analytic_weight(at, ridge=bad)
+
+
 def test_alista_weight_is_a_buffer_and_state_dict_roundtrip():
     a, x, y = small_problem()
     model = ALISTA(5, operator=a)
