@@ -58,34 +58,57 @@ def _unroll() -> List[str]:
     return [exe] if exe else [sys.executable, "-c", "from unroll.train.cli import main; main()"]
 
 
+#: config overrides of one setting's run, part of the benchmark's set-up (``--args_for`` adds more)
+SETUP: Dict[tuple, List[str]] = {}
+
+
+def _split_for(o: str, flag: str) -> tuple:
+    key, _, value = o.partition("=")
+    s, _, m = key.partition(":")
+    if s not in SETTINGS or m not in MODELS or not value:
+        raise SystemExit(f"{flag}: expected SETTING:MODEL=VALUE with SETTING in {list(SETTINGS)} "
+                         f"and MODEL in {list(MODELS)}, got {o!r}")
+    return s, m, value
+
+
+def args_for(setting: str, name: str, extra: List[str]) -> List[str]:
+    """The config overrides of one run: :data:`SETUP`'s, then ``--args_for SETTING:MODEL=--key=value``'s."""
+    out = list(SETUP.get((setting, name), []))
+    for o in extra:
+        s, m, value = _split_for(o, "--args_for")
+        if (s, m) == (setting, name):
+            out.append(value)
+    return out
+
+
 def budget_for(setting: str, name: str, budget: str, overrides: List[str]) -> str:
     """The training budget of one run: ``--budget`` unless ``--budget_for SETTING:MODEL=TIME`` says otherwise."""
     for o in overrides:
-        key, _, value = o.partition("=")
-        s, _, m = key.partition(":")
-        if s not in SETTINGS or m not in MODELS or not value:
-            raise SystemExit(f"--budget_for: expected SETTING:MODEL=DD:HH:MM:SS with SETTING in {list(SETTINGS)} "
-                             f"and MODEL in {list(MODELS)}, got {o!r}")
+        s, m, value = _split_for(o, "--budget_for")
         if (s, m) == (setting, name):
             return value
     return budget
 
 
-def train(work: Path, setting: str, name: str, budget: str, reuse: bool) -> Dict[str, object]:
-    """``unroll fit`` one config in ``work/setting/name``; returns where and how long."""
+def train(work: Path, setting: str, name: str, budget: str, reuse: bool, extra: List[str]) -> Dict[str, object]:
+    """``unroll fit`` one config (with its overrides ``extra``) in ``work/setting/name``; returns
+    where, how long and with which overrides."""
     cfg = MODELS[name]
     run_dir = work / setting / cfg
     ckpt = run_dir / "runs" / cfg / "checkpoints" / "last.ckpt"
-    record = run_dir / "run.json"  # wall time and budget of the run that made ckpt
+    record = run_dir / "run.json"  # wall time, budget and overrides of the run that made ckpt
     if reuse and ckpt.is_file():
         saved = json.loads(record.read_text()) if record.is_file() else {"wall_s": None, "budget": budget}
-        return {"ckpt": str(ckpt), **saved, "reused": True}
+        if saved.get("args", []) == extra:
+            return {"ckpt": str(ckpt), **saved, "args": extra, "reused": True}
+        print(f"retraining {name} ({setting}): its checkpoint was made with {saved.get('args', [])}, not {extra}")
     if run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
     cmd = [*_unroll(), "fit", "--config", str(ROOT / "configs" / f"{cfg}.yaml"), f"--trainer.max_time={budget}"]
     if SETTINGS[setting] is not None:
         cmd.append(f"--data.init_args.snr_db={SETTINGS[setting]}")
+    cmd += extra
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     t0 = time.perf_counter()
     with open(run_dir / "fit.log", "w") as log:
@@ -94,8 +117,8 @@ def train(work: Path, setting: str, name: str, budget: str, reuse: bool) -> Dict
     if proc.returncode != 0 or not ckpt.is_file():
         raise RuntimeError(f"{name} ({setting}) failed, see {run_dir / 'fit.log'}")
     print(f"trained {name:<10} {setting:<9} in {wall:.0f} s", flush=True)
-    record.write_text(json.dumps({"wall_s": wall, "budget": budget}))
-    return {"ckpt": str(ckpt), "wall_s": wall, "reused": False, "budget": budget}
+    record.write_text(json.dumps({"wall_s": wall, "budget": budget, "args": extra}))
+    return {"ckpt": str(ckpt), "wall_s": wall, "reused": False, "budget": budget, "args": extra}
 
 
 def progress(ckpt: str) -> Dict[str, object]:
@@ -207,14 +230,16 @@ def markdown(results: Dict[str, Dict], budget: str) -> str:
                                             f"no ({curves[c][-1] - target:+.1f} dB)")
             lines.append(f"| {c} | {curves[c][-1]:.2f} | {text} | {ok} |")
         lines.append("")
-        lines.append("| model | budget | steps | stage-wise position at the end | wall (s) |")
-        lines.append("|---|---|---:|---|---:|")
+        lines.append("| model | budget | config overrides | steps | stage-wise position at the end | wall (s) |")
+        lines.append("|---|---|---|---:|---|---:|")
         for k in cols[2:]:
             p = res["progress"][k]
             pos = "all 16 layers done" if p.get("done") else f"layer {p.get('layer')}, stage {p.get('stage')}"
             wall = res["runs"][k]["wall_s"]
             run_budget = res["runs"][k].get("budget", budget)
-            lines.append(f"| {k} | {run_budget} | {p['steps']} | {pos} | {'' if wall is None else f'{wall:.0f}'} |")
+            extra = " ".join(f"`{a}`" for a in res["runs"][k].get("args", [])) or "–"
+            lines.append(f"| {k} | {run_budget} | {extra} | {p['steps']} | {pos} | "
+                         f"{'' if wall is None else f'{wall:.0f}'} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -225,6 +250,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     ap.add_argument("--short", action="store_true", help="40 s per model")
     ap.add_argument("--budget_for", nargs="*", default=[], metavar="SETTING:MODEL=TIME",
                     help="another budget for one run, e.g. noiseless:ALISTA=00:00:25:00")
+    ap.add_argument("--args_for", nargs="*", default=[], metavar="SETTING:MODEL=--KEY=VALUE",
+                    help="extra config overrides for one run, after SETUP's, e.g. "
+                         "snr40:LISTA-CP=--model.init_args.model.init_args.ridge=0.3")
     ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--jobs", type=int, default=2, help="runs in parallel (one thread each)")
@@ -252,7 +280,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     t0 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         runs = dict(zip(jobs, pool.map(
-            lambda j: train(work, j[0], j[1], budget_for(j[0], j[1], budget, args.budget_for), args.reuse), jobs)))
+            lambda j: train(work, j[0], j[1], budget_for(j[0], j[1], budget, args.budget_for), args.reuse,
+                            args_for(j[0], j[1], args.args_for)), jobs)))
     results: Dict[str, Dict] = {}
     for s in args.settings:
         ckpts = {m: runs[(s, m)]["ckpt"] for m in args.models}
@@ -260,7 +289,7 @@ def main(argv: Optional[List[str]] = None) -> None:
                       "progress": {m: progress(ckpts[m]) for m in args.models},
                       "lasso": lasso_reference(s, args.short)}
         plot(s, results[s])
-    meta = {"budget_per_model": budget, "budget_for": args.budget_for, "threads_per_run": 1, "parallel_runs": args.jobs,
+    meta = {"budget_per_model": budget, "budget_for": args.budget_for, "args_for": args.args_for, "threads_per_run": 1, "parallel_runs": args.jobs,
             "machine": f"{os.cpu_count()} cores, {cpu_name()}", "python": platform.python_version(),
             "total_wall_s": time.perf_counter() - t0,
             "published_layer16": {s: {k: v[0] for k, v in d.items()} for s, d in PUBLISHED.items()}}
