@@ -355,45 +355,61 @@ def read_splits_h5(path: Union[str, os.PathLike], splits: Sequence[str] = ("val"
 class _SparseStream(IterableDataset):
     """Endless fresh Bernoulli–Gaussian batches, ``batches`` per epoch.
 
-    The generator lives on the dataset object and is created on the first ``__iter__``
-    in the process that iterates (seeded from the seed, the DDP rank and the worker), so
-    successive epochs continue the stream instead of repeating it. With ``W`` workers,
-    worker ``k`` yields epochs' batches ``k, k+W, …`` (``batches`` in total).
+    Batch ``i`` of the stream (counted from the start of training, across epochs) is drawn
+    from its own generator, seeded from the seed, the DDP rank and ``i``: the data do not
+    depend on the number of DataLoader workers (worker ``k`` of ``W`` yields an epoch's batches
+    ``k, k+W, …``), successive epochs continue the stream instead of repeating it, and a
+    stream built with ``start = s`` (a run resumed after ``s`` training batches) yields what an
+    uninterrupted run would from batch ``s`` on, finishing the epoch ``s`` fell in first.
     """
 
     def __init__(self, A: Tensor, p: float, snr_db: Optional[float], batch_size: int, batches: int,
-                 seed: int) -> None:
+                 seed: int, start: int = 0) -> None:
         super().__init__()
         self.A, self.p, self.snr_db = A, p, snr_db
         self.batch_size, self.batches, self.seed = batch_size, batches, seed
-        self._generator: Optional[torch.Generator] = None
-        self._owner: Optional[Tuple[int, int]] = None
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_generator"], state["_owner"] = None, None  # each worker process seeds its own
-        return state
+        self.start = int(start)
+        #: epochs begun in this process; DataLoader workers get a copy when they start and then
+        #: count their own, while the main process counts the epochs it handed out
+        #: (:class:`_StreamLoader`), so a new loader's workers continue the stream
+        self._epochs = 0
 
     def __len__(self) -> int:
         return self.batches
 
-    def _make_generator(self, worker: int) -> torch.Generator:
+    def __iter__(self):
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
         rank = 0
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             rank = torch.distributed.get_rank()
-        return _generator(self.seed, _STREAM_TRAIN, rank, worker)
+        e, self._epochs = self._epochs, self._epochs + 1
+        skip = self.start % self.batches if e == 0 else 0  # the resumed epoch's batches already trained on
+        base = self.start - self.start % self.batches + e * self.batches  # stream index of this epoch's batch 0
+        n = self.A.shape[1]
+        for i in range(skip + wid, self.batches, nw):
+            g = _generator(self.seed, _STREAM_TRAIN, rank, base + i)
+            x = make_sparse_signals(n, self.batch_size, self.p, g, self.A.dtype)
+            yield Batch(measure(self.A, x, self.snr_db, g), x)
+
+
+class _StreamLoader(DataLoader):
+    """The training stream's DataLoader. Resumable: the stream's position comes from the fit
+    loop's restored progress (:meth:`SparseRecoveryDataModule._resume_position`), so the loader's
+    own state is only a record of where it started; having one tells Lightning that resuming
+    mid-epoch is exact."""
 
     def __iter__(self):
-        info = get_worker_info()
-        # worker key 0 = main process, k + 1 = DataLoader worker k (distinct streams)
-        wid, nw, key = (info.id, info.num_workers, info.id + 1) if info is not None else (0, 1, 0)
-        owner = (os.getpid(), key)
-        if self._generator is None or self._owner != owner:
-            self._generator, self._owner = self._make_generator(key), owner
-        n = self.A.shape[1]
-        for _ in range(wid, self.batches, nw):
-            x = make_sparse_signals(n, self.batch_size, self.p, self._generator, self.A.dtype)
-            yield Batch(measure(self.A, x, self.snr_db, self._generator), x)
+        it = super().__iter__()  # workers (if any) start here, with the stream's epoch count so far
+        if self.num_workers > 0:
+            self.dataset._epochs += 1
+        return it
+
+    def state_dict(self) -> Dict[str, int]:
+        return {"start": int(self.dataset.start)}
+
+    def load_state_dict(self, state_dict: Dict[str, int]) -> None:
+        """Nothing to restore (see the class docstring)."""
 
 
 class _SplitDataset(Dataset):
@@ -645,9 +661,18 @@ class SparseRecoveryDataModule(lightning.LightningDataModule):
         self._build()
         if self._train_ds is None:  # one stream for the module's lifetime: epochs continue it
             self._train_ds = _SparseStream(self._A, self.p, self.snr_db, self.batch_size,
-                                           self.train_batches, self.seed)
-        return DataLoader(self._train_ds, batch_size=None, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+                                           self.train_batches, self.seed, start=self._resume_position())
+        return _StreamLoader(self._train_ds, batch_size=None, num_workers=self.num_workers,
+                             persistent_workers=self.num_workers > 0)
+
+    def _resume_position(self) -> int:
+        """Training batches a resumed run has already trained on (0 for a fresh run): the fit
+        loop's progress, restored from the checkpoint before the dataloaders are built."""
+        trainer = self.trainer
+        try:
+            return int(trainer.fit_loop.epoch_loop.batch_progress.total.processed) if trainer is not None else 0
+        except AttributeError:
+            return 0
 
     def _eval_loader(self, split: Batch) -> DataLoader:
         return DataLoader(_SplitDataset(split), batch_size=self.eval_batch_size, shuffle=False,

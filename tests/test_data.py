@@ -93,6 +93,50 @@ def test_datamodule_noise_level():
 
 
 # ---------------------------------------------------------------------------- training stream
+def test_training_stream_is_indexed_by_batch_not_by_worker_or_restart():
+    """Batch i of the stream is the same whatever the workers; a stream started at batch s
+    yields the uninterrupted stream's batches from s on, first finishing s's epoch."""
+    from unroll.data.sparse import _SparseStream
+
+    dm = SparseRecoveryDataModule(problem="gaussian", m=10, n=20, train_batches=4, val_size=8, test_size=8)
+    dm.setup("fit")
+    whole = [b.x for b in dm.train_dataloader()] + [b.x for b in dm.train_dataloader()]  # 2 epochs
+    two = SparseRecoveryDataModule(problem="gaussian", m=10, n=20, train_batches=4, val_size=8, test_size=8,
+                                   num_workers=2)
+    got = [b.x for b in two.train_dataloader()] + [b.x for b in two.train_dataloader()]
+    assert all(torch.equal(a, b) for a, b in zip(whole, got)) and len(got) == 8
+    resumed = _SparseStream(dm.A, 0.1, None, 64, 4, seed=0, start=6)
+    first, second = [b.x for b in resumed], [b.x for b in resumed]
+    assert len(first) == 2 and len(second) == 4  # the rest of epoch 2, then a full epoch 3
+    assert torch.equal(first[0], whole[6]) and torch.equal(first[1], whole[7])
+    assert not any(torch.equal(second[0], w) for w in whole)
+
+
+def test_resumed_mid_epoch_equals_uninterrupted(tmp_path):
+    """A run stopped mid-epoch and resumed from its checkpoint ends with the same weights, to
+    the bit, as the run that was never interrupted (data stream, optimiser and loops restored)."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from unroll.models import LISTACP
+    from unroll.train import ReconstructionTask
+
+    def fit(ckpt=None, save=False):
+        L.seed_everything(0)
+        dm = SparseRecoveryDataModule(problem="gaussian", m=20, n=40, train_batches=10, val_size=32, test_size=32)
+        task = ReconstructionTask(LISTACP(num_layers=3, init="analytic"), scalar_lr_factor=10.0)
+        cbs = [ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=15, save_top_k=-1)] if save else []
+        trainer = L.Trainer(max_steps=30, logger=False, enable_checkpointing=save, callbacks=cbs,
+                            enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+        trainer.fit(task, datamodule=dm, ckpt_path=ckpt)
+        return task.state_dict()
+
+    whole = fit(save=True)
+    (ckpt,) = tmp_path.glob("*step=15*.ckpt")  # saved mid-epoch (10 batches per epoch)
+    resumed = fit(ckpt=str(ckpt))
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
 def test_training_stream_fresh_and_sized():
     dm = SparseRecoveryDataModule(train_batches=4, val_size=10, test_size=10)
     dm.setup("fit")
