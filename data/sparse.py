@@ -16,7 +16,7 @@ import math
 import os
 import warnings
 from importlib import resources
-from typing import Dict, Literal, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Literal, Mapping, Optional, Sequence, Tuple, Union
 
 import lightning
 import numpy as np
@@ -356,23 +356,19 @@ class _SparseStream(IterableDataset):
     """Endless fresh Bernoulli–Gaussian batches, ``batches`` per epoch.
 
     Batch ``i`` of the stream (counted from the start of training, across epochs) is drawn
-    from its own generator, seeded from the seed, the DDP rank and ``i``: the data do not
-    depend on the number of DataLoader workers (worker ``k`` of ``W`` yields an epoch's batches
-    ``k, k+W, …``), successive epochs continue the stream instead of repeating it, and a
-    stream built with ``start = s`` (a run resumed after ``s`` training batches) yields what an
-    uninterrupted run would from batch ``s`` on, finishing the epoch ``s`` fell in first.
+    from its own generator, seeded from the seed, the DDP rank and ``i``, so the data do not
+    depend on the number of DataLoader workers (worker ``k`` of ``W`` yields batches
+    ``start + k, start + k + W, …``). One iteration yields the batches from ``start`` to the end
+    of the epoch ``start`` falls in; :class:`_StreamLoader` sets ``start`` before each.
     """
 
     def __init__(self, A: Tensor, p: float, snr_db: Optional[float], batch_size: int, batches: int,
-                 seed: int, start: int = 0) -> None:
+                 seed: int) -> None:
         super().__init__()
         self.A, self.p, self.snr_db = A, p, snr_db
         self.batch_size, self.batches, self.seed = batch_size, batches, seed
-        self.start = int(start)
-        #: epochs begun in this process; DataLoader workers get a copy when they start and then
-        #: count their own, while the main process counts the epochs it handed out
-        #: (:class:`_StreamLoader`), so a new loader's workers continue the stream
-        self._epochs = 0
+        #: stream index of the next batch
+        self.start = 0
 
     def __len__(self) -> int:
         return self.batches
@@ -383,30 +379,42 @@ class _SparseStream(IterableDataset):
         rank = 0
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             rank = torch.distributed.get_rank()
-        e, self._epochs = self._epochs, self._epochs + 1
-        skip = self.start % self.batches if e == 0 else 0  # the resumed epoch's batches already trained on
-        base = self.start - self.start % self.batches + e * self.batches  # stream index of this epoch's batch 0
+        start = self.start
+        end = (start // self.batches + 1) * self.batches
         n = self.A.shape[1]
-        for i in range(skip + wid, self.batches, nw):
-            g = _generator(self.seed, _STREAM_TRAIN, rank, base + i)
+        for i in range(start + wid, end, nw):
+            g = _generator(self.seed, _STREAM_TRAIN, rank, i)
             x = make_sparse_signals(n, self.batch_size, self.p, g, self.A.dtype)
             yield Batch(measure(self.A, x, self.snr_db, g), x)
 
 
 class _StreamLoader(DataLoader):
-    """The training stream's DataLoader. Resumable: the stream's position comes from the fit
-    loop's restored progress (:meth:`SparseRecoveryDataModule._resume_position`), so the loader's
-    own state is only a record of where it started; having one tells Lightning that resuming
-    mid-epoch is exact."""
+    """The training stream's DataLoader, resumable mid-epoch.
+
+    Each iteration starts the stream at ``position()`` (the batches the fit loop has trained
+    on, restored from a checkpoint on resume) when that is known, otherwise where the previous
+    iteration stopped; so a resumed run sees the data an uninterrupted one would. Workers are
+    started per epoch (not persistent), so each gets the epoch's start. Its ``state_dict`` only
+    records the position: the fit loop's own progress is what restores it.
+    """
+
+    def __init__(self, dataset: _SparseStream, position: Callable[[], Optional[int]], **kwargs) -> None:
+        super().__init__(dataset, batch_size=None, **kwargs)
+        self._position = position
 
     def __iter__(self):
-        it = super().__iter__()  # workers (if any) start here, with the stream's epoch count so far
-        if self.num_workers > 0:
-            self.dataset._epochs += 1
-        return it
+        pos = self._position()
+        if pos is not None:
+            self.dataset.start = int(pos)
+        return self._counted(super().__iter__())
+
+    def _counted(self, it):
+        for batch in it:
+            self.dataset.start += 1  # where the next iteration continues without a fit loop
+            yield batch
 
     def state_dict(self) -> Dict[str, int]:
-        return {"start": int(self.dataset.start)}
+        return {"position": int(self.dataset.start)}
 
     def load_state_dict(self, state_dict: Dict[str, int]) -> None:
         """Nothing to restore (see the class docstring)."""
@@ -661,18 +669,17 @@ class SparseRecoveryDataModule(lightning.LightningDataModule):
         self._build()
         if self._train_ds is None:  # one stream for the module's lifetime: epochs continue it
             self._train_ds = _SparseStream(self._A, self.p, self.snr_db, self.batch_size,
-                                           self.train_batches, self.seed, start=self._resume_position())
-        return _StreamLoader(self._train_ds, batch_size=None, num_workers=self.num_workers,
-                             persistent_workers=self.num_workers > 0)
+                                           self.train_batches, self.seed)
+        return _StreamLoader(self._train_ds, self._stream_position, num_workers=self.num_workers)
 
-    def _resume_position(self) -> int:
-        """Training batches a resumed run has already trained on (0 for a fresh run): the fit
-        loop's progress, restored from the checkpoint before the dataloaders are built."""
+    def _stream_position(self) -> Optional[int]:
+        """The training batches the fit loop has trained on (restored from the checkpoint when a
+        run resumes), or ``None`` without a trainer."""
         trainer = self.trainer
         try:
-            return int(trainer.fit_loop.epoch_loop.batch_progress.total.processed) if trainer is not None else 0
+            return None if trainer is None else int(trainer.fit_loop.epoch_loop.batch_progress.total.processed)
         except AttributeError:
-            return 0
+            return None
 
     def _eval_loader(self, split: Batch) -> DataLoader:
         return DataLoader(_SplitDataset(split), batch_size=self.eval_batch_size, shuffle=False,

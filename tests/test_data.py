@@ -105,36 +105,42 @@ def test_training_stream_is_indexed_by_batch_not_by_worker_or_restart():
                                    num_workers=2)
     got = [b.x for b in two.train_dataloader()] + [b.x for b in two.train_dataloader()]
     assert all(torch.equal(a, b) for a, b in zip(whole, got)) and len(got) == 8
-    resumed = _SparseStream(dm.A, 0.1, None, 64, 4, seed=0, start=6)
-    first, second = [b.x for b in resumed], [b.x for b in resumed]
-    assert len(first) == 2 and len(second) == 4  # the rest of epoch 2, then a full epoch 3
-    assert torch.equal(first[0], whole[6]) and torch.equal(first[1], whole[7])
-    assert not any(torch.equal(second[0], w) for w in whole)
+    stream = _SparseStream(dm.A, 0.1, None, 64, 4, seed=0)
+    stream.start = 6  # a run resumed after 6 batches: the rest of epoch 2
+    assert [torch.equal(b.x, w) for b, w in zip(stream, whole[6:])] == [True, True]
+    stream.start = 8  # at an epoch's end: a whole new epoch, batches never seen
+    third = [b.x for b in stream]
+    assert len(third) == 4 and not any(torch.equal(third[0], w) for w in whole)
 
 
-def test_resumed_mid_epoch_equals_uninterrupted(tmp_path):
-    """A run stopped mid-epoch and resumed from its checkpoint ends with the same weights, to
-    the bit, as the run that was never interrupted (data stream, optimiser and loops restored)."""
+def test_resumed_run_equals_uninterrupted(tmp_path):
+    """A stage-wise run resumed from a checkpoint saved at a validation (mid-epoch, or at an
+    epoch's end) ends with the same weights, to the bit, as the run never interrupted: data
+    stream, optimiser, loops and the StageWise schedule are all restored."""
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from unroll.models import LISTACP
-    from unroll.train import ReconstructionTask
+    from unroll.train import ReconstructionTask, StageWise
 
     def fit(ckpt=None, save=False):
         L.seed_everything(0)
         dm = SparseRecoveryDataModule(problem="gaussian", m=20, n=40, train_batches=10, val_size=32, test_size=32)
         task = ReconstructionTask(LISTACP(num_layers=3, init="analytic"), scalar_lr_factor=10.0)
-        cbs = [ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=15, save_top_k=-1)] if save else []
-        trainer = L.Trainer(max_steps=30, logger=False, enable_checkpointing=save, callbacks=cbs,
-                            enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+        cbs = [StageWise(patience=1, time_aware=False, warm_start=True)]  # the clock would make it differ
+        if save:
+            cbs.append(ModelCheckpoint(dirpath=tmp_path, filename="{step}", save_top_k=-1))  # at every validation
+        trainer = L.Trainer(max_steps=40, val_check_interval=5, logger=False, enable_checkpointing=save,
+                            callbacks=cbs, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
         trainer.fit(task, datamodule=dm, ckpt_path=ckpt)
-        return task.state_dict()
+        return task.state_dict(), cbs[0].history
 
-    whole = fit(save=True)
-    (ckpt,) = tmp_path.glob("*step=15*.ckpt")  # saved mid-epoch (10 batches per epoch)
-    resumed = fit(ckpt=str(ckpt))
-    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    whole, history = fit(save=True)
+    assert history and history[0]["step"] > 25  # the schedule moves on after every resume point below
+    for step in (15, 20, 25):  # 10 batches per epoch: mid-epoch, an epoch's end, mid-epoch
+        resumed, resumed_history = fit(ckpt=str(tmp_path / f"step={step}.ckpt"))
+        assert all(torch.equal(whole[k], resumed[k]) for k in whole), step
+        assert resumed_history == history
 
 
 def test_training_stream_fresh_and_sized():
