@@ -464,7 +464,8 @@ class SparseRecoveryDataModule(lightning.LightningDataModule):
             if it exists they are read from it (``val_size``/``test_size`` are then those
             of the file), otherwise generated; :meth:`write_h5` writes one.
         dtype: ``"float32"`` or ``"float64"``: dtype of ``A``, the operator and the data.
-        num_workers: DataLoader worker processes (persistent when > 0).
+        num_workers: DataLoader worker processes (the training stream starts its workers each
+            epoch, at the epoch's position in the stream; the evaluation loaders keep theirs).
     """
 
     def __init__(
