@@ -9,7 +9,7 @@ converged LASSO with λ picked on the validation split, the reference for soft-t
 
     python benchmarks/lista_family.py                       # 8 min per model, 2 runs at a time
     python benchmarks/lista_family.py --budget 00:00:15:00 --budget_for noiseless:ALISTA=00:00:25:00 \
-        snr40:LISTA=00:00:30:00 snr40:LISTA-CP=00:00:30:00  # the run in BENCHMARKS.md (≤ 95 min)
+        snr40:LISTA=00:00:30:00 snr40:LISTA-CP=00:00:30:00  # the run in BENCHMARKS.md (≤ 95 min of wall clock)
     python benchmarks/lista_family.py --short               # 40 s per model: a smoke run
 
 Each run uses one thread (``OMP_NUM_THREADS=1``) and ``--jobs`` runs go in parallel.

@@ -60,13 +60,13 @@ def analytic_weight(a: Tensor, ridge: float = 0.0) -> Tensor:
     a64 = a.detach().to(torch.complex128 if a.is_complex() else torch.float64)
     gram = a64 @ a64.mH
     if ridge:
-        gram = gram + float(ridge) * torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
+        gram = gram + ridge * torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)  # M
     chol, info = torch.linalg.cholesky_ex(gram)
     if int(info) != 0:
         raise ValueError(f"a: A Aᴴ is singular (A of shape {tuple(a.shape)} must have full row rank, "
                          "or pass ridge > 0)")
-    v = torch.cholesky_solve(a64, chol)  # (AAᴴ)⁻¹ A, column i = (AAᴴ)⁻¹ a_i
-    denom = (a64.conj() * v).sum(0)  # a_iᴴ (AAᴴ)⁻¹ a_i, real positive
+    v = torch.cholesky_solve(a64, chol)  # M⁻¹ A, column i = M⁻¹ a_i
+    denom = (a64.conj() * v).sum(0)  # a_iᴴ M⁻¹ a_i, real positive
     return (v / denom.conj()).to(a.dtype)
 
 
