@@ -671,6 +671,9 @@ class SparseRecoveryDataModule(lightning.LightningDataModule):
         if self._train_ds is None:  # one stream for the module's lifetime: epochs continue it
             self._train_ds = _SparseStream(self._A, self.p, self.snr_db, self.batch_size,
                                            self.train_batches, self.seed)
+        # Lightning warns for any IterableDataset with a length that its workers may duplicate
+        # data; this stream deals its batches out between the workers, so its length holds.
+        warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined", category=UserWarning)
         return _StreamLoader(self._train_ds, self._stream_position, num_workers=self.num_workers)
 
     def _stream_position(self) -> Optional[int]:
