@@ -281,7 +281,7 @@ def growth(results: List[Dict], setting: str, mode: str, Ks: List[int]):
 
 def table(results: List[Dict], setting: str, modes: List[str], Ks: List[int]) -> str:
     lo, hi = min(Ks), max(Ks)
-    head = ["mode"] + [f"K={k}" for k in Ks] + [f"mem(K={hi})/mem(K={lo})", f"growth exponent"]
+    head = ["mode"] + [f"K={k}" for k in Ks] + [f"mem(K={hi})/mem(K={lo})", "growth exponent"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in modes:
         row = [m if m != "truncated" else f"truncated (k={TRUNCATE_K})"]

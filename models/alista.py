@@ -4,7 +4,6 @@ with support selection."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-import torch
 from torch import Tensor
 
 from unroll.operators import LinearOperator

@@ -97,7 +97,7 @@ def test_shapes_dtype_and_trajectory(name, dtype):
     torch.set_default_dtype(dtype)  # the models' scalars are created in the default dtype
     try:
         a, _, y = small_problem(dtype=dtype)
-        B, (m, n) = y.shape[0], a.shape
+        B, n = y.shape[0], a.shape[1]
         K = 4
         model = build(name, K, a)
         assert isinstance(model, UnrolledModel) and model.num_layers == K and model.is_bound

@@ -7,7 +7,7 @@ module's operator, and logs NMSE (dB) each validation and per iteration at test 
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Union
 
 import lightning as L
 import torch

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import List, Optional, Sequence, Union
 
-import torch
 from torch import Tensor, nn
 
 from .problem import Problem

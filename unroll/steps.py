@@ -11,7 +11,7 @@ Step sizes are given in units of ``1/L`` (``L = ‖A‖₂²``, from the problem
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
