@@ -5,7 +5,8 @@ Trains LISTA, LISTA-CP, LISTA-CPSS, TiLISTA and ALISTA (16 layers, stage-wise, t
 all checkpoints of one setting in one ``unroll evaluate`` table on the 1000 published test signals
 (next to ISTA and FISTA with λ = 0.1), and compares layer 16 with the published curves (Chen et
 al. 2018, Fig. 3 and 4; Liu et al. 2019, Fig. 1 and 2). In the noisy setting it also reports the
-converged LASSO with λ picked on the validation split, the reference for soft-thresholding models.
+converged LASSO with λ picked on the validation split, the reference for soft-thresholding models,
+and the large-system limits of the best soft threshold and of the Bayes-optimal denoiser.
 
     python benchmarks/lista_family.py                       # 8 min per model, 2 runs at a time
     python benchmarks/lista_family.py --budget 00:00:15:00 --budget_for noiseless:ALISTA=00:00:25:00 \
@@ -172,6 +173,18 @@ def lasso_reference(setting: str, short: bool) -> Optional[Dict[str, object]]:
     return {"lam": best, "val_db": val, "test_db": test_db, "max_iterations": its, "max_iter": iters}
 
 
+def large_system_limits(setting: str) -> Optional[Dict[str, float]]:
+    """AMP state evolution's NMSE (dB) for the best soft threshold and the Bayes-optimal
+    denoiser on this problem (``benchmarks/state_evolution.py``; noisy settings only, 20 s)."""
+    if SETTINGS[setting] is None:
+        return None
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import state_evolution as se
+
+    sigma2 = se.EPS / se.DELTA * 10 ** (-SETTINGS[setting] / 10)
+    return {"soft_db": se.soft_limit(sigma2)["nmse_db"], "bayes_db": se.bayes_limit(sigma2)["nmse_db"]}
+
+
 def evaluate(work: Path, setting: str, ckpts: Dict[str, str]) -> Dict[str, List[float]]:
     out_dir = work / setting / "eval"
     cmd = [*_unroll(), "evaluate", "--ckpt_path", *ckpts.values(), "--names", *ckpts.keys(),
@@ -190,18 +203,24 @@ def plot(setting: str, res: Dict[str, object]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = plt.subplots(figsize=(8.6, 4.2))
     curves, lasso = res["curves"], res.get("lasso")
     for k, v in curves.items():
         style = "--" if k in ("ista", "fista") else "-"
         ax.plot(range(1, len(v) + 1), v, style, marker="o", markersize=3, label=k.upper() if style == "--" else k)
     if lasso:
         ax.axhline(lasso["test_db"], color="grey", linestyle=":", label="LASSO, converged (best λ)")
+    limits = res.get("limits")
+    if limits:
+        ax.axhline(limits["soft_db"], color="black", linestyle="-.", linewidth=0.8,
+                   label="best soft threshold, n → ∞ (state evolution)")
+        ax.axhline(limits["bayes_db"], color="black", linestyle=(0, (1, 3)), linewidth=0.8,
+                   label="Bayes-optimal, n → ∞ (state evolution)")
     ax.set_xlabel("layer / iteration")
     ax.set_ylabel("NMSE (dB), 1000 published test signals")
     ax.set_title(f"Standard problem (250×500, p=0.1), {'noiseless' if setting == 'noiseless' else 'SNR 40 dB'}")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside: the curves fill the axes
     fig.tight_layout()
     path = ROOT / "benchmarks" / "figures" / f"lista_family_{setting}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -224,8 +243,14 @@ def markdown(results: Dict[str, Dict], budget: str) -> str:
         if lasso:
             lines.append("")
             lines.append(f"Converged LASSO (FISTA to a relative change of 1e-7, at most {lasso['max_iter']} iterations, "
-                         f"λ = {lasso['lam']:g} picked on the validation split from {sorted(lasso['val_db'])}): "
+                         f"λ = {lasso['lam']:g} picked on the validation split from "
+                         f"[{', '.join(f'{v:g}' for v in sorted(float(k) for k in lasso['val_db']))}]): "
                          f"**{lasso['test_db']:.2f} dB** on the test signals.")
+        limits = res.get("limits")
+        if limits:
+            lines.append(f"Large-system limits from AMP's state evolution (`benchmarks/state_evolution.py`): best soft "
+                         f"threshold (the LASSO at its best λ) **{limits['soft_db']:.2f} dB**, Bayes-optimal "
+                         f"**{limits['bayes_db']:.2f} dB**.")
         lines.append("")
         lines.append("| model | layer 16 | published, layer 16 | within 2 dB or better |")
         lines.append("|---|---:|---|---|")
@@ -270,7 +295,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     if args.report:  # also redraws the figures from the saved curves
         saved = json.loads(Path(args.results).read_text())
         for s, res in saved["results"].items():
+            if "limits" not in res:  # results from before the limits were part of them
+                res["limits"] = large_system_limits(s)
             plot(s, res)
+        Path(args.results).write_text(json.dumps(saved, indent=1))
         print(markdown(saved["results"], saved["meta"]["budget_per_model"]))
         return
     budget = "00:00:00:40" if args.short else args.budget
@@ -292,7 +320,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         ckpts = {m: runs[(s, m)]["ckpt"] for m in args.models}
         results[s] = {"curves": evaluate(work, s, ckpts), "runs": {m: runs[(s, m)] for m in args.models},
                       "progress": {m: progress(ckpts[m]) for m in args.models},
-                      "lasso": lasso_reference(s, args.short)}
+                      "lasso": lasso_reference(s, args.short), "limits": large_system_limits(s)}
         plot(s, results[s])
     meta = {"budget_per_model": budget, "budget_for": args.budget_for, "args_for": args.args_for, "threads_per_run": 1, "parallel_runs": args.jobs,
             "machine": f"{os.cpu_count()} cores, {cpu_name()}", "python": platform.python_version(),
