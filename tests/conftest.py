@@ -21,3 +21,10 @@ def float64_default():
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(old)
+
+
+@pytest.fixture(autouse=True)
+def _cli_argv(monkeypatch):
+    """The tests call the CLI with ``main(args)``: pytest's own command line in ``sys.argv``
+    would make LightningCLI warn that both were given."""
+    monkeypatch.setattr("sys.argv", ["unroll"])
