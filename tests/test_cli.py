@@ -187,6 +187,20 @@ def test_every_config_parses(name, tmp_path):
     assert cli.model.model.num_layers >= 16
 
 
+@pytest.mark.parametrize("name", ["alista", "lista", "lista_ss", "lista_cp", "lista_cpss", "tilista"])
+def test_stagewise_options_from_the_command_line(name, tmp_path):
+    """The stage-wise configs list StageWise last, so `--trainer.callbacks.init_args.KEY=VALUE`
+    sets its options (as their comment says) without repeating the callback list."""
+    from unroll.train import StageWise
+    from unroll.train.cli import UnrollCLI
+
+    cli = UnrollCLI(args=["--config", str(CONFIGS / f"{name}.yaml"), f"--trainer.default_root_dir={tmp_path}",
+                          "--trainer.callbacks.init_args.patience=80", "--trainer.callbacks.init_args.min_delta=0.01"],
+                    run=False)
+    (stagewise,) = [c for c in cli.trainer.callbacks if isinstance(c, StageWise)]
+    assert stagewise.patience == 80 and stagewise.min_delta == 0.01
+
+
 def test_ddp_two_processes(tmp_path):
     """`unroll fit --config configs/lista.yaml` with DDP on 2 CPU processes (gloo)."""
     cmd = [sys.executable, "-m", "unroll.train.cli", "fit", "--config", str(CONFIGS / "lista.yaml"),
