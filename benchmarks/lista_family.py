@@ -60,16 +60,15 @@ def _unroll() -> List[str]:
 
 
 #: config overrides of one setting's run, part of the benchmark's set-up (``--args_for`` adds more).
-#: At SNR 40 the models built on the analytic weight (ALISTA keeps it; LISTA-CP, LISTA-CPSS and
-#: TiLISTA start from it) compute it with a ridge (``unroll.models.analytic_weight``), which lowers
-#: its noise gain mean ‖w_i‖ from 1.42 to 1.10; LISTA runs as configured.
-#: LISTA-CP at SNR 40 instead trains as a longer run: its matrices at lr 5e-4 (scalars at 5e-3) and
-#: the papers' stage length (a stage ends after 80 validations = 4000 steps without a 0.01 dB
-#: gain, VITA-Group/LISTA-CPSS's ``better_wait``), RIDGE_CP its ridge; BENCHMARKS.md has the runs.
-RIDGE_CP = 0.0
+#: At SNR 40 ALISTA, LISTA-CPSS and TiLISTA compute the analytic weight with a ridge
+#: (``unroll.models.analytic_weight``), which lowers its noise gain mean ‖w_i‖ from 1.42 to 1.10;
+#: LISTA runs as configured. LISTA-CP at SNR 40 trains as a longer run, without a ridge: its
+#: matrices at lr 5e-4 (scalars at 5e-3) and the papers' stage length (a stage ends after 80
+#: validations = 4000 steps without a 0.01 dB gain, VITA-Group/LISTA-CPSS's ``better_wait``);
+#: BENCHMARKS.md has the runs.
 SETUP: Dict[tuple, List[str]] = {
     **{("snr40", m): ["--model.init_args.model.init_args.ridge=1.0"] for m in ("LISTA-CPSS", "TiLISTA", "ALISTA")},
-    ("snr40", "LISTA-CP"): [f"--model.init_args.model.init_args.ridge={RIDGE_CP}", "--model.init_args.scalar_lr_factor=10",
+    ("snr40", "LISTA-CP"): ["--model.init_args.model.init_args.ridge=0.0", "--model.init_args.scalar_lr_factor=10",
                             "--model.init_args.optimizer.init_args.lr=0.0005", "--trainer.callbacks.init_args.patience=80",
                             "--trainer.callbacks.init_args.min_delta=0.01"],
 }
@@ -185,8 +184,7 @@ def large_system_limits(setting: str) -> Optional[Dict[str, float]]:
     denoiser on this problem (``benchmarks/state_evolution.py``; noisy settings only, 20 s)."""
     if SETTINGS[setting] is None:
         return None
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import state_evolution as se
+    import state_evolution as se  # beside this script, on sys.path like machine.py
 
     sigma2 = se.EPS / se.DELTA * 10 ** (-SETTINGS[setting] / 10)
     return {"soft_db": se.soft_limit(sigma2)["nmse_db"], "bayes_db": se.bayes_limit(sigma2)["nmse_db"]}
@@ -297,7 +295,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     ap.add_argument("--reuse", action="store_true", help="keep checkpoints already in --work")
     ap.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "lista_family.json"))
     ap.add_argument("--report", action="store_true",
-                    help="only print the Markdown of an earlier --results file and redraw its figures")
+                    help="only print the Markdown of an earlier --results file and redraw its figures "
+                         "(adding the large-system limits to the file if it has none)")
     args = ap.parse_args(argv)
     if args.report:  # also redraws the figures from the saved curves
         saved = json.loads(Path(args.results).read_text())
