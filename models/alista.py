@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from unroll.operators import LinearOperator
-from unroll.problem import Problem
+from unroll.problem import LeastSquares
 from unroll.prox import soft_threshold_support_selection
 from unroll.steps import State, Step
 from unroll.unrolled import Unrolled
@@ -19,8 +19,8 @@ __all__ = ["ALISTA", "ALISTAStep", "analytic_weight", "support_selection_schedul
 
 
 @dataclass(frozen=True)
-class WeightedProblem(Problem):
-    """A :class:`Problem` that also carries ALISTA's weight ``W`` ``(m, n)``."""
+class WeightedProblem(LeastSquares):
+    """A :class:`~unroll.problem.LeastSquares` problem that also carries ALISTA's weight ``W`` ``(m, n)``."""
 
     weight: Tensor = None  # type: ignore[assignment]
 

@@ -160,11 +160,11 @@ def test_per_call_override_and_info():
     assert int(out.info.iterations.max()) < 5000 and out.info.status == "converged"
 
 
-def test_implicit_needs_tied_plain_state():
+def test_implicit_needs_tied_fixed_point_map():
     op, y = setup()
     with pytest.raises(ValueError, match="tied weights"):
         untied_ista(4)(Problem.create(op, y), grad_mode="implicit")
-    with pytest.raises(TypeError, match="plain iterate"):
+    with pytest.raises(TypeError, match="not a fixed-point map|is not \\(e.g. FISTA"):
         Unrolled(FISTAStep(L1(0.05)), num_iters=10)(Problem.create(op, y), grad_mode="jfb")
 
 

@@ -254,21 +254,30 @@ def test_lipschitz_cached_and_recomputed():
     assert float(third) == pytest.approx(float(first), rel=1e-10)
 
 
-def test_lipschitz_cache_is_stale_until_recompute():
+def test_lipschitz_cache_follows_changes_of_the_operator():
+    # cached while the operator is unchanged; recomputed after an in-place change of its tensors
+    # (an optimiser step on a learnable operator), without recompute=True
     op = MatrixOperator(t(A_NP).clone())
     first = op.lipschitz()
     assert op.lipschitz() is first
     with torch.no_grad():
         op.matrix.mul_(2.0)
-    assert op.lipschitz() is first  # cached value, by design
-    fresh = op.lipschitz(recompute=True)
+    fresh = op.lipschitz()
     assert fresh is not first
     assert float(fresh) == pytest.approx(4.0 * _spec2(A_NP), rel=1e-10)
+    assert op.lipschitz() is fresh
+    learn = MatrixOperator(t(A_NP).clone(), learnable=True)
+    l0 = float(learn.lipschitz())
+    opt = torch.optim.SGD(learn.parameters(), lr=0.5)
+    (learn.matrix ** 2).sum().backward()
+    opt.step()  # matrix *= 0 here (lr 0.5, gradient 2A): the constant must follow
+    assert float(learn.lipschitz()) == pytest.approx(0.0, abs=1e-12) and l0 > 0
     d = Diagonal(t(D_NP).clone())
     d0 = d.lipschitz()
     assert d.lipschitz() is d0
     with torch.no_grad():
         d.diag.mul_(3.0)
+    assert float(d.lipschitz()) == pytest.approx(9.0 * float(d0), rel=1e-12)
     assert float(d.lipschitz(recompute=True)) == pytest.approx(9.0 * float(d0), rel=1e-12)
 
 

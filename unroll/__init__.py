@@ -8,26 +8,30 @@ Lightning tasks and CLI in ``unroll.train``.
 
 from . import autodiff, linalg, operators, prox, solvers
 from .checks import check_finite, check_measurements
-from .linalg import CGInfo, cg, solve_normal
+from .info import SolverInfo, Status
+from .linalg import CG, BiCGSTAB, CGInfo, LinearSolver, Neumann, SolverWarning, cg, solve_normal
 from .losses import Loss, MSELoss, ObjectiveLoss
 from .operators import Convolution2d, Diagonal, Identity, LinearOperator, MatrixOperator, adjoint_test, as_operator
 from .parametrize import PositiveScalar
-from .problem import Problem
-from .autodiff import GradMode, SolverWarning
+from .problem import LeastSquares, Problem, QuadraticProblem, SmoothProblem
+from .autodiff import GradMode
 from .prox import (L0, L1, Box, SquaredL2, Indicator, L1Ball, L2Ball, LowRank, NonNegative, Regularizer, Simplex,
                    hard_threshold, soft_threshold)
-from .steps import FISTAStep, GradientStep, MomentumState, ProxGradStep, State, Step
-from .unrolled import SolverInfo, Unrolled, UnrolledOutput
+from .steps import (ADMMState, ADMMStep, CGState, CGStep, Chain, FISTAStep, GradientStep, MomentumState, ProxGradStep,
+                    State, Step)
+from .unrolled import NestedStep, Unrolled, UnrolledOutput
 
 __version__ = "0.1.0"
 
 __all__ = [
     "operators", "prox", "solvers", "autodiff", "linalg", "cg", "solve_normal", "CGInfo", "GradMode", "SolverWarning",
+    "SolverInfo", "Status", "LinearSolver", "CG", "BiCGSTAB", "Neumann",
     "LinearOperator", "MatrixOperator", "Convolution2d", "Diagonal", "Identity", "adjoint_test", "as_operator",
     "Regularizer", "L1", "L0", "SquaredL2", "Indicator", "NonNegative", "Box", "Simplex", "L2Ball", "L1Ball", "LowRank",
     "soft_threshold", "hard_threshold",
-    "Problem", "Step", "State", "MomentumState", "GradientStep", "ProxGradStep", "FISTAStep",
-    "Unrolled", "UnrolledOutput", "SolverInfo", "PositiveScalar",
+    "Problem", "LeastSquares", "SmoothProblem", "QuadraticProblem",
+    "Step", "State", "MomentumState", "CGState", "ADMMState", "GradientStep", "ProxGradStep", "FISTAStep", "CGStep",
+    "ADMMStep", "Chain", "Unrolled", "UnrolledOutput", "NestedStep", "PositiveScalar",
     "Loss", "MSELoss", "ObjectiveLoss",
     "check_finite", "check_measurements",
 ]

@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .operators.base import LinearOperator, _fmt_shape
+from .operators.base import LinearOperator, fmt_shape
 
 __all__ = ["check_finite", "check_measurements"]
 
@@ -39,7 +39,7 @@ def check_measurements(y: Tensor, op: Optional[LinearOperator] = None, name: str
     if op is not None:
         if op.out_shape is not None and tuple(y.shape[1:]) != tuple(op.out_shape):
             raise ValueError(
-                f"{name}: expected shape {_fmt_shape(op.out_shape)} to fit the range of {op._describe()}, "
+                f"{name}: expected shape {fmt_shape(op.out_shape)} to fit the range of {op._describe()}, "
                 f"got {tuple(y.shape)}"
             )
         if op.is_complex is False and y.is_complex():
@@ -48,3 +48,15 @@ def check_measurements(y: Tensor, op: Optional[LinearOperator] = None, name: str
             raise TypeError(f"{name}: {op._describe()} is a complex operator but got real measurements ({y.dtype})")
     if finite and not torch.compiler.is_compiling():  # a data-dependent check would break the graph
         check_finite(y, name)
+
+
+def check_tol(tol, name: str = "tol", allow_none: bool = True) -> Optional[float]:
+    """``tol`` as a float if it is a finite number ``>= 0`` (or ``None`` when allowed); else a
+    ``ValueError`` naming ``name`` (a negative or NaN tolerance would silently never stop)."""
+    if tol is None and allow_none:
+        return None
+    if isinstance(tol, Tensor) and tol.numel() == 1:
+        tol = float(tol)
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not (0 <= tol < float("inf")):
+        raise ValueError(f"{name}: expected a finite number >= 0{' or None' if allow_none else ''}, got {tol!r}")
+    return float(tol)

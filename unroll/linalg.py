@@ -1,20 +1,26 @@
-"""Batched conjugate gradient as a differentiable layer.
+"""Batched linear solvers: conjugate gradient as a differentiable layer, and the solver objects
+that the implicit gradient mode uses for its adjoint systems.
 
 :func:`cg` solves ``A x = b`` for a Hermitian positive-definite ``A``, one independent system
 per sample of the batch, with per-sample stopping (masks, no host synchronisation per
 iteration). Its backward pass is implicit: ``x`` is differentiable w.r.t. ``b`` and w.r.t. the
 tensors inside ``A`` through *one* adjoint CG solve, not by backpropagating through the
-iterations (constant memory in the number of iterations).
+iterations (constant memory in the number of iterations). Non-positive curvature (``A`` not
+positive definite) is detected and reported as :attr:`~unroll.info.Status.BREAKDOWN`.
 
 :func:`solve_normal` solves the regularised normal equations ``(AᴴA + λI) x = Aᴴ y`` (ridge
 regression, the data-consistency step of MoDL) with it.
+
+Solver objects (:class:`CG`, :class:`BiCGSTAB`, :class:`Neumann`) carry a tolerance and a budget
+and solve ``A v = b`` for a callable ``A`` without a graph: ``solver.solve(A, b) → (v, info)``.
+They are what ``GradMode(backward_solver=...)`` takes.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from numbers import Real
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
@@ -23,47 +29,22 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .batched import batch_dot, batch_norm, per_sample
-from .checks import check_measurements
-from .operators.base import LinearOperator, _fmt_shape, as_operator
+from .checks import check_measurements, check_tol
+from .info import SolverInfo, Status
+from .operators.base import LinearOperator, fmt_shape
+from .operators.convert import as_operator
 
-__all__ = ["cg", "solve_normal", "CGInfo"]
+__all__ = ["cg", "solve_normal", "CGInfo", "LinearSolver", "CG", "BiCGSTAB", "Neumann", "as_linear_solver",
+           "SolverWarning"]
 
 OperatorLike = Union[LinearOperator, Callable[[Tensor], Tensor], Tensor]
 
+#: :func:`cg` reports a :class:`~unroll.info.SolverInfo` (the name is kept for existing code).
+CGInfo = SolverInfo
 
-@dataclass
-class CGInfo:
-    """What :func:`cg` did, per sample.
 
-    Attributes:
-        iterations: ``(B,)`` int64, CG iterations each sample ran (a frozen sample stops counting;
-            a sample with ``b = 0`` runs none).
-        residual_norm: ``(B,)`` real, final relative residual ``‖b − A x‖ / ‖b‖`` (recomputed from
-            ``x``, not the recursively updated residual; ``0`` for a sample with ``b = 0``).
-        converged: ``(B,)`` bool, whether the stopping test ``‖r‖ ≤ max(tol·‖b‖, atol)`` was met
-            (on the recursively updated residual ``r``, the one CG iterates with).
-        tol: the relative tolerance used.
-        atol: the absolute tolerance used.
-        max_iter: the iteration budget.
-        backward_info: the :class:`CGInfo` of the adjoint solve run by the backward pass, once
-            ``backward`` has gone through this solve (``None`` before).
-    """
-
-    iterations: Tensor
-    residual_norm: Tensor
-    converged: Tensor
-    tol: float
-    atol: float = 0.0
-    max_iter: Optional[int] = None
-    backward_info: Optional["CGInfo"] = field(default=None, repr=False, compare=False)
-
-    @property
-    def status(self) -> str:
-        """``"diverged"`` (a non-finite residual), ``"converged"`` (every sample met the
-        tolerance) or ``"max_iter"``. Reading it synchronises with the device."""
-        if not torch.isfinite(self.residual_norm).all():
-            return "diverged"
-        return "converged" if bool(self.converged.all()) else "max_iter"
+class SolverWarning(UserWarning):
+    """A forward or backward solve that did not converge, broke down or diverged."""
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -111,8 +92,12 @@ def _dedupe(ts: Sequence[Tensor]) -> List[Tensor]:
 
 # ---------------------------------------------------------------------------------- the solver
 def _cg_loop(A, b: Tensor, x0: Optional[Tensor], M, tol: float, atol: float, max_iter: int,
-             check_every: int) -> Tuple[Tensor, CGInfo]:
-    """Batched preconditioned CG without a graph. ``A``, ``M``: callables; ``M`` may be ``None``."""
+             check_every: int, record_history: bool = False) -> Tuple[Tensor, SolverInfo]:
+    """Batched preconditioned CG without a graph. ``A``, ``M``: callables; ``M`` may be ``None``.
+
+    A sample breaks down (is frozen, ``info.breakdown``) on non-positive curvature ``pᴴAp ≤ 0``;
+    a sample whose final residual exceeds ``‖b‖`` (worse than ``x = 0``: ``A`` not symmetric, or
+    singular and inconsistent) is marked as broken down too."""
     bnorm = batch_norm(b)
     zero_b = bnorm == 0
     thresh = torch.clamp(tol * bnorm, min=atol)
@@ -128,7 +113,10 @@ def _cg_loop(A, b: Tensor, x0: Optional[Tensor], M, tol: float, atol: float, max
     bsz = b.shape[0]
     iterations = torch.zeros(bsz, dtype=torch.long, device=b.device)
     converged = zero_b | (batch_norm(r) <= thresh)
+    breakdown = torch.zeros_like(converged)
     frozen = converged.clone()  # converged, or broken down (pᴴAp ≤ 0: A not positive definite)
+    safe_bnorm = torch.where(zero_b, torch.ones_like(bnorm), bnorm)
+    history: List[Tensor] = []
     for k in range(max_iter):
         if check_every > 0 and k % check_every == 0 and bool(frozen.all()):  # one host sync per check
             break
@@ -141,20 +129,57 @@ def _cg_loop(A, b: Tensor, x0: Optional[Tensor], M, tol: float, atol: float, max
         x = x + a * p
         r = r - a * Ap
         iterations = iterations + active.long()
-        now = active & (batch_norm(r) <= thresh)
+        rnorm = batch_norm(r)
+        now = active & (rnorm <= thresh)
         converged = converged | now
-        frozen = frozen | now | (active & ~ok & ~torch.isnan(pAp))  # NaN propagates: "diverged"
+        bad = active & ~ok & ~torch.isnan(pAp)  # NaN propagates: "diverged"
+        breakdown = breakdown | bad
+        frozen = frozen | now | bad
+        if record_history:
+            history.append(rnorm / safe_bnorm)
         z = r if M is None else _apply(M, r, "M")
         rz_new = batch_dot(r, z).real
         nz = rz != 0
         beta = torch.where(nz, rz_new / torch.where(nz, rz, torch.ones_like(rz)), torch.zeros_like(rz))
         p = torch.where(per_sample(frozen, b), p, z + per_sample(beta, b) * p)
         rz = torch.where(frozen, rz, rz_new)
-    res = batch_norm(b - _apply(A, x, "A"))
-    rel = torch.where(zero_b, res, res / torch.where(zero_b, torch.ones_like(bnorm), bnorm))
-    info = CGInfo(iterations=iterations, residual_norm=rel, converged=converged, tol=tol, atol=atol,
-                  max_iter=max_iter)
+    ax = _apply(A, x, "A")
+    res = batch_norm(b - ax)
+    rel = torch.where(zero_b, res, res / safe_bnorm)
+    # For a positive-definite A every CG step lowers φ(x) = ½⟨x, Ax⟩ − ⟨b, x⟩ below φ(0) = 0; a
+    # final φ > 0 means A is not positive definite (or not symmetric): a rigorous test, unlike a
+    # residual that grows (CG's residual norm need not decrease on an ill-conditioned SPD system).
+    phi = 0.5 * batch_dot(x, ax).real - batch_dot(b, x).real
+    scale = batch_norm(x) * bnorm
+    breakdown = breakdown | (~converged & (phi > 1e-6 * scale))
+    info = SolverInfo(iterations=iterations, residual=rel, converged=converged & ~breakdown, tol=tol, atol=atol,
+                      max_iter=max_iter, breakdown=breakdown, method="cg",
+                      residual_history=torch.stack(history, dim=1) if history else None)
     return x, info
+
+
+def _report(info: SolverInfo, on_failure: str, what: str) -> None:
+    """Warn (or raise) when a solve broke down or diverged, as ``on_failure`` asks."""
+    if on_failure == "ignore" or torch.compiler.is_compiling():
+        return
+    status = info.status
+    if status == Status.BREAKDOWN:
+        n = int(info.breakdown.sum())
+        msg = (f"{what}: broke down on {n} of {info.breakdown.numel()} samples: non-positive curvature pᴴAp ≤ 0 "
+               "or a growing residual; the operator is not symmetric positive definite (status 'breakdown')")
+    elif status == Status.DIVERGED:
+        msg = f"{what}: the residual is not finite (NaN/Inf in the operator or the right-hand side)"
+    else:
+        return
+    if on_failure == "raise":
+        raise RuntimeError(msg)
+    warnings.warn(msg, SolverWarning, stacklevel=3)
+
+
+class _Holder:
+    """Carries the forward's :class:`SolverInfo` out of the autograd function."""
+
+    info: Optional[SolverInfo] = None
 
 
 class _CGFunction(torch.autograd.Function):
@@ -162,22 +187,28 @@ class _CGFunction(torch.autograd.Function):
     ``∂L/∂b = v`` and ``∂L/∂θ = vjp of θ ↦ A(θ) x at −v``."""
 
     @staticmethod
-    def forward(ctx, A, M, opts, holder, b, x0, *params):
+    def forward(A, M, opts, on_failure, holder, b, x0, *params):
         x, info = _cg_loop(A, b, x0, M, **opts)
-        holder.append(info)
-        ctx.A, ctx.M, ctx.opts, ctx.info = A, M, opts, info
-        ctx.save_for_backward(x, *params)  # params saved so in-place changes before backward are caught
+        holder.info = info
         return x
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # new-style, so torch.func transforms take it
+        A, M, opts, on_failure, holder, b, x0, *params = inputs
+        ctx.A, ctx.M, ctx.opts, ctx.info, ctx.on_failure = A, M, dict(opts, record_history=False), holder.info, \
+            on_failure
+        ctx.save_for_backward(output, *params)  # params saved so in-place changes before backward are caught
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g):
         x, *params = ctx.saved_tensors
         v, binfo = _cg_loop(ctx.A, g, None, ctx.M, **ctx.opts)
-        ctx.info.backward_info = binfo
-        grad_b = v if ctx.needs_input_grad[4] else None
+        ctx.info.backward = binfo
+        _report(binfo, ctx.on_failure, "cg (backward, adjoint solve)")
+        grad_b = v if ctx.needs_input_grad[5] else None
         grads: List[Optional[Tensor]] = [None] * len(params)
-        want = [i for i, need in enumerate(ctx.needs_input_grad[6:]) if need]
+        want = [i for i, need in enumerate(ctx.needs_input_grad[7:]) if need]
         if want:
             with torch.enable_grad():
                 ax = ctx.A(x.detach())
@@ -188,12 +219,13 @@ class _CGFunction(torch.autograd.Function):
                                           retain_graph=True)
                 for i, gi in zip(want, got):
                     grads[i] = gi
-        return (None, None, None, None, grad_b, None, *grads)
+        return (None, None, None, None, None, grad_b, None, *grads)
 
 
 def cg(A: OperatorLike, b: Tensor, x0: Optional[Tensor] = None, M: Optional[OperatorLike] = None,
        tol: float = 1e-6, max_iter: Optional[int] = None, atol: float = 0.0, *,
-       params: Sequence[Tensor] = (), check_every: int = 10) -> Tuple[Tensor, CGInfo]:
+       params: Sequence[Tensor] = (), check_every: int = 10, record_history: bool = False,
+       on_failure: str = "warn") -> Tuple[Tensor, SolverInfo]:
     """Batched (preconditioned) conjugate gradient for Hermitian positive-definite ``A x = b``.
 
     Each sample of the batch is an independent system; a sample stops (is frozen) once
@@ -219,15 +251,22 @@ def cg(A: OperatorLike, b: Tensor, x0: Optional[Tensor] = None, M: Optional[Oper
             of one, such as ``op.normal``) its parameters and buffers that require grad are
             added automatically.
         check_every: test for early exit every this many iterations (``0``: never; run ``max_iter``).
+        record_history: keep the relative residual ``‖r_k‖/‖b‖`` of every iteration in
+            ``info.residual_history`` ``(B, iterations run)``.
+        on_failure: ``"warn"`` (a :class:`SolverWarning`), ``"raise"`` (``RuntimeError``) or
+            ``"ignore"`` when the solve breaks down (``A`` not positive definite) or diverges.
+            Running out of ``max_iter`` is reported by the status only (fixed budgets are common).
 
     Returns:
         ``(x, info)``: ``x`` of shape ``(B, *shape)``, differentiable w.r.t. ``b`` and ``params``
         through one adjoint CG solve in the backward (same ``tol``, ``atol``, ``max_iter`` and
-        ``M``), whose :class:`CGInfo` is then stored in ``info.backward_info``; ``info`` a
-        :class:`CGInfo`.
+        ``M``), whose :class:`~unroll.info.SolverInfo` is then stored in ``info.backward``;
+        ``info`` a :class:`~unroll.info.SolverInfo` (``info.status``: ``converged``,
+        ``max_iter``, ``breakdown`` or ``diverged``).
 
     A sample whose ``b`` is zero returns ``x = 0`` after 0 iterations. A sample on which
-    ``pᴴ A p ≤ 0`` (``A`` not positive definite) stops, not converged.
+    ``pᴴ A p ≤ 0``, or whose final ``φ(x) = ½⟨x, Ax⟩ − ⟨b, x⟩`` is positive (impossible for a
+    positive-definite ``A``), is marked in ``info.breakdown`` and the status is ``breakdown``.
     """
     if not isinstance(b, Tensor):
         raise TypeError(f"b: expected a torch.Tensor, got {type(b).__name__}")
@@ -238,7 +277,7 @@ def cg(A: OperatorLike, b: Tensor, x0: Optional[Tensor] = None, M: Optional[Oper
     op = _as_callable(A, "A")
     pre = None if M is None else _as_callable(M, "M")
     if isinstance(op, LinearOperator) and op.in_shape is not None and tuple(b.shape[1:]) != tuple(op.in_shape):
-        raise ValueError(f"b: expected shape {_fmt_shape(op.in_shape)} for {op._describe()}, got {tuple(b.shape)}")
+        raise ValueError(f"b: expected shape {fmt_shape(op.in_shape)} for {op._describe()}, got {tuple(b.shape)}")
     if x0 is not None:
         if not isinstance(x0, Tensor):
             raise TypeError(f"x0: expected a torch.Tensor, got {type(x0).__name__}")
@@ -247,10 +286,10 @@ def cg(A: OperatorLike, b: Tensor, x0: Optional[Tensor] = None, M: Optional[Oper
         if x0.dtype != b.dtype:
             raise TypeError(f"x0: expected the dtype of b ({b.dtype}), got {x0.dtype}")
         x0 = x0.detach()
-    if not isinstance(tol, Real) or not tol >= 0:
-        raise ValueError(f"tol: expected a number >= 0, got {tol!r}")
-    if not isinstance(atol, Real) or not atol >= 0:
-        raise ValueError(f"atol: expected a number >= 0, got {atol!r}")
+    tol = check_tol(tol, "tol", allow_none=False)
+    atol = check_tol(atol, "atol", allow_none=False)
+    if on_failure not in ("warn", "raise", "ignore"):
+        raise ValueError(f"on_failure: expected 'warn', 'raise' or 'ignore', got {on_failure!r}")
     if max_iter is None:
         max_iter = max(1, math.prod(b.shape[1:]))
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
@@ -263,7 +302,8 @@ def cg(A: OperatorLike, b: Tensor, x0: Optional[Tensor] = None, M: Optional[Oper
         if not isinstance(t, Tensor):
             raise TypeError(f"params[{i}]: expected a torch.Tensor, got {type(t).__name__}")
     params = _dedupe(_operator_params(op) + list(params))
-    opts = dict(tol=float(tol), atol=float(atol), max_iter=max_iter, check_every=check_every)
+    opts = dict(tol=float(tol), atol=float(atol), max_iter=max_iter, check_every=check_every,
+                record_history=record_history)
 
     grad_wanted = torch.is_grad_enabled()
     if grad_wanted and not params and not isinstance(op, LinearOperator):
@@ -275,14 +315,17 @@ def cg(A: OperatorLike, b: Tensor, x0: Optional[Tensor] = None, M: Optional[Oper
                           stacklevel=2)
     if not (grad_wanted and (b.requires_grad or any(t.requires_grad for t in params))):
         with torch.no_grad():
-            return _cg_loop(op, b, x0, pre, **opts)
-    holder: List[CGInfo] = []
-    x = _CGFunction.apply(op, pre, opts, holder, b, x0, *params)
-    return x, holder[0]
+            x, info = _cg_loop(op, b, x0, pre, **opts)
+    else:
+        holder = _Holder()  # not a list: transforms flatten (copy) pytree arguments
+        x = _CGFunction.apply(op, pre, opts, on_failure, holder, b, x0, *params)
+        info = holder.info
+    _report(info, on_failure, "cg")
+    return x, info
 
 
 def solve_normal(A: Union[LinearOperator, Tensor], y: Tensor, lam: Union[float, Tensor] = 0.0,
-                 **cg_kwargs) -> Tuple[Tensor, CGInfo]:
+                 **cg_kwargs) -> Tuple[Tensor, SolverInfo]:
     """Solve the regularised normal equations ``(AᴴA + λI) x = Aᴴ y`` with :func:`cg`.
 
     The minimiser of ``½‖A x − y‖² + ½λ‖x‖²`` (ridge regression; the data-consistency step of
@@ -299,7 +342,7 @@ def solve_normal(A: Union[LinearOperator, Tensor], y: Tensor, lam: Union[float, 
 
     Returns:
         ``(x, info)``: ``x`` of shape ``(B, *in_shape)``, differentiable w.r.t. ``y``, ``lam``
-        and the operator's parameters; ``info`` a :class:`CGInfo`.
+        and the operator's parameters; ``info`` a :class:`~unroll.info.SolverInfo`.
     """
     if not isinstance(A, (LinearOperator, Tensor)):
         raise TypeError(f"A: solve_normal needs a LinearOperator or a matrix (it applies Aᴴ), "
@@ -323,3 +366,147 @@ def solve_normal(A: Union[LinearOperator, Tensor], y: Tensor, lam: Union[float, 
 
     params = _dedupe(_operator_params(op) + extra + list(cg_kwargs.pop("params", ())))
     return cg(normal, rhs, params=params, **cg_kwargs)
+
+
+# ---------------------------------------------------------------------------------- solver objects
+@dataclass(frozen=True)
+class LinearSolver:
+    """Base of the solver objects: solve ``A v = b`` per sample, without a graph.
+
+    Args:
+        tol: relative residual tolerance ``‖b − A v‖ ≤ tol·‖b‖`` (per sample), ``≥ 0``.
+        max_iter: iteration budget, ``≥ 1``.
+
+    ``solve(A, b, x0=None) → (v, info)``: ``A`` a callable ``(B, *shape) → (B, *shape)``, ``b``
+    ``(B, *shape)``; ``info`` a :class:`~unroll.info.SolverInfo`.
+    """
+
+    tol: float = 1e-6
+    max_iter: int = 200
+
+    #: the name reported in ``info.method``
+    name = "solver"
+
+    def __post_init__(self) -> None:
+        check_tol(self.tol, f"{type(self).__name__}.tol", allow_none=False)
+        if isinstance(self.max_iter, bool) or not isinstance(self.max_iter, int) or self.max_iter < 1:
+            raise ValueError(f"{type(self).__name__}.max_iter: expected an int >= 1, got {self.max_iter!r}")
+
+    def solve(self, A: Callable[[Tensor], Tensor], b: Tensor,
+              x0: Optional[Tensor] = None) -> Tuple[Tensor, SolverInfo]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class CG(LinearSolver):
+    """Conjugate gradient (:func:`cg`'s loop) for Hermitian positive-definite systems, e.g. the
+    adjoint system ``(I − Jᵀ) v = g`` of a fixed-point map with a symmetric Jacobian (gradient
+    descent on a smooth objective). Breaks down, and says so, on other systems."""
+
+    name = "cg"
+
+    def solve(self, A, b, x0=None):
+        with torch.no_grad():
+            return _cg_loop(A, b, x0, None, tol=self.tol, atol=0.0, max_iter=self.max_iter, check_every=1)
+
+
+@dataclass(frozen=True)
+class Neumann(LinearSolver):
+    """Richardson iteration ``v ← v + (b − A v)`` from ``v = b``: for ``A = I − Jᵀ`` this is the
+    Neumann series / fixed-point iteration ``v ← b + Jᵀ v``, which converges when ``ρ(J) < 1``
+    (one matrix-vector product per iteration, no inner products)."""
+
+    name = "neumann"
+
+    def solve(self, A, b, x0=None):
+        with torch.no_grad():
+            tiny = torch.finfo(b.real.dtype).tiny
+            bnorm = batch_norm(b).clamp_min(tiny)
+            v = b.clone() if x0 is None else x0
+            res = torch.full_like(bnorm, float("inf"))
+            done = torch.zeros_like(bnorm, dtype=torch.bool)
+            its = torch.zeros_like(bnorm, dtype=torch.long)
+            for _ in range(self.max_iter):
+                r = b - A(v)
+                res = torch.where(done, res, batch_norm(r) / bnorm)
+                done = done | (res <= self.tol)
+                if bool(done.all()) or not bool(torch.isfinite(res).all()):  # one sync per iteration
+                    break
+                v = torch.where(per_sample(done, v), v, v + r)
+                its = its + (~done).long()
+            return v, SolverInfo(iterations=its, residual=res, converged=done, tol=self.tol,
+                                 max_iter=self.max_iter, method=self.name)
+
+
+@dataclass(frozen=True)
+class BiCGSTAB(LinearSolver):
+    """BiCGSTAB (van der Vorst 1992) for general (non-symmetric) systems, one per sample.
+
+    Converged samples are frozen; the loop stops when all are (one sync per iteration). Starts
+    from ``v = b`` (for an adjoint system ``(I − Jᵀ) v = g``, the Jacobian-free guess) unless
+    ``x0`` is given, and returns per sample the iterate with the smallest residual, so a
+    stagnating solve is never worse than its start.
+    """
+
+    name = "bicgstab"
+
+    def solve(self, A, b, x0=None):
+        with torch.no_grad():
+            tiny = torch.finfo(b.real.dtype).tiny
+            bnorm = batch_norm(b).clamp_min(tiny)
+            v = b.clone() if x0 is None else x0.clone()
+            r = b - A(v)
+            r_hat = r.clone()
+            rho = alpha = omega = torch.ones_like(batch_dot(r, r))
+            p = torch.zeros_like(b)
+            nu = torch.zeros_like(b)
+            res = batch_norm(r) / bnorm
+            done = res <= self.tol
+            its = torch.zeros_like(res, dtype=torch.long)
+            best_v, best_res = v, res
+            for _ in range(self.max_iter):
+                if bool(done.all()):
+                    break
+                rho_new = batch_dot(r_hat, r)
+                beta = (rho_new / _safe(rho)) * (alpha / _safe(omega))
+                p = r + per_sample(beta, b) * (p - per_sample(omega, b) * nu)
+                nu = A(p)
+                alpha = rho_new / _safe(batch_dot(r_hat, nu))
+                s = r - per_sample(alpha, b) * nu
+                t = A(s)
+                omega = batch_dot(t, s) / _safe(batch_dot(t, t))
+                step = per_sample(alpha, b) * p + per_sample(omega, b) * s
+                keep = per_sample(done, b)
+                v = torch.where(keep, v, v + step)
+                r = torch.where(keep, r, s - per_sample(omega, b) * t)
+                rho = rho_new
+                its = its + (~done).long()
+                res = torch.where(done, res, batch_norm(r) / bnorm)
+                done = done | (res <= self.tol)
+                better = res < best_res
+                best_v = torch.where(per_sample(better, b), v, best_v)
+                best_res = torch.where(better, res, best_res)
+                if not bool(torch.isfinite(res).all()):
+                    break
+            return best_v, SolverInfo(iterations=its, residual=best_res, converged=best_res <= self.tol,
+                                      tol=self.tol, max_iter=self.max_iter, method=self.name)
+
+
+def _safe(d: Tensor) -> Tensor:
+    """Avoid division by exactly zero (a breakdown of a converged or zero sample)."""
+    tiny = torch.finfo(d.real.dtype).tiny
+    return torch.where(d.abs() > tiny, d, torch.full_like(d, tiny))
+
+
+_SOLVERS = {"cg": CG, "bicgstab": BiCGSTAB, "neumann": Neumann, "fixed_point": Neumann}
+
+
+def as_linear_solver(solver: Union[str, LinearSolver], tol: float = 1e-6, max_iter: int = 200) -> LinearSolver:
+    """A :class:`LinearSolver` from an instance or a name (``"cg"``, ``"bicgstab"``,
+    ``"neumann"``; ``"fixed_point"`` is Neumann's former name) with ``tol`` and ``max_iter``."""
+    if isinstance(solver, LinearSolver):
+        return solver
+    if isinstance(solver, str) and solver in _SOLVERS:
+        return _SOLVERS[solver](tol=tol, max_iter=max_iter)
+    raise ValueError(f"backward_solver: expected one of {', '.join(repr(k) for k in _SOLVERS)} or a LinearSolver "
+                     f"(unroll.linalg.CG/BiCGSTAB/Neumann), got {solver!r}")

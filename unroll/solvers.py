@@ -5,8 +5,12 @@ measurements ``y`` ``(B, *out_shape)``; ``A`` is a :class:`~unroll.operators.Lin
 or a 2-D tensor. They are built from the same steps and :class:`~unroll.unrolled.Unrolled`
 loop as the learned models (so they are differentiable too), with fixed step ``1/L``.
 
-``info`` is a :class:`~unroll.unrolled.SolverInfo`: ``iterations`` and ``residual`` (final
+``info`` is a :class:`~unroll.info.SolverInfo`: ``iterations`` and ``residual`` (final
 relative change) per sample, ``objective`` ``(B, iterations run)`` per iteration, ``status``.
+
+``lam`` is a number, or a tensor that keeps its graph (a hyperparameter: the solution is
+differentiable w.r.t. it, e.g. for bilevel learning), of shape ``()``, ``(n,)`` (one weight per
+feature) or ``(B, 1)`` (one per sample).
 """
 
 from __future__ import annotations
@@ -16,11 +20,13 @@ from typing import Callable, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from .checks import check_tol
+from .info import SolverInfo
 from .operators.base import LinearOperator
 from .problem import Problem
 from .prox import L0, L1, Regularizer
 from .steps import FISTAStep, ProxGradStep
-from .unrolled import SolverInfo, Unrolled
+from .unrolled import Unrolled
 
 __all__ = ["ista", "fista", "iht", "projected_gradient"]
 
@@ -43,8 +49,9 @@ class _Projection(Regularizer):
 
 def _run(step: nn.Module, A: OperatorLike, y: Tensor, reg: nn.Module, max_iter: int, tol: Optional[float],
          x0: Optional[Tensor], return_trajectory: bool, grad_mode=None):
-    if not isinstance(max_iter, int) or max_iter < 1:
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
         raise ValueError(f"max_iter: expected an int >= 1, got {max_iter!r}")
+    tol = check_tol(tol, "tol")
     problem = Problem.create(A, y, reg=reg)
     step.to(device=y.device, dtype=y.real.dtype)  # the step module holds reg (its prox) too
     out = Unrolled(step, num_iters=max_iter)(problem, x0, tol=tol, record_objective=True,
@@ -54,13 +61,20 @@ def _run(step: nn.Module, A: OperatorLike, y: Tensor, reg: nn.Module, max_iter: 
 
 
 def _lam_reg(kind, lam) -> Regularizer:
-    lam_t = torch.as_tensor(lam) if isinstance(lam, Tensor) else torch.as_tensor(lam, dtype=torch.float64)
-    if lam_t.dim() != 0 or not torch.isfinite(lam_t) or lam_t < 0:
-        raise ValueError(f"lam: expected a finite scalar >= 0, got {lam!r}")
-    return kind(float(lam_t))
+    """The regulariser ``kind(lam)``; a tensor ``lam`` is passed on as it is (its graph kept)."""
+    if isinstance(lam, Tensor):
+        with torch.no_grad():
+            bad = lam.is_complex() or not lam.is_floating_point() or not bool(torch.isfinite(lam).all()) \
+                or bool((lam < 0).any())
+        if bad:
+            raise ValueError(f"lam: expected finite values >= 0 (a real floating tensor), got {lam!r}")
+        return kind(lam)
+    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not (0 <= lam < float("inf")):
+        raise ValueError(f"lam: expected a finite number >= 0 or a tensor, got {lam!r}")
+    return kind(float(lam))
 
 
-def ista(A: OperatorLike, y: Tensor, lam: float, max_iter: int = 1000, tol: Optional[float] = 1e-6,
+def ista(A: OperatorLike, y: Tensor, lam: Union[float, Tensor], max_iter: int = 1000, tol: Optional[float] = 1e-6,
          x0: Optional[Tensor] = None, step: float = 1.0,
          return_trajectory: bool = False, grad_mode=None) -> Tuple[Tensor, SolverInfo]:
     """ISTA for the Lasso ``½‖Ax − y‖² + λ‖x‖₁``.
@@ -68,7 +82,7 @@ def ista(A: OperatorLike, y: Tensor, lam: float, max_iter: int = 1000, tol: Opti
     Args:
         A: operator or ``(m, n)`` matrix.
         y: ``(B, m)`` measurements.
-        lam: λ ≥ 0.
+        lam: λ ≥ 0, a number or a tensor (kept in the graph; ``()``, ``(n,)`` or ``(B, 1)``).
         max_iter: iteration budget.
         tol: stop a sample when its relative change is ``≤ tol`` (``None``: run ``max_iter``).
         x0: initial estimate ``(B, n)`` (zeros by default).
@@ -86,7 +100,7 @@ def ista(A: OperatorLike, y: Tensor, lam: float, max_iter: int = 1000, tol: Opti
     return _run(ProxGradStep(reg, step=step), A, y, reg, max_iter, tol, x0, return_trajectory, grad_mode)
 
 
-def fista(A: OperatorLike, y: Tensor, lam: float, max_iter: int = 1000, tol: Optional[float] = 1e-6,
+def fista(A: OperatorLike, y: Tensor, lam: Union[float, Tensor], max_iter: int = 1000, tol: Optional[float] = 1e-6,
           x0: Optional[Tensor] = None, step: float = 1.0,
           return_trajectory: bool = False, grad_mode=None) -> Tuple[Tensor, SolverInfo]:
     """FISTA (Beck & Teboulle 2009) for the Lasso; arguments as :func:`ista`."""
@@ -94,7 +108,7 @@ def fista(A: OperatorLike, y: Tensor, lam: float, max_iter: int = 1000, tol: Opt
     return _run(FISTAStep(reg, step=step), A, y, reg, max_iter, tol, x0, return_trajectory, grad_mode)
 
 
-def iht(A: OperatorLike, y: Tensor, lam: float, max_iter: int = 1000, tol: Optional[float] = 1e-6,
+def iht(A: OperatorLike, y: Tensor, lam: Union[float, Tensor], max_iter: int = 1000, tol: Optional[float] = 1e-6,
         x0: Optional[Tensor] = None, step: float = 1.0,
         return_trajectory: bool = False, grad_mode=None) -> Tuple[Tensor, SolverInfo]:
     """Iterative hard thresholding for ``½‖Ax − y‖² + λ‖x‖₀`` (Blumensath & Davies 2008):

@@ -1,88 +1,51 @@
-"""``Unrolled``: K iterations of a step module, with tied or untied weights."""
+"""``Unrolled``: K iterations of a step module on any state, with tied or untied weights.
+
+The state is any ``NamedTuple`` (pytree) of batched tensors; freezing converged samples,
+detaching (truncated and implicit modes), checkpointing and trajectories work field by field.
+An ``Unrolled`` can itself be one step of another (:meth:`Unrolled.as_step`), so cascades of
+blocks and inner solves inside outer iterations are built from the same parts.
+"""
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
-from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
+import math
+from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
+from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 from torch.utils.checkpoint import checkpoint
 
-from .batched import batch_norm, per_sample
-from .autodiff import GradMode, adjoint_bicgstab, adjoint_fixed_point, as_grad_mode, num_segments
+from .autodiff import GradMode, as_grad_mode, num_segments
+from .batched import flat, per_sample
+from .checks import check_tol
+from .info import SolverInfo, Status
 from .problem import Problem
-from .steps import State
 
-__all__ = ["Unrolled", "UnrolledOutput", "SolverInfo"]
-
-
-@dataclass
-class SolverInfo:
-    """What an iterative solver did, per sample.
-
-    Attributes:
-        iterations: ``(B,)`` int64, iterations each sample ran (frozen samples stop counting).
-        residual: ``(B,)`` final relative change ``‖x_k − x_{k−1}‖ / ‖x_{k−1}‖``.
-        converged: ``(B,)`` bool, whether the tolerance was met (all ``False`` without a tolerance).
-        objective: ``(B, K)`` objective after each iteration, when recorded, else ``None``.
-        tol: the tolerance used, or ``None``.
-        trajectory: every iterate, when a classical solver was asked for it (``return_trajectory``).
-        grad_mode: the gradient mode of the call.
-        backward_iterations: iterations of the adjoint solve (``implicit``; ``0`` for ``jfb``),
-            set when the backward pass runs, else ``None``.
-        backward_residual: ``(B,)`` relative residual of the adjoint solve, set with it.
-    """
-
-    iterations: Tensor
-    residual: Tensor
-    converged: Tensor
-    objective: Optional[Tensor] = None
-    tol: Optional[float] = None
-    trajectory: Optional[List[Tensor]] = None
-    grad_mode: str = "full"
-    backward_iterations: Optional[int] = None
-    backward_residual: Optional[Tensor] = None
-    backward_tol: Optional[float] = None
-
-    @property
-    def status(self) -> str:
-        """``"converged"`` (every sample met ``tol``), ``"max_iter"`` or ``"fixed"`` (no tolerance
-        asked). Reading it synchronises with the device."""
-        if self.tol is None:
-            return "fixed"
-        if not torch.isfinite(self.residual).all():
-            return "diverged"
-        return "converged" if bool(self.converged.all()) else "max_iter"
-
-    @property
-    def backward_status(self) -> str:
-        """``"not_run"``, ``"exact"`` (a mode without an adjoint solve), ``"converged"``,
-        ``"max_iter"`` or ``"diverged"`` (non-finite adjoint residual)."""
-        if self.grad_mode not in ("implicit", "jfb"):
-            return "exact"
-        if self.backward_iterations is None:
-            return "not_run"
-        if self.backward_residual is None:
-            return "exact"  # jfb: no solve
-        if not torch.isfinite(self.backward_residual).all():
-            return "diverged"
-        return "converged" if bool((self.backward_residual <= self.backward_tol).all()) else "max_iter"
+__all__ = ["Unrolled", "UnrolledOutput", "SolverInfo", "Status", "NestedStep"]
 
 
 class UnrolledOutput(NamedTuple):
-    """``x``: final estimate ``(B, *in_shape)``; ``trajectory``: the estimate after each
-    iteration (a list, last element ``x``) or ``None``; ``info``: :class:`SolverInfo`."""
+    """``x``: final estimate ``(B, *shape)``; ``trajectory``: the estimate after each iteration
+    (a list, last element ``x``) or ``None``; ``info``: :class:`~unroll.info.SolverInfo`;
+    ``state``: the final state (every field); ``states``: the state after each iteration, when
+    asked for (``return_states=True``), else ``None``."""
 
     x: Tensor
     trajectory: Optional[List[Tensor]]
     info: SolverInfo
+    state: Any = None
+    states: Optional[List[Any]] = None
 
 
 def _freeze(new, old, frozen: Tensor):
     """Keep ``old`` where ``frozen`` (``(B,)`` bool), else take ``new``; field by field."""
-    return type(new)(*(torch.where(per_sample(frozen, n), o, n) for n, o in zip(new, old)))
+    return tree_map(lambda n, o: torch.where(per_sample(frozen, n), o, n), new, old)
+
+
+def _detach(state):
+    return tree_map(lambda t: t.detach() if isinstance(t, Tensor) else t, state)
 
 
 class Unrolled(nn.Module):
@@ -101,14 +64,14 @@ class Unrolled(nn.Module):
             skipped inside ``torch.compile``, so a fixed-``K`` layer compiles to one graph).
 
     At inference ``forward`` can run more iterations than ``K`` (untied: the last step is
-    repeated) or stop at a tolerance on the relative change, per sample.
+    repeated) or stop each sample at a tolerance on its step's residual.
     """
 
     def __init__(self, steps: Union[nn.Module, Sequence[nn.Module]], num_iters: Optional[int] = None,
                  tied: bool = True, grad_mode: Union[str, GradMode] = "full", check_finite: bool = True) -> None:
         super().__init__()
         if isinstance(steps, nn.Module) and not isinstance(steps, (nn.ModuleList, nn.Sequential)):
-            if num_iters is None or num_iters < 1:
+            if isinstance(num_iters, bool) or not isinstance(num_iters, int) or num_iters < 1:
                 raise ValueError(f"num_iters: expected an int >= 1 with a single step, got {num_iters!r}")
             steps = [steps] if tied else [copy.deepcopy(steps) for _ in range(num_iters)]
         else:
@@ -119,6 +82,10 @@ class Unrolled(nn.Module):
                 num_iters = len(steps)
             if len(steps) not in (1, num_iters):
                 raise ValueError(f"num_iters: {num_iters} does not match the {len(steps)} steps given")
+        for i, s in enumerate(steps):
+            if not isinstance(s, nn.Module) or not callable(getattr(s, "init_state", None)):
+                raise TypeError(f"steps[{i}]: expected a Step module (forward(state, problem) and init_state), "
+                                f"got {type(s).__name__}")
         self.steps = nn.ModuleList(steps)
         self.num_iters = int(num_iters)
         self.grad_mode = as_grad_mode(grad_mode)
@@ -132,71 +99,109 @@ class Unrolled(nn.Module):
         """The step used at iteration ``k`` (0-based); past ``K`` the last one."""
         return self.steps[min(k, len(self.steps) - 1)]
 
-    def forward(self, problem: Problem, x0: Optional[Tensor] = None, *, num_iters: Optional[int] = None,
-                tol: Optional[float] = None, check_every: int = 10, return_trajectory: bool = False,
-                record_objective: bool = False, grad_mode: Union[str, GradMode, None] = None) -> UnrolledOutput:
+    def init_state(self, x0: Tensor, problem: Problem):
+        """The state the first step starts from at ``x0``."""
+        return self.steps[0].init_state(x0, problem)
+
+    def as_step(self, **call_kwargs) -> "NestedStep":
+        """This layer as one step of another ``Unrolled`` (sharing its parameters): each outer
+        iteration runs these ``K`` inner iterations from the outer state. ``call_kwargs`` are
+        passed to every inner call (``num_iters``, ``tol``, ``grad_mode``…)."""
+        return NestedStep(self, **call_kwargs)
+
+    def forward(self, problem: Problem, x0: Optional[Tensor] = None, *, state0: Any = None,
+                num_iters: Optional[int] = None, tol: Optional[float] = None, check_every: int = 10,
+                return_trajectory: bool = False, return_states: bool = False, record_objective: bool = False,
+                record_residuals: bool = False, grad_mode: Union[str, GradMode, None] = None) -> UnrolledOutput:
         """Run the iterations.
 
         Args:
-            problem: the :class:`~unroll.problem.Problem` (operator, measurements, regulariser).
-            x0: initial estimate ``(B, *in_shape)``; zeros if omitted.
+            problem: the :class:`~unroll.problem.Problem` (operator, measurements, regulariser…).
+            x0: initial estimate ``(B, *shape)``; zeros if omitted (and no ``state0``).
+            state0: a whole initial state (e.g. a warm start of every field), instead of ``x0``.
             num_iters: iterations to run (default ``K``); may exceed ``K`` at inference. With
                 ``implicit``/``jfb`` it is the forward budget.
-            tol: stop a sample once its relative change is ``≤ tol``; it is then frozen (batched
+            tol: stop a sample once its step's residual is ``≤ tol``; it is then frozen (batched
                 masks, no host sync per iteration). ``implicit``/``jfb`` use the mode's
                 ``forward_tol`` when it is omitted.
             check_every: with ``tol``, test every this many iterations whether all samples have
                 converged and stop early (one host sync per test; ``0`` never stops early).
             return_trajectory: also return the estimate after every iteration.
+            return_states: also return the state after every iteration (every field).
             record_objective: record ``problem.objective`` after every iteration into ``info``.
+            record_residuals: record every iteration's residual into ``info.residual_history``.
             grad_mode: this call's gradient mode (default: the layer's).
 
         Returns:
-            :class:`UnrolledOutput` ``(x, trajectory, info)``.
+            :class:`UnrolledOutput` ``(x, trajectory, info, state, states)``.
         """
         mode = as_grad_mode(grad_mode, self.grad_mode)
-        n = self.num_iters if num_iters is None else int(num_iters)
-        if n < 1:
+        n = self.num_iters if num_iters is None else num_iters
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"num_iters: expected an int >= 1, got {num_iters!r}")
+        tol = check_tol(tol, "tol")
+        if isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 0:
+            raise ValueError(f"check_every: expected an int >= 0, got {check_every!r}")
+        state = self._initial_state(problem, x0, state0)
+        flags = dict(return_trajectory=return_trajectory, return_states=return_states,
+                     record_objective=record_objective, record_residuals=record_residuals)
+        if mode.mode in ("implicit", "jfb"):
+            return self._fixed_point(problem, state, n, mode.forward_tol if tol is None else tol, check_every,
+                                     mode, flags)
+        return self._run(problem, state, n, tol, check_every, mode, flags)
+
+    # ------------------------------------------------------------------ internals
+    def _initial_state(self, problem: Problem, x0: Optional[Tensor], state0: Any):
+        if state0 is not None:
+            if x0 is not None:
+                raise ValueError("x0, state0: pass one of them, not both")
+            leaves = [t for t in tree_flatten(state0)[0] if isinstance(t, Tensor)]
+            if not leaves or any(t.dim() < 1 for t in leaves):
+                raise ValueError("state0: expected a NamedTuple of batched tensors (B, ...)")
+            return state0
         if x0 is None:
             x0 = problem.zeros()
         else:  # the iterations call the operator unchecked: check the start once
-            problem.op._check(x0, problem.op.in_shape, "x0", "domain")
-        if mode.mode in ("implicit", "jfb"):
-            return self._fixed_point(problem, x0, n, mode.forward_tol if tol is None else tol, check_every,
-                                     return_trajectory, record_objective, mode)
+            op = getattr(problem, "op", None)
+            if op is not None and hasattr(op, "check_input"):
+                op.check_input(x0, "x0")
+            elif not isinstance(x0, Tensor) or x0.dim() < 1:
+                raise ValueError(f"x0: expected a (B, *shape) tensor, got {type(x0).__name__}")
+        return self.steps[0].init_state(x0, problem)
 
+    def _run(self, problem: Problem, state, n: int, tol: Optional[float], check_every: int, mode: GradMode,
+             flags) -> UnrolledOutput:
+        x0 = self.steps[0].estimate(state)
         bsz = x0.shape[0]
-        carry = (self.steps[0].init_state(x0, problem),
+        carry = (state,
                  torch.zeros(bsz, dtype=torch.bool, device=x0.device),
                  torch.zeros(bsz, dtype=torch.long, device=x0.device),
                  torch.full((bsz,), float("inf"), dtype=x0.real.dtype, device=x0.device))
-        trajectory: Optional[List[Tensor]] = [] if return_trajectory else None
-        objective: List[Tensor] = []
+        rec: dict = {k: [] for k in ("xs", "states", "objs", "res")}
         grad = torch.is_grad_enabled()
         for k0, k1, kind in self._plan(n, mode, tol, check_every):
-            args = (problem, k0, k1, n, tol, return_trajectory, record_objective)
+            args = (problem, k0, k1, n, tol, flags)
             if kind == "no_grad":
                 with torch.no_grad():
-                    carry, xs, objs = self._segment(carry, *args)
-                carry = (type(carry[0])(*(t.detach() for t in carry[0])),) + carry[1:]
+                    carry, got = self._segment(carry, *args)
+                carry = (_detach(carry[0]),) + carry[1:]
             elif kind == "checkpoint" and grad:
-                carry, xs, objs = checkpoint(self._segment, carry, *args, use_reentrant=False)
+                carry, got = checkpoint(self._segment, carry, *args, use_reentrant=False)
             else:
-                carry, xs, objs = self._segment(carry, *args)
-            if trajectory is not None:
-                trajectory.extend(xs)
-            objective.extend(objs)
+                carry, got = self._segment(carry, *args)
+            for key, vals in zip(("xs", "states", "objs", "res"), got):
+                rec[key].extend(vals)
             if tol is not None and check_every > 0 and k1 < n and kind != "no_grad" and bool(carry[1].all()):
                 break  # host sync, once per segment; never before the segment that keeps the graph
         state, converged, iterations, residual = carry
-        info = SolverInfo(iterations=iterations, residual=residual, converged=converged,
-                          objective=torch.stack(objective, dim=1) if record_objective else None, tol=tol,
-                          grad_mode=mode.mode)
+        info = SolverInfo(iterations=iterations, residual=residual, converged=converged, tol=tol, max_iter=n,
+                          objective=torch.stack(rec["objs"], dim=1) if flags["record_objective"] else None,
+                          residual_history=torch.stack(rec["res"], dim=1) if flags["record_residuals"] else None,
+                          grad_mode=mode.mode, method="unrolled")
         self._check(info, mode, n)
-        return UnrolledOutput(state.x, trajectory, info)
+        return UnrolledOutput(self.step_at(n - 1).estimate(state), rec["xs"] if flags["return_trajectory"] else None,
+                              info, state, rec["states"] if flags["return_states"] else None)
 
-    # ------------------------------------------------------------------ internals
     @staticmethod
     def _plan(n: int, mode: GradMode, tol: Optional[float], check_every: int) -> List[Tuple[int, int, str]]:
         """Segments ``(k0, k1, kind)`` of the iteration range: where the graph is kept, dropped
@@ -217,23 +222,20 @@ class Unrolled(nn.Module):
             return [(k0, k1, "no_grad" if k1 <= cut else "graph") for k0, k1 in split]
         return [(k0, k1, "graph") for k0, k1 in bounds]
 
-    def _segment(self, carry, problem: Problem, k0: int, k1: int, n: int, tol: Optional[float],
-                 return_trajectory: bool, record_objective: bool):
+    def _segment(self, carry, problem: Problem, k0: int, k1: int, n: int, tol: Optional[float], flags):
         """Iterations ``k0 .. k1-1`` as a pure function of ``carry = (state, converged, iterations,
         residual)`` (no side effects, so checkpointing can recompute it)."""
         state, converged, iterations, residual = carry
         xs: List[Tensor] = []
+        states: List[Any] = []
         objs: List[Tensor] = []
-        steps, last = list(self.steps), len(self.steps) - 1
+        res: List[Tensor] = []
+        need_res = tol is not None or flags["record_residuals"]
         for k in range(k0, k1):
-            new = steps[min(k, last)](state, problem)
-            if tol is not None or k == n - 1:
-                prev = state.x
-                prev_norm, change = batch_norm(prev), batch_norm(new.x - prev)
-                # from x = 0 (a first iteration) any change is a whole one: 1 (or 0), not change / tiny,
-                # which overflows; NaN/Inf still come out non-finite, for the divergence check
-                tiny = torch.finfo(residual.dtype).tiny
-                rel = torch.where(prev_norm > 0, change / prev_norm.clamp_min(tiny), change / change.clamp_min(tiny))
+            step = self.step_at(k)
+            new = step(state, problem)
+            if need_res or k == n - 1:
+                rel = step.residual(new, state, problem)
                 if tol is not None:
                     new = _freeze(new, state, converged)
                     residual = torch.where(converged, residual, rel)
@@ -241,71 +243,169 @@ class Unrolled(nn.Module):
                     converged = converged | (rel <= tol)
                 else:
                     residual = rel
+                if flags["record_residuals"]:
+                    res.append(residual)
             state = new
-            if return_trajectory:
-                xs.append(state.x)
-            if record_objective:
-                objs.append(problem.objective(state.x))
+            if flags["return_trajectory"] or flags["record_objective"]:
+                x = step.estimate(state)
+                if flags["return_trajectory"]:
+                    xs.append(x)
+                if flags["record_objective"]:
+                    objs.append(problem.objective(x))
+            if flags["return_states"]:
+                states.append(state)
         if tol is None:
             iterations = iterations + (k1 - k0)
-        return (state, converged, iterations, residual), xs, objs
+        return (state, converged, iterations, residual), (xs, states, objs, res)
 
     def _check(self, info: SolverInfo, mode: GradMode, n: int) -> None:
         if self.check_finite and not torch.compiler.is_compiling() and not bool(torch.isfinite(info.residual).all()):
-            mode.fail(f"Unrolled: the iteration diverged (non-finite relative change after {n} iterations); "
+            mode.fail(f"Unrolled: the iteration diverged (non-finite residual after {n} iterations); "
                       "check the step size (it must stay below 2/L) and the input")
 
-    def _fixed_point(self, problem: Problem, x0: Tensor, n: int, tol: float, check_every: int,
-                     return_trajectory: bool, record_objective: bool, mode: GradMode) -> UnrolledOutput:
+    def _fixed_point(self, problem: Problem, state, n: int, tol: float, check_every: int, mode: GradMode,
+                     flags) -> UnrolledOutput:
         """``implicit``/``jfb``: the fixed point without a graph, then one step with it."""
         if not self.tied:
             raise ValueError(f"grad_mode: {mode.mode!r} needs tied weights (one step module, a fixed-point map); "
                              f"this Unrolled has {len(self.steps)} untied steps")
         step = self.steps[0]
-        if type(step.init_state(x0, problem)) is not State:
-            raise TypeError(f"grad_mode: {mode.mode!r} needs a step whose state is the plain iterate (State); "
-                            f"{type(step).__name__} carries more")
+        if not getattr(step, "fixed_point", True):
+            raise TypeError(f"grad_mode: {mode.mode!r} needs a step that is a fixed-point map of its state; "
+                            f"{type(step).__name__} is not (e.g. FISTA's momentum grows without bound): use "
+                            "'full', 'truncated' or 'checkpoint', or a fixed-point step such as ProxGradStep")
         with torch.no_grad():
-            out = self.forward(problem, x0, num_iters=n, tol=tol, check_every=check_every,
-                               return_trajectory=return_trajectory, record_objective=record_objective,
-                               grad_mode=GradMode("full", on_failure=mode.on_failure))
+            out = self._run(problem, _detach(state), n, tol, check_every,
+                            GradMode("full", on_failure=mode.on_failure), flags)
         info = out.info
         info.grad_mode = mode.mode
         if bool(torch.isfinite(info.residual).all()) and not bool(info.converged.all()):
             mode.fail(f"Unrolled: the forward pass did not reach the fixed point (tol={tol:g}) in {n} iterations "
-                      f"(largest relative change {float(info.residual.max()):.3g}); {mode.mode} gradients "
+                      f"(largest residual {float(info.residual.max()):.3g}); {mode.mode} gradients "
                       "assume a fixed point: raise num_iters or tol")
-        x_star = out.x.detach()
+        s_star = _detach(out.state)
         if not torch.is_grad_enabled():
-            return UnrolledOutput(x_star, out.trajectory, info)
-        x = step(State(x_star), problem).x  # one step with a graph to θ, y and the operator
+            return UnrolledOutput(out.x, out.trajectory, info, s_star, out.states)
+        new = step(s_star, problem)  # one step with a graph to θ, y and the operator
         info.iterations = info.iterations + 1  # that step is part of what the layer did
-        if mode.mode == "jfb":
-            info.backward_iterations = 0
-        elif x.requires_grad:
-            x.register_hook(_implicit_hook(step, problem, x_star, mode, info))
+        if mode.mode == "implicit":
+            new = _implicit_adjoint(step, problem, s_star, new, mode, info)
+        x = step.estimate(new)
         trajectory = None if out.trajectory is None else out.trajectory[:-1] + [x]
-        return UnrolledOutput(x, trajectory, info)
+        states = None if out.states is None else out.states[:-1] + [new]
+        return UnrolledOutput(x, trajectory, info, new, states)
 
 
-def _implicit_hook(step: nn.Module, problem: Problem, x_star: Tensor, mode: GradMode, info: SolverInfo):
-    """Backward hook turning the incoming gradient ``g`` into the adjoint ``v`` with
-    ``(I − ∂T/∂x)ᵀ v = g`` at ``x*`` (then autograd pulls ``v`` back through one step)."""
+# ---------------------------------------------------------------------------- implicit gradients
+def _pack(leaves: Sequence[Tensor], dtype: torch.dtype) -> Tensor:
+    """Leaves ``(B, ...)`` → one ``(B, N)`` tensor of ``dtype``."""
+    return torch.cat([flat(t).to(dtype) for t in leaves], dim=1)
 
-    def hook(g: Optional[Tensor]) -> Optional[Tensor]:
-        if g is None:  # an undefined gradient stays undefined
-            return g
-        _, vjp_fn = torch.func.vjp(lambda x: step(State(x), problem).x, x_star)
-        solver = adjoint_bicgstab if mode.backward_solver == "bicgstab" else adjoint_fixed_point
-        v, its, res = solver(lambda u: vjp_fn(u)[0], g, mode.backward_tol, mode.backward_max_iter)
-        info.backward_iterations, info.backward_residual, info.backward_tol = its, res, mode.backward_tol
-        if not bool(torch.isfinite(res).all()) or not bool(torch.isfinite(v).all()):
-            mode.fail(f"implicit gradient: the adjoint solve diverged ({mode.backward_solver}, {its} iterations); "
-                      "falling back to the Jacobian-free gradient")
-            return g
-        if not bool((res <= mode.backward_tol).all()):
-            mode.fail(f"implicit gradient: the adjoint solve did not converge ({mode.backward_solver}: relative "
-                      f"residual {float(res.max()):.3g} > {mode.backward_tol:g} after {its} iterations)")
-        return v
 
-    return hook
+def _unpack(v: Tensor, like: Sequence[Tensor]) -> List[Tensor]:
+    out, i = [], 0
+    for t in like:
+        size = math.prod(t.shape[1:])
+        piece = v[:, i:i + size]
+        piece = piece if t.is_complex() or not piece.is_complex() else piece.real
+        out.append(piece.reshape(t.shape).to(t.dtype))
+        i += size
+    return out
+
+
+class _ImplicitFunction(torch.autograd.Function):
+    """Identity on the leaves of one step's output ``T(s*)``; its backward replaces the incoming
+    gradient ``g`` by the adjoint ``v`` solving ``(I − ∂T/∂s)ᵀ v = g`` at the fixed point, which
+    autograd then pulls back through the one step to ``θ`` (implicit function theorem)."""
+
+    @staticmethod
+    def forward(ctx, solve: Callable, *leaves: Tensor):
+        ctx.solve = solve
+        return tuple(t.view_as(t) for t in leaves)
+
+    @staticmethod
+    def backward(ctx, *grads: Optional[Tensor]):
+        return (None, *ctx.solve(grads))
+
+
+def _implicit_adjoint(step: nn.Module, problem: Problem, s_star, new, mode: GradMode, info: SolverInfo):
+    leaves, spec = tree_flatten(new)
+    star_leaves = tree_flatten(s_star)[0]
+    idx = [i for i, t in enumerate(leaves) if isinstance(t, Tensor) and (t.is_floating_point() or t.is_complex())]
+    if not any(leaves[i].requires_grad for i in idx):
+        return new
+    dtype = leaves[idx[0]].dtype
+    for i in idx:
+        dtype = torch.promote_types(dtype, leaves[i].dtype)
+
+    def solve(grads: Tuple[Optional[Tensor], ...]) -> List[Optional[Tensor]]:
+        g_leaves = [grads[j] if grads[j] is not None else torch.zeros_like(leaves[i]) for j, i in enumerate(idx)]
+        like = [leaves[i] for i in idx]
+        g = _pack(g_leaves, dtype)
+
+        def fn(*xs):
+            full = list(star_leaves)
+            for i, t in zip(idx, xs):
+                full[i] = t
+            out = tree_flatten(step(tree_unflatten(full, spec), problem))[0]
+            return tuple(out[i] for i in idx)
+
+        _, vjp_fn = torch.func.vjp(fn, *[star_leaves[i] for i in idx])
+
+        def matvec(u: Tensor) -> Tensor:  # (I − Jᵀ) u
+            jt = vjp_fn(tuple(_unpack(u, like)))
+            return u - _pack(jt, dtype)
+
+        solver = mode.solver
+        v, binfo = solver.solve(matvec, g)
+        info.backward = binfo
+        name = solver.name
+        if binfo.status in (Status.DIVERGED, Status.BREAKDOWN) or not bool(torch.isfinite(v).all()):
+            mode.fail(f"implicit gradient: the adjoint solve diverged ({name}, {int(binfo.iterations.max())} "
+                      "iterations); falling back to the Jacobian-free gradient")
+            v = g
+        elif binfo.status != Status.CONVERGED:
+            mode.fail(f"implicit gradient: the adjoint solve did not converge ({name}: relative residual "
+                      f"{float(binfo.residual.max()):.3g} > {solver.tol:g} after {int(binfo.iterations.max())} "
+                      "iterations)")
+        return list(_unpack(v, like))
+
+    outs = _ImplicitFunction.apply(solve, *[leaves[i] for i in idx])
+    merged = list(leaves)
+    for i, t in zip(idx, outs):
+        merged[i] = t
+    return tree_unflatten(merged, spec)
+
+
+# ---------------------------------------------------------------------------- nesting
+class NestedStep(nn.Module):
+    """An :class:`Unrolled` used as one step of another (see :meth:`Unrolled.as_step`).
+
+    ``forward(state, problem)`` runs the inner iterations from ``state`` on the same problem
+    and returns their final state; the state type, estimate and residual are the inner steps'.
+    Its parameters are the inner layer's (shared, not copied).
+    """
+
+    def __init__(self, unrolled: Unrolled, **call_kwargs) -> None:
+        super().__init__()
+        if not isinstance(unrolled, Unrolled):
+            raise TypeError(f"unrolled: expected an Unrolled, got {type(unrolled).__name__}")
+        bad = set(call_kwargs) - {"num_iters", "tol", "check_every", "grad_mode"}
+        if bad:
+            raise TypeError(f"as_step: unexpected arguments {sorted(bad)}; expected num_iters, tol, check_every, "
+                            "grad_mode")
+        self.unrolled = unrolled
+        self.call_kwargs = call_kwargs
+        self.fixed_point = unrolled.tied and getattr(unrolled.steps[0], "fixed_point", False)
+
+    def init_state(self, x0: Tensor, problem: Problem):
+        return self.unrolled.init_state(x0, problem)
+
+    def estimate(self, state) -> Tensor:
+        return self.unrolled.step_at(self.unrolled.num_iters - 1).estimate(state)
+
+    def residual(self, new, old, problem: Problem) -> Tensor:
+        return self.unrolled.step_at(self.unrolled.num_iters - 1).residual(new, old, problem)
+
+    def forward(self, state, problem: Problem):
+        return self.unrolled(problem, state0=state, **self.call_kwargs).state

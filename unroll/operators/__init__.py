@@ -1,7 +1,8 @@
 """Batched linear operators (``LinearOperator``) and their self-checks."""
 
 from .base import (AdjointOperator, ComposedOperator, LinearOperator, ScaledOperator, SumOperator,
-                   adjoint_test, as_operator)
+                   adjoint_test, fmt_shape)
+from .convert import as_operator
 from .conv import Convolution2d, gaussian_kernel
 from .elementwise import Diagonal, Identity
 from .matrix import MatrixOperator
@@ -19,4 +20,5 @@ __all__ = [
     "gaussian_kernel",
     "adjoint_test",
     "as_operator",
+    "fmt_shape",
 ]

@@ -25,10 +25,11 @@ from torch import Tensor, nn
 
 Shape = Optional[Tuple[int, ...]]
 
-__all__ = ["LinearOperator", "adjoint_test", "as_operator"]
+__all__ = ["LinearOperator", "adjoint_test", "fmt_shape"]
 
 
-def _fmt_shape(shape: Shape) -> str:
+def fmt_shape(shape: Shape) -> str:
+    """``(B, n, m)`` for a per-sample shape ``(n, m)``; ``(B, *)`` for ``None`` (any shape)."""
     return "(B, *)" if shape is None else "(B, " + ", ".join(str(s) for s in shape) + ")"
 
 
@@ -49,6 +50,39 @@ class LinearOperator(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self._lipschitz_cache: Optional[Tensor] = None
+        self._lipschitz_key: Optional[tuple] = None
+
+    @property
+    def per_sample(self) -> bool:
+        """Whether the operator differs between the samples of a batch (a ``(B, m, n)`` matrix
+        stack, per-sample masks or coil maps): then :meth:`lipschitz_batch` gives each sample its
+        own constant. ``False`` by default; composite operators inherit it from their parts;
+        subclasses set it (``self.per_sample = ...``)."""
+        own = self.__dict__.get("_per_sample")
+        if own is not None:
+            return own
+        return any(m.per_sample for m in self.children() if isinstance(m, LinearOperator))
+
+    @per_sample.setter
+    def per_sample(self, value: bool) -> None:
+        self.__dict__["_per_sample"] = bool(value)
+
+    def check_input(self, x: Tensor, name: str = "x") -> None:
+        """Check ``x`` ``(B, *in_shape)`` against the domain (shape, real/complex), naming ``name``."""
+        self._check(x, self.in_shape, name, "domain")
+
+    def _cached_lipschitz_valid(self) -> bool:
+        """Whether the cached constant still describes the operator (inside ``torch.compile``
+        the version counters cannot be read, and a compiled graph sees a fixed operator)."""
+        if self._lipschitz_cache is None:
+            return False
+        return torch.compiler.is_compiling() or self._lipschitz_key == self._state_key()
+
+    def _state_key(self) -> tuple:
+        """Identity and version counters of the operator's tensors: changes when a parameter or
+        buffer is replaced or modified in place (an optimiser step), so cached constants can tell
+        they are stale without comparing values."""
+        return tuple((id(t), t._version) for t in list(self.parameters()) + list(self.buffers()))
 
     # ------------------------------------------------------------------ to implement
     def _forward(self, x: Tensor) -> Tensor:
@@ -108,7 +142,7 @@ class LinearOperator(nn.Module):
             raise TypeError(f"{name}: expected a torch.Tensor for {self._describe()}, got {type(t).__name__}")
         if shape is not None and tuple(t.shape[1:]) != tuple(shape):
             raise ValueError(
-                f"{name}: expected shape {_fmt_shape(shape)} for the {space} of {self._describe()}, "
+                f"{name}: expected shape {fmt_shape(shape)} for the {space} of {self._describe()}, "
                 f"got {tuple(t.shape)}"
             )
         if self.is_complex is False and t.is_complex():
@@ -120,7 +154,7 @@ class LinearOperator(nn.Module):
             raise TypeError(f"{name}: {self._describe()} is a complex operator but got a real tensor ({t.dtype})")
 
     def _describe(self) -> str:
-        return f"{type(self).__name__} {_fmt_shape(self.in_shape)} → {_fmt_shape(self.out_shape)}"
+        return f"{type(self).__name__} {fmt_shape(self.in_shape)} → {fmt_shape(self.out_shape)}"
 
     def extra_repr(self) -> str:
         return f"in_shape={self.in_shape}, out_shape={self.out_shape}"
@@ -153,8 +187,10 @@ class LinearOperator(nn.Module):
         """Largest eigenvalue of ``Aᴴ A`` (``= ‖A‖₂²``), the Lipschitz constant of the
         gradient of ``½‖Ax − y‖²``, by power iteration.
 
-        Computed once and cached on the operator (pass ``recompute=True`` after changing
-        its parameters). Runs without a graph: the result is a constant.
+        Computed once and cached on the operator; recomputed when one of its parameters or
+        buffers has changed since (an optimiser step, an in-place edit), or with
+        ``recompute=True``. Runs without a graph: the result is a constant. For a per-sample
+        operator it is the largest over the batch (:meth:`lipschitz_batch` gives each its own).
 
         Args:
             x: optional example input ``(1, *in_shape)`` (needed only when ``in_shape`` is None).
@@ -163,7 +199,7 @@ class LinearOperator(nn.Module):
         Returns:
             a 0-dim real tensor on the operator's device.
         """
-        if self._lipschitz_cache is not None and not recompute:
+        if not recompute and self._cached_lipschitz_valid():
             return self._lipschitz_cache
         with torch.no_grad():
             gen = torch.Generator(device="cpu").manual_seed(0)
@@ -181,14 +217,44 @@ class LinearOperator(nn.Module):
                 est = new
                 if done:  # one host sync per power iteration (setup cost, not a solver loop)
                     break
-        self._lipschitz_cache = est
+        self._lipschitz_cache, self._lipschitz_key = est, self._state_key()
         return est
+
+    def lipschitz_batch(self, batch: int, x: Optional[Tensor] = None, max_iter: int = 100,
+                        tol: float = 1e-6) -> Tensor:
+        """``‖A_i‖₂²`` for each sample ``i`` of a batch of ``batch`` samples, ``(batch,)``.
+
+        For an operator shared by the batch it is :meth:`lipschitz` repeated; for a per-sample
+        operator a batched power iteration (every sample from the same seeded start, so a
+        sample's constant never depends on its batch mates), run without a graph.
+        """
+        if not self.per_sample:
+            return self.lipschitz(x).expand(batch)
+        with torch.no_grad():
+            gen = torch.Generator(device="cpu").manual_seed(0)
+            v = self._example_input(1, like=x, generator=gen).expand(batch, *self._example_shape(x)).clone()
+            tiny = torch.finfo(v.real.dtype).tiny
+            v = v / torch.linalg.vector_norm(v.flatten(1), dim=1).clamp_min(tiny).view(-1, *[1] * (v.dim() - 1))
+            est = torch.zeros(batch, dtype=v.real.dtype, device=v.device)
+            for _ in range(max_iter):
+                w = self.normal(v)
+                new = torch.linalg.vector_norm(w.flatten(1), dim=1)
+                v = w / new.clamp_min(tiny).view(-1, *[1] * (w.dim() - 1))
+                done = bool(((new - est).abs() <= tol * new).all())  # one sync per iteration (set-up cost)
+                est = new
+                if done:
+                    break
+        return est
+
+    def _example_shape(self, x: Optional[Tensor]) -> Tuple[int, ...]:
+        return tuple(x.shape[1:]) if x is not None else tuple(self.in_shape)
 
     def _apply(self, fn, *args, **kwargs):  # keep the cached constant on the module's device
         out = super()._apply(fn, *args, **kwargs)
         if self._lipschitz_cache is not None:
             cache = fn(self._lipschitz_cache)
             self._lipschitz_cache = cache.real if cache.is_complex() else cache
+            self._lipschitz_key = self._state_key()  # moved, not changed: the constant still holds
         return out
 
     def norm(self, **kwargs) -> Tensor:
@@ -256,8 +322,8 @@ class ComposedOperator(LinearOperator):
         super().__init__()
         if a.in_shape is not None and b.out_shape is not None and tuple(a.in_shape) != tuple(b.out_shape):
             raise ValueError(
-                f"A @ B: the domain of A {_fmt_shape(a.in_shape)} does not match the range of B "
-                f"{_fmt_shape(b.out_shape)}"
+                f"A @ B: the domain of A {fmt_shape(a.in_shape)} does not match the range of B "
+                f"{fmt_shape(b.out_shape)}"
             )
         self.a, self.b = a, b
         self.in_shape = b.in_shape
@@ -279,7 +345,7 @@ class SumOperator(LinearOperator):
         for attr in ("in_shape", "out_shape"):
             sa, sb = getattr(a, attr), getattr(b, attr)
             if sa is not None and sb is not None and tuple(sa) != tuple(sb):
-                raise ValueError(f"A + B: {attr} differ: {_fmt_shape(sa)} vs {_fmt_shape(sb)}")
+                raise ValueError(f"A + B: {attr} differ: {fmt_shape(sa)} vs {fmt_shape(sb)}")
         self.a, self.b = a, b
         self.in_shape = a.in_shape if a.in_shape is not None else b.in_shape
         self.out_shape = a.out_shape if a.out_shape is not None else b.out_shape
@@ -319,18 +385,6 @@ class ScaledOperator(LinearOperator):
     def _adjoint(self, y: Tensor) -> Tensor:
         c = self.c.conj() if isinstance(self.c, Tensor) else (self.c.conjugate() if isinstance(self.c, complex) else self.c)
         return c * self.op._adjoint(y)
-
-
-def as_operator(a) -> LinearOperator:
-    """Return ``a`` if it is a :class:`LinearOperator`, wrap a 2-D (or batched 3-D) tensor as a
-    :class:`~unroll.operators.MatrixOperator`, else raise a ``TypeError``."""
-    if isinstance(a, LinearOperator):
-        return a
-    if isinstance(a, Tensor):
-        from .matrix import MatrixOperator
-
-        return MatrixOperator(a)
-    raise TypeError(f"A: expected a LinearOperator or a 2-D tensor, got {type(a).__name__}")
 
 
 def _inner(a: Tensor, b: Tensor) -> Tensor:

@@ -74,7 +74,17 @@ class Diagonal(LinearOperator):
 
     def lipschitz(self, *args, recompute: bool = False, **kwargs) -> Tensor:
         """``max |d|²`` (exact). Cached."""
-        if self._lipschitz_cache is None or recompute:
+        if recompute or not self._cached_lipschitz_valid():
             with torch.no_grad():
                 self._lipschitz_cache = self.diag.detach().abs().max() ** 2
+            self._lipschitz_key = self._state_key()
         return self._lipschitz_cache
+
+    def lipschitz_batch(self, batch: int, *args, **kwargs) -> Tensor:
+        """``max |d_i|²`` per sample ``(batch,)`` (exact)."""
+        if not self.per_sample:
+            return self.lipschitz().expand(batch)
+        if batch != self.diag.shape[0]:
+            raise ValueError(f"batch: the operator holds {self.diag.shape[0]} diagonals, got a batch of {batch}")
+        with torch.no_grad():
+            return self.diag.detach().abs().flatten(1).amax(dim=1) ** 2

@@ -83,6 +83,11 @@ class MatrixOperator(LinearOperator):
             return (self.matrix.mH @ y.unsqueeze(-1)).squeeze(-1)
         return y @ self.matrix.conj()
 
+    @property
+    def per_sample(self) -> bool:
+        """A ``(B, m, n)`` stack is one matrix per sample."""
+        return self.batched
+
     def dense(self) -> Tensor:
         """The matrix as a dense ``(m, n)`` (or ``(B, m, n)``) tensor."""
         return self.matrix.to_dense() if self.sparse else self.matrix
@@ -91,14 +96,27 @@ class MatrixOperator(LinearOperator):
                   recompute: bool = False) -> Tensor:
         """``‖A‖₂²``; exact (from the singular values) for a dense 2-D matrix, otherwise by
         power iteration. For a ``(B, m, n)`` stack, the largest over the batch. Cached."""
-        if self._lipschitz_cache is not None and not recompute:
+        if not recompute and self._cached_lipschitz_valid():
             return self._lipschitz_cache
         if self.sparse:
             return super().lipschitz(x, max_iter, tol, recompute)
-        with torch.no_grad():
-            s = torch.linalg.matrix_norm(self.matrix.detach(), ord=2)
-            self._lipschitz_cache = (s.max() if s.dim() else s) ** 2
+        s = self._spectral_norms()
+        self._lipschitz_cache, self._lipschitz_key = (s.max() if s.dim() else s) ** 2, self._state_key()
         return self._lipschitz_cache
+
+    def _spectral_norms(self) -> Tensor:
+        with torch.no_grad():
+            return torch.linalg.matrix_norm(self.matrix.detach(), ord=2)
+
+    def lipschitz_batch(self, batch: int, x: Optional[Tensor] = None, max_iter: int = 100,
+                        tol: float = 1e-6) -> Tensor:
+        """``‖A_i‖₂²`` per sample ``(batch,)``, exact from the singular values of each matrix of
+        a ``(B, m, n)`` stack; a single matrix's constant repeated otherwise."""
+        if not self.batched:
+            return super().lipschitz_batch(batch, x, max_iter, tol)
+        if batch != self.matrix.shape[0]:
+            raise ValueError(f"batch: the operator holds {self.matrix.shape[0]} matrices, got a batch of {batch}")
+        return self._spectral_norms() ** 2
 
     def extra_repr(self) -> str:
         kind = "sparse" if self.sparse else ("batched" if self.batched else "dense")
