@@ -13,7 +13,7 @@ from unroll.parametrize import PositiveScalar
 from unroll.problem import Problem
 from unroll.unrolled import Unrolled, UnrolledOutput
 
-from .weights import check_init, check_ridge
+from .weights import check_init, check_ridge, dense_matrix, initial_weight
 
 __all__ = ["UnrolledModel", "ThresholdedMatrixModel", "learned_scalar", "support_selection_schedule"]
 
@@ -187,3 +187,12 @@ class ThresholdedMatrixModel(UnrolledModel):
         self.percents = support_selection_schedule(num_layers, p_step, p_max, support_selection)
         if operator is not None:
             self.bind(operator)
+
+    def _initial_weights(self, op: LinearOperator) -> "tuple[Tensor, float, Tensor, float]":
+        """``(A, L, W, γ)`` for building the layers: the dense matrix ``(m, n)``, ``L = ‖A‖₂²``,
+        and the initial weight ``(m, n)`` and step of ``init`` (ISTA's ``A, 1/L`` or ALISTA's
+        analytic weight, with ``ridge``)."""
+        a = dense_matrix(op, type(self).__name__).detach()
+        lip = float(op.lipschitz())
+        w, gamma = initial_weight(a, lip, self.init, self.ridge)
+        return a, lip, w, gamma

@@ -15,7 +15,7 @@ from unroll.steps import State, Step
 from unroll.unrolled import Unrolled
 
 from .base import ThresholdedMatrixModel, learned_scalar
-from .weights import dense_matrix, initial_weight
+from .weights import dense_matrix
 
 __all__ = ["LISTA", "LISTASS", "LISTAStep", "dense_matrix"]  # dense_matrix: re-exported from .weights
 
@@ -102,9 +102,7 @@ class LISTA(ThresholdedMatrixModel):
                          relaxation=relaxation, init=init, ridge=ridge)
 
     def _build(self, op: LinearOperator) -> None:
-        a = dense_matrix(op, "LISTA").detach()
-        lip = float(op.lipschitz())
-        w, gamma = initial_weight(a, lip, self.init, self.ridge)
+        a, lip, w, gamma = self._initial_weights(op)
         w1 = gamma * w.mH
         w2 = torch.eye(a.shape[1], dtype=a.dtype, device=a.device) - w1 @ a
         self.unrolled = Unrolled([LISTAStep(w1, w2, self.lam / lip, p, self.relaxation) for p in self.percents],

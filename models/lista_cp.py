@@ -15,7 +15,6 @@ from unroll.steps import State, Step
 from unroll.unrolled import Unrolled
 
 from .base import ThresholdedMatrixModel, learned_scalar
-from .weights import dense_matrix, initial_weight
 
 __all__ = ["CoupledStep", "LISTACP", "LISTACPSS"]
 
@@ -89,9 +88,7 @@ class LISTACP(ThresholdedMatrixModel):
                          relaxation=relaxation, init=init, ridge=ridge)
 
     def _build(self, op: LinearOperator) -> None:
-        a = dense_matrix(op, type(self).__name__).detach()
-        lip = float(op.lipschitz())
-        w, gamma = initial_weight(a, lip, self.init, self.ridge)
+        _, lip, w, gamma = self._initial_weights(op)
         self.unrolled = Unrolled([CoupledStep(gamma * w, self.lam / lip, p, self.relaxation) for p in self.percents],
                                  grad_mode=self.grad_mode)
 

@@ -12,7 +12,6 @@ from unroll.unrolled import Unrolled
 
 from .alista import ALISTAStep, WeightedProblem
 from .base import ThresholdedMatrixModel
-from .weights import dense_matrix, initial_weight
 
 __all__ = ["TiLISTA"]
 
@@ -47,9 +46,7 @@ class TiLISTA(ThresholdedMatrixModel):
                          ridge=ridge)
 
     def _build(self, op: LinearOperator) -> None:
-        a = dense_matrix(op, "TiLISTA").detach()
-        lip = float(op.lipschitz())
-        w, gamma = initial_weight(a, lip, self.init, self.ridge)
+        _, lip, w, gamma = self._initial_weights(op)
         self.weight = nn.Parameter(w.clone())
         self.unrolled = Unrolled([ALISTAStep(gamma, self.lam / lip, p) for p in self.percents],
                                  grad_mode=self.grad_mode)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import unroll
-from unroll import (ADMMStep, CGStep, FISTAStep, GradientStep, L1, LeastSquares, MatrixOperator, Problem,
+from unroll import (ADMMStep, CGStep, FISTAStep, GradientStep, L1, MatrixOperator, Problem,
                     ProxGradStep, QuadraticProblem, SmoothProblem, SolverWarning, SquaredL2, Status, Unrolled)
 from unroll.autodiff import GradMode
 from unroll.linalg import CG, BiCGSTAB, Neumann

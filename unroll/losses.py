@@ -37,7 +37,8 @@ class MSELoss(Loss):
 
 
 class ObjectiveLoss(Loss):
-    """Unsupervised: the original objective ``½‖A x̂ − y‖² + g(x̂)``, mean over the batch.
+    """Unsupervised: the original objective ``f(x̂) + g(x̂)``, mean over the batch: ``f`` is the
+    problem's smooth part (``½‖A x̂ − y‖²`` for least squares, any :class:`SmoothProblem`'s own).
 
     Args:
         regularizer: ``g``, a module with ``value(x) → (B,)`` (e.g. ``L1(0.1)`` or ``L0(0.1)``);
@@ -52,7 +53,7 @@ class ObjectiveLoss(Loss):
         self.regularizer = regularizer
 
     def forward(self, x_hat: Tensor, target: Optional[Tensor], problem: Problem) -> Tensor:
-        f = problem.data_fidelity(x_hat)
+        f = problem.smooth(x_hat)
         if self.regularizer is not None:
             f = f + self.regularizer.value(x_hat)
         return f.mean()
