@@ -32,7 +32,7 @@ from rich.table import Table
 from unroll import solvers
 from unroll.metrics import NMSE, nmse
 
-from .cli import UnrollCLI
+from .unroll_cli import UnrollCLI
 from .io import atomic_write, atomic_write_json, atomic_write_text
 
 __all__ = ["evaluate_main", "baseline_curves", "write_report"]
