@@ -14,12 +14,16 @@ Depends on the core ``unroll`` package only (never on ``unroll.models`` or ``unr
 from .base import SplitData, SplitDataset, SyntheticDataModule
 from .batch import Batch
 from .h5 import read_splits_h5, write_splits_h5
+from .images import InpaintingDataModule, make_inpainting_batch, make_smooth_images
 from .sparse import STANDARD_SHAPE, SparseRecoveryDataModule, load_standard_problem, make_sparse_signals, measure
 from .stream import BatchStream, StreamLoader, derive_seed, fit_position, make_generator
 
 __all__ = [
     "Batch",
     "SparseRecoveryDataModule",
+    "InpaintingDataModule",
+    "make_smooth_images",
+    "make_inpainting_batch",
     "SyntheticDataModule",
     "SplitData",
     "SplitDataset",
