@@ -306,8 +306,8 @@ def _merge(base: Dict, override: Dict) -> Dict:
 def _print_per_sample(per_sample: Results, metrics, labels: Dict[str, str]) -> None:
     for key in _metric_keys(per_sample):
         higher = bool(getattr(metrics.get(key), "higher_is_better", False))
-        table = Table(title=f"final {labels.get(key, key)} over the test samples (undefined values, e.g. the NMSE "
-                            "of an all-zero signal, left out)")
+        note = " (all-zero signals, whose NMSE is undefined, left out)" if key.startswith("nmse") else ""
+        table = Table(title=f"final {labels.get(key, key)} over the test samples{note}")
         for col in ("", "mean", "median", "worst 10 %", "worst"):
             table.add_column(col, justify="right")
         for m, v in per_sample.items():

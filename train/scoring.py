@@ -74,8 +74,8 @@ class MetricTracker:
 
         Args:
             trajectory: the estimate after each iteration, ``K`` tensors ``(B, ...)`` (the last is
-                the final estimate). A shorter trajectory than the first batch's (a solver that
-                stopped early) is continued with its final estimate.
+                the final estimate); ``K`` is set by the first batch. A shorter trajectory (a solver
+                that stopped early) is continued with its final estimate; a longer one is an error.
             target: ``(B, ...)`` ground truth (needed by metrics that read the estimate).
             iterations: ``(B,)`` iterations each sample ran (for metrics that read them).
             meta: the batch's metadata (``data_range``).
@@ -91,6 +91,10 @@ class MetricTracker:
                               if getattr(m, "reads", "estimate") == "estimate"}
             self._once = {k: m.clone().to(device) for k, m in self.prototypes.items()
                           if getattr(m, "reads", "estimate") == "iterations"}
+        K = max((len(c) for c in self._per_iter.values()), default=len(trajectory))
+        if self._per_iter and len(trajectory) > K:
+            raise ValueError(f"trajectory: {len(trajectory)} iterates, more than the {K} of the first batch scored; "
+                             "every batch must report at most as many iterates (pad to the budget)")
         for key, clones in self._per_iter.items():
             if target is None:
                 raise ValueError(f"batch.x: metric {key!r} needs the ground truth, but the batch has none")
@@ -185,9 +189,14 @@ class SolverBaseline(Baseline):
         return float(lam if self.lam is None else self.lam)
 
     def run(self, operator: LinearOperator, y: Tensor, num_iters: int, lam: float) -> BaselineRun:
-        _, info = _SOLVERS[self.solver](operator, y, self._lam(lam), max_iter=self.max_iter or num_iters,
-                                        tol=self.tol, return_trajectory=True)
-        return BaselineRun(list(info.trajectory), info.iterations)
+        budget = self.max_iter or num_iters
+        _, info = _SOLVERS[self.solver](operator, y, self._lam(lam), max_iter=budget, tol=self.tol,
+                                        return_trajectory=True)
+        trajectory = list(info.trajectory)
+        # stopped early (tol): the estimate stays the final one for the rest of the budget, so that
+        # every batch reports the same number of iterates
+        trajectory += [trajectory[-1]] * (budget - len(trajectory))
+        return BaselineRun(trajectory, info.iterations)
 
     def description(self, lam: float) -> str:
         return f"{self.name} (λ={self._lam(lam):g})"
