@@ -183,6 +183,33 @@ def test_task_trains_on_per_batch_operators(tmp_path):
     assert math.isfinite(float(trainer.callback_metrics["val/nmse_db"]))
 
 
+@pytest.mark.parametrize("make, match", [
+    (lambda: _task(metrics={}), r"^metrics: expected a non-empty mapping"),
+    (lambda: _task(metrics={"psnr": 3}), r"^metrics\['psnr'\]: expected a torchmetrics.Metric, got int"),
+    (lambda: _task(baselines=[3]), r"^baselines: expected a list"),
+    (lambda: _task(baselines=[SolverBaseline("ista"), SolverBaseline("ista", lam=0.2)]), r"^baselines: .*distinct"),
+    (lambda: SolverBaseline("cg"), r"^solver: expected one of"),
+    (lambda: SolverBaseline(lam=-1.0), r"^lam: expected a finite number ≥ 0"),
+    (lambda: SolverBaseline(max_iter=0), r"^max_iter:"),
+    (lambda: small_images(observed=0.0), r"^observed: expected the fraction of observed pixels in \(0, 1\]"),
+    (lambda: small_images(noise_std=-0.1), r"^noise_std: expected a finite number ≥ 0"),
+    (lambda: small_images(image_size=1), r"^image_size: expected an integer ≥ 2"),
+    (lambda: small_images(eval_batch_size=0), r"^eval_batch_size:"),
+])
+def test_bad_arguments(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_default_declarations_are_the_sparse_tasks():
+    task = _task()
+    assert list(task.metrics) == ["nmse_db"] and isinstance(task.metrics["nmse_db"], NMSE)
+    assert [(b.name, b.description(0.1)) for b in task.baselines] == [("ista", "ista (λ=0.1)"),
+                                                                      ("fista", "fista (λ=0.1)")]
+    assert isinstance(AdjointBaseline().run(Diagonal(torch.ones(3)), torch.ones(2, 3), 5, 0.1).trajectory[0],
+                      torch.Tensor)
+
+
 # ---------------------------------------------------------------------------- unroll evaluate
 CONFIG = """
 seed_everything: 0

@@ -92,6 +92,9 @@ class ReconstructionTask(L.LightningModule):
         self.metrics = check_metrics(metrics) if metrics is not None else {"nmse_db": NMSE()}
         if baselines is not None and not all(isinstance(b, Baseline) for b in baselines):
             raise ValueError(f"baselines: expected a list of unroll.train.scoring.Baseline, got {baselines!r}")
+        names = [b.name for b in baselines or []]
+        if len(set(names)) != len(names):
+            raise ValueError(f"baselines: expected distinct names (they name the reports' columns), got {names}")
         self.baselines: List[Baseline] = list(baselines) if baselines is not None else [
             SolverBaseline("ista"), SolverBaseline("fista")]
         #: depth run by training and validation steps (``None``: all layers); set by
