@@ -7,13 +7,12 @@ from __future__ import annotations
 import functools
 import json
 import math
-from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
-from torch.utils.data import DataLoader, default_collate
+from torch.utils.data import default_collate
 
 from unroll import solvers
 from unroll.data import Batch, BatchStream, InpaintingDataModule, SparseRecoveryDataModule, StreamLoader

@@ -19,7 +19,7 @@ from unroll import solvers
 from unroll.operators import LinearOperator
 
 __all__ = ["MetricTracker", "BaselineRun", "Baseline", "SolverBaseline", "AdjointBaseline", "metric_label",
-           "check_metrics"]
+           "check_metrics", "check_baselines"]
 
 
 def metric_label(key: str, metric: Metric) -> str:
@@ -155,6 +155,17 @@ class Baseline:
     def description(self, lam: float) -> str:
         """A short description for report titles."""
         return self.name
+
+
+def check_baselines(baselines, name: str = "baselines") -> List[Baseline]:
+    """``baselines`` as a list of :class:`Baseline` objects with distinct names."""
+    if isinstance(baselines, (str, bytes)) or not isinstance(baselines, (list, tuple)) \
+            or not all(isinstance(b, Baseline) for b in baselines):
+        raise ValueError(f"{name}: expected a list of unroll.train.scoring.Baseline, got {baselines!r}")
+    names = [b.name for b in baselines]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{name}: expected distinct names (they name the reports' columns), got {names}")
+    return list(baselines)
 
 
 _SOLVERS = {"ista": solvers.ista, "fista": solvers.fista, "iht": solvers.iht}

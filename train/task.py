@@ -22,7 +22,7 @@ from unroll.metrics import NMSE
 from unroll.operators import LinearOperator, MatrixOperator, as_operator
 from unroll.problem import Problem
 
-from .scoring import Baseline, MetricTracker, SolverBaseline, check_metrics
+from .scoring import Baseline, MetricTracker, SolverBaseline, check_baselines, check_metrics
 
 __all__ = ["ReconstructionTask"]
 
@@ -90,13 +90,8 @@ class ReconstructionTask(L.LightningModule):
         self.val_nmse = NMSE()
         # plain dict and list (not submodules): prototypes, cloned for each test run
         self.metrics = check_metrics(metrics) if metrics is not None else {"nmse_db": NMSE()}
-        if baselines is not None and not all(isinstance(b, Baseline) for b in baselines):
-            raise ValueError(f"baselines: expected a list of unroll.train.scoring.Baseline, got {baselines!r}")
-        names = [b.name for b in baselines or []]
-        if len(set(names)) != len(names):
-            raise ValueError(f"baselines: expected distinct names (they name the reports' columns), got {names}")
-        self.baselines: List[Baseline] = list(baselines) if baselines is not None else [
-            SolverBaseline("ista"), SolverBaseline("fista")]
+        self.baselines = check_baselines(baselines) if baselines is not None else [SolverBaseline("ista"),
+                                                                                  SolverBaseline("fista")]
         #: depth run by training and validation steps (``None``: all layers); set by
         #: stage-wise training (:class:`unroll.train.StageWise`). Test and predict use all layers.
         self.active_layers: Optional[int] = None
