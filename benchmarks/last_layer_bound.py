@@ -52,7 +52,7 @@ def analyse(ckpt: str, snr_db: float = 40.0) -> Dict[str, object]:
     data["snr_db"] = snr_db
     dm = SparseRecoveryDataModule(**data)
     dm.setup("test")
-    A, (y, x) = dm.A, dm.test_split
+    A, y, x = dm.A, dm.test_split.y, dm.test_split.x
     with torch.no_grad():
         out = model(y, dm.operator, return_trajectory=True)
         x_prev = out.trajectory[-2]

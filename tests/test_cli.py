@@ -252,7 +252,7 @@ def test_load_from_checkpoint_without_its_config(tmp_path, capsys):
     scored = json.loads((tmp_path / "eval" / "metrics.json").read_text())["LISTACP"]["nmse_db"][-1]
     dm = SparseRecoveryDataModule(problem="gaussian", m=20, n=40, val_size=64, test_size=64, seed=0)
     dm.setup("test")
-    y, x = dm.test_split
+    y, x = dm.test_split.y, dm.test_split.x
     with torch.no_grad():
         x_hat = task(y)
     assert float(nmse(x_hat, x)) == pytest.approx(scored, abs=1e-4)

@@ -97,8 +97,6 @@ def test_datamodule_noise_level():
 def test_training_stream_is_indexed_by_batch_not_by_worker_or_restart():
     """Batch i of the stream is the same whatever the workers; a stream started at batch s
     yields the uninterrupted stream's batches from s on, first finishing s's epoch."""
-    from unroll.data.sparse import _SparseStream
-
     dm = SparseRecoveryDataModule(problem="gaussian", m=10, n=20, train_batches=4, val_size=8, test_size=8)
     dm.setup("fit")
     whole = [b.x for b in dm.train_dataloader()] + [b.x for b in dm.train_dataloader()]  # 2 epochs
@@ -106,7 +104,7 @@ def test_training_stream_is_indexed_by_batch_not_by_worker_or_restart():
                                    num_workers=2)
     got = [b.x for b in two.train_dataloader()] + [b.x for b in two.train_dataloader()]
     assert all(torch.equal(a, b) for a, b in zip(whole, got)) and len(got) == 8
-    stream = _SparseStream(dm.A, 0.1, None, 64, 4, seed=0)
+    stream = dm.train_stream()  # the BatchStream of the module's make_batch
     stream.start = 6  # a run resumed after 6 batches: the rest of epoch 2
     assert [torch.equal(b.x, w) for b, w in zip(stream, whole[6:])] == [True, True]
     stream.start = 8  # at an epoch's end: a whole new epoch, batches never seen
@@ -298,11 +296,33 @@ def test_h5_nan(h5file):
 def test_h5_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.h5"):
         read_splits_h5(tmp_path / "nope.h5")
-    # a datamodule with a not-yet-existing h5_path generates (with a warning)
-    dm = small(h5_path=str(tmp_path / "nope.h5"))
-    with pytest.warns(UserWarning, match="does not exist"):
-        dm.setup()
-    assert torch.equal(dm.A, small().A)
+    # a typo in a data path is an error naming the argument and the path, not a silent generation
+    with pytest.raises(FileNotFoundError, match=r"^h5_path: no such file: .*nope\.h5.*create_h5"):
+        small(h5_path=str(tmp_path / "nope.h5"))
+    # writing a new file is its own, explicit option: generated from the seed, written, then read
+    path = tmp_path / "new" / "made.h5"
+    dm = small(h5_path=str(path), create_h5=True)
+    dm.setup()
+    assert path.exists() and dm.describe()["source"] == str(path)
+    assert torch.equal(dm.A, small().A) and torch.equal(dm.test_split.y, small().test_split.y)
+    # an existing file is read, never overwritten
+    stamp = path.stat().st_mtime_ns
+    again = small(h5_path=str(path), create_h5=True, seed=5)
+    assert torch.equal(again.A, dm.A) and path.stat().st_mtime_ns == stamp
+
+
+def test_h5_missing_file_from_the_cli(tmp_path, monkeypatch):
+    """`unroll fit --data.init_args.h5_path=<typo>` fails before training, naming the argument."""
+    from unroll.train.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", ["unroll"])
+    cfg = str(__import__("pathlib").Path(__file__).resolve().parents[1] / "configs" / "learned_ista.yaml")
+    # (jsonargparse may wrap the data module's error in its own ValueError: the message is kept)
+    with pytest.raises((FileNotFoundError, ValueError), match="h5_path: no such file: 'typo.h5'"):
+        main(["fit", "--config", cfg, "--data.init_args.h5_path=typo.h5", "--trainer.max_steps=1",
+              f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false"])
+    assert not list(tmp_path.rglob("*.ckpt"))
 
 
 # ---------------------------------------------------------------------------- bad arguments
@@ -313,6 +333,8 @@ def test_h5_missing_file(tmp_path):
     (dict(snr_db=float("inf")), "snr_db"), (dict(dtype="float16"), "dtype"), (dict(problem="foo"), "problem"),
     (dict(problem="standard", m=100), "m"), (dict(problem="standard", n=400), "n"),
     (dict(problem="standard", test_size=1001), "test_size"), (dict(seed=-1), "seed"),
+    (dict(eval_batch_size=0), "eval_batch_size"), (dict(num_workers=-1), "num_workers"),
+    (dict(h5_path=3), "h5_path"), (dict(create_h5="yes"), "create_h5"),
 ])
 def test_bad_args(kw, name):
     with pytest.raises(ValueError, match=rf"^{name}:"):

@@ -1,4 +1,5 @@
-"""``unroll evaluate``: a checkpoint against classical ISTA and FISTA on the test split.
+"""``unroll evaluate``: checkpoints against the task's baselines on the test split, scored with
+the task's metrics.
 
     unroll evaluate --ckpt_path CKPT [CKPT ...] --output_dir DIR [--names N ...] [--lam 0.1]
     unroll evaluate --config CONFIG [overrides] --ckpt_path CKPT [CKPT ...] --output_dir DIR
@@ -6,11 +7,16 @@
 Rebuilds each checkpoint's task and data module (from the config ``unroll fit`` saved in the
 checkpoint, or from ``--config``), runs it on the data module's test split through
 ``Trainer.test`` (which checks the checkpoint's model class and operator against the
-config's), and runs ISTA and FISTA with the same number of iterations. All checkpoints share
-one test set and one table. Prints NMSE (dB) per iteration and writes ``DIR/metrics.json``
-(``{"ALISTA": {"nmse_db": [...]}, ..., "ista": {...}, "fista": {...}}``, one value per
+config's), and runs the task's baselines (ISTA and FISTA by default, λ = ``--lam``) with the
+same number of iterations, each batch with its own operator. All checkpoints share one test
+set and one table. The task declares the metrics (NMSE (dB) per iteration by default;
+PSNR, SSIM, iteration counts, any torchmetrics ``Metric``); for each metric ``KEY`` it
+prints a table per iteration, and it writes ``DIR/metrics.json`` (``{"ALISTA": {"nmse_db":
+[...], "per_sample_nmse_db": [...]}, ..., "ista": {...}, "fista": {...}}``, one value per
 iteration, the last one being the final estimate; columns named by model class or
-``--names``), ``DIR/metrics.csv`` and ``DIR/nmse.png``, each atomically.
+``--names``), ``DIR/metrics.csv`` (columns ``METHOD_KEY``), ``DIR/per_sample.csv`` and one
+plot per metric (``nmse.png`` for ``nmse_db``, ``psnr.png`` for ``psnr_db``, ``ssim.png``),
+each atomically.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import lightning as L
 import torch
@@ -29,13 +35,14 @@ from jsonargparse import ArgumentParser
 from rich.console import Console
 from rich.table import Table
 
-from unroll import solvers
-from unroll.metrics import NMSE, nmse
-
-from .cli import UnrollCLI
 from .io import atomic_write, atomic_write_json, atomic_write_text
+from .scoring import MetricTracker, metric_label
+from .unroll_cli import UnrollCLI
 
-__all__ = ["evaluate_main", "baseline_curves", "write_report"]
+__all__ = ["evaluate_main", "run_baselines", "write_report", "plot_name"]
+
+#: ``{method: {metric key: [values]}}``
+Results = Dict[str, Dict[str, List[float]]]
 
 
 class _EvaluateCLI(UnrollCLI):
@@ -58,92 +65,116 @@ def _add_data_argument(parser) -> None:
                              "'{init_args: {snr_db: 30}}' or a whole '{class_path: ..., init_args: ...}'")
 
 
-def _test_split(datamodule: L.LightningDataModule):
-    ys, xs = [], []
-    for batch in datamodule.test_dataloader():
-        ys.append(batch.y)
-        xs.append(batch.x)
-    return torch.cat(ys), torch.cat(xs)
+def run_baselines(task, datamodule, num_iters: int, lam: float) -> Tuple[Results, Results]:
+    """Score each of ``task.baselines`` with ``task.metrics`` on ``datamodule``'s test split, batch
+    by batch, each batch with its own operator (:meth:`ReconstructionTask.batch_operator`), on the
+    CPU.
+
+    Args:
+        num_iters: the iteration budget (the evaluated models' depth).
+        lam: ``λ`` of the baselines without their own (``--lam``).
+
+    Returns:
+        ``({baseline: {key: [value per iteration]}}, {baseline: {key: [final value per sample]}})``.
+    """
+    task = task.to("cpu")
+    trackers = {b.name: MetricTracker(task.metrics) for b in task.baselines}
+    with torch.no_grad():
+        for batch in datamodule.test_dataloader():
+            op = task.batch_operator(batch)
+            for baseline in task.baselines:
+                run = baseline.run(op, batch.y, num_iters, lam)
+                trackers[baseline.name].update(run.trajectory, batch.x, iterations=run.iterations, meta=batch.meta)
+    return ({k: t.compute() for k, t in trackers.items()}, {k: t.per_sample() for k, t in trackers.items()})
 
 
-def baseline_curves(operator, y: torch.Tensor, x: torch.Tensor, num_iters: int, lam: float,
-                    batch_size: int = 1000, per_sample: Optional[Dict[str, List[float]]] = None
-                    ) -> Dict[str, List[float]]:
-    """NMSE (dB) per iteration of ISTA and FISTA (``λ = lam``, ``num_iters`` iterations, no early
-    stop) on ``y`` ``(N, m)`` against ``x`` ``(N, n)``. If ``per_sample`` is given, the final
-    NMSE (dB) of every sample is stored in it under ``"ista"``/``"fista"``."""
-    curves = {}
-    for name, solver in (("ista", solvers.ista), ("fista", solvers.fista)):
-        metric = NMSE(num_iters=num_iters)
-        finals = []
-        for i in range(0, y.shape[0], batch_size):
-            x_hat, info = solver(operator, y[i:i + batch_size], lam, max_iter=num_iters, tol=None,
-                                 return_trajectory=True)
-            metric.update(info.trajectory, x[i:i + batch_size])
-            finals.append(nmse(x_hat, x[i:i + batch_size], reduction="none"))
-        curves[name] = [float(v) for v in metric.compute()]
-        if per_sample is not None:
-            per_sample[name] = [float(v) for v in torch.cat(finals)]
-    return curves
+def plot_name(key: str) -> str:
+    """The plot file of metric ``key``: ``nmse_db`` → ``nmse.png``, ``ssim`` → ``ssim.png``."""
+    stem = key[:-3] if key.endswith("_db") else key
+    return f"{stem}.png"
 
 
-def write_report(curves: Dict[str, List[float]], output_dir: str, title: str = "",
-                 per_sample: Optional[Dict[str, List[float]]] = None) -> Dict[str, str]:
-    """Write ``metrics.json``, ``metrics.csv`` and ``nmse.png`` for ``{method: [nmse_db per
-    iteration]}`` curves into ``output_dir`` (atomically), and with ``per_sample`` (``{method:
-    [final nmse_db per test sample]}``) also ``per_sample.csv`` and a ``per_sample_nmse_db``
-    entry per method in the JSON; return their paths."""
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    report = {k: {"nmse_db": v} for k, v in curves.items()}
-    if per_sample:
-        for k, v in per_sample.items():
-            report.setdefault(k, {})["per_sample_nmse_db"] = v
-        buf = io.StringIO()
-        writer = csv.writer(buf)
-        writer.writerow(["sample", *[f"{k}_nmse_db" for k in per_sample]])
-        for i in range(max(len(v) for v in per_sample.values())):
-            writer.writerow([i, *[f"{v[i]:.4f}" if i < len(v) else "" for v in per_sample.values()]])
-        paths["per_sample_csv"] = str(atomic_write_text(out / "per_sample.csv", buf.getvalue()))
-    paths["json"] = str(atomic_write_json(out / "metrics.json", report))
+def _metric_keys(results: Results) -> List[str]:
+    keys: List[str] = []
+    for per_metric in results.values():
+        keys += [k for k in per_metric if k not in keys]
+    return keys
 
+
+def _write_columns_csv(path: Path, index_name: str, index_start: int, results: Results) -> str:
+    columns = [(method, key) for key in _metric_keys(results) for method in results if key in results[method]]
     buf = io.StringIO()
     writer = csv.writer(buf)
-    names = list(curves)
-    writer.writerow(["iteration", *[f"{k}_nmse_db" for k in names]])
-    for i in range(max(len(v) for v in curves.values())):
-        writer.writerow([i + 1, *[f"{curves[k][i]:.4f}" if i < len(curves[k]) else "" for k in names]])
-    paths["csv"] = str(atomic_write_text(out / "metrics.csv", buf.getvalue()))
+    writer.writerow([index_name, *[f"{m}_{k}" for m, k in columns]])
+    rows = max(len(results[m][k]) for m, k in columns)
+    for i in range(rows):
+        writer.writerow([i + index_start, *[f"{results[m][k][i]:.4f}" if i < len(results[m][k]) else ""
+                                            for m, k in columns]])
+    return str(atomic_write_text(path, buf.getvalue()))
+
+
+def write_report(results: Results, output_dir: str, title: str = "", per_sample: Optional[Results] = None,
+                 labels: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+    """Write ``metrics.json``, ``metrics.csv`` and one plot per metric for ``{method: {key: [value
+    per iteration]}}`` into ``output_dir`` (atomically), and with ``per_sample`` (``{method: {key:
+    [final value per test sample]}}``) also ``per_sample.csv`` and a ``per_sample_KEY`` entry per
+    method and metric in the JSON.
+
+    Args:
+        labels: ``{key: axis label}`` (default: the keys).
+
+    Returns:
+        The paths: ``json``, ``csv``, ``per_sample_csv`` (with ``per_sample``), ``png`` (the first
+        metric's plot) and ``plot_KEY`` for every metric.
+    """
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    labels = labels or {}
+    paths = {}
+    report = {m: dict(v) for m, v in results.items()}
+    if per_sample and any(per_sample.values()):
+        for m, v in per_sample.items():
+            for key, values in v.items():
+                report.setdefault(m, {})[f"per_sample_{key}"] = values
+        paths["per_sample_csv"] = _write_columns_csv(out / "per_sample.csv", "sample", 0, per_sample)
+    paths["json"] = str(atomic_write_json(out / "metrics.json", report))
+    paths["csv"] = _write_columns_csv(out / "metrics.csv", "iteration", 1, results)
 
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for k in names:
-        ax.plot(range(1, len(curves[k]) + 1), curves[k], marker="o", markersize=3, label=k)
-    ax.set_xlabel("iteration / layer")
-    ax.set_ylabel("NMSE (dB)")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    paths["png"] = str(atomic_write(out / "nmse.png", lambda tmp: fig.savefig(tmp, format="png", dpi=120)))
-    plt.close(fig)
+    for key in _metric_keys(results):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for m, v in results.items():
+            if key in v:
+                ax.plot(range(1, len(v[key]) + 1), v[key], marker="o", markersize=3, label=m)
+        ax.set_xlabel("iteration / layer")
+        ax.set_ylabel(labels.get(key, key))
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+        if title:
+            ax.set_title(title)
+        fig.tight_layout()
+        paths[f"plot_{key}"] = str(atomic_write(out / plot_name(key),
+                                                lambda tmp: fig.savefig(tmp, format="png", dpi=120)))
+        paths.setdefault("png", paths[f"plot_{key}"])
+        plt.close(fig)
     return paths
 
 
-def _print_table(curves: Dict[str, List[float]], title: str) -> None:
-    table = Table(title=title)
-    table.add_column("iteration", justify="right")
-    for k in curves:
-        table.add_column(f"{k} NMSE (dB)", justify="right")
-    for i in range(max(len(v) for v in curves.values())):
-        table.add_row(str(i + 1), *[f"{curves[k][i]:.2f}" if i < len(curves[k]) else "" for k in curves])
-    Console().print(table)
+def _print_tables(results: Results, title: str, labels: Dict[str, str]) -> None:
+    for key in _metric_keys(results):
+        methods = [m for m in results if key in results[m]]
+        table = Table(title=title if len(labels) <= 1 else f"{title}: {labels.get(key, key)}")
+        table.add_column("iteration", justify="right")
+        for m in methods:
+            table.add_column(f"{m} {labels.get(key, key)}", justify="right")
+        for i in range(max(len(results[m][key]) for m in methods)):
+            table.add_row(str(i + 1), *[f"{results[m][key][i]:.2f}" if i < len(results[m][key]) else ""
+                                        for m in methods])
+        Console().print(table)
 
 
 def _embedded_config(ckpt_path: str) -> Dict:
@@ -168,13 +199,13 @@ def _build(cfg: Optional[Dict], argv: Optional[List[str]]):
     return cli.model, cli.datamodule, cli.trainer.accelerator
 
 
-def _test_curve(task, datamodule, ckpt_path: str, accelerator) -> List[float]:
+def _test_curve(task, datamodule, ckpt_path: str, accelerator) -> Dict[str, List[float]]:
     trainer = L.Trainer(accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False,
                         enable_model_summary=False)
     with warnings.catch_warnings():  # the training callbacks (Timer, ModelCheckpoint) are not needed to test
         warnings.filterwarnings("ignore", message=".*callbacks used to create the checkpoint.*")
         trainer.test(task, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
-    return [float(v) for v in task.test_nmse_per_iter]
+    return task.test_results
 
 
 def _unique_names(names: List[str]) -> List[str]:
@@ -185,8 +216,9 @@ def _unique_names(names: List[str]) -> List[str]:
     return out
 
 
-def evaluate_main(argv: Optional[List[str]] = None) -> Dict[str, List[float]]:
-    """Run ``unroll evaluate`` with command-line arguments ``argv``; returns the curves.
+def evaluate_main(argv: Optional[List[str]] = None) -> Results:
+    """Run ``unroll evaluate`` with command-line arguments ``argv``; returns ``{method: {metric key:
+    [value per iteration]}}``.
 
     With ``--config`` (and any overrides after it) that config builds the data module and the
     model for every checkpoint. Without it each checkpoint is rebuilt from the config that
@@ -209,11 +241,11 @@ def evaluate_main(argv: Optional[List[str]] = None) -> Dict[str, List[float]]:
         raise ValueError(f"names: expected one name per checkpoint ({len(ckpts)}), got {len(cfg['names'])}")
     use_config = "config" in cfg and cfg.get("config")
 
-    curves: Dict[str, List[float]] = {}
+    results: Results = {}
     reference = None  # (describe(), operator fingerprint) of the first checkpoint's test data
-    test_data = None
+    first = None  # (task, datamodule) of the first checkpoint: its test set, metrics and baselines
     model_names = []
-    per_sample: Dict[str, List[float]] = {}
+    per_sample: Results = {}
     for path in ckpts:
         embedded = None
         if not use_config:
@@ -221,31 +253,44 @@ def evaluate_main(argv: Optional[List[str]] = None) -> Dict[str, List[float]]:
             if cfg.get("data"):
                 embedded = dict(embedded, data=_merge(embedded["data"], cfg["data"]))
         task, datamodule, accelerator = _build(embedded, argv)
-        curve = _test_curve(task, datamodule, path, accelerator)
-        per_sample[path] = [float(v) for v in task.test_nmse_per_sample]
-        data_id = (datamodule.describe() if hasattr(datamodule, "describe") else None, task.operator.fingerprint())
+        results[path] = _test_curve(task, datamodule, path, accelerator)
+        per_sample[path] = task.test_per_sample
+        data_id = (datamodule.describe() if hasattr(datamodule, "describe") else None,
+                   None if task.operator is None else task.operator.fingerprint())
         if reference is None:
-            reference, test_data = data_id, (_test_split(datamodule), task.operator.to("cpu"))
+            reference, first = data_id, (task, datamodule)
         elif data_id != reference:
             raise ValueError(f"ckpt_path: {path!r} was trained on other data ({data_id[0]}, operator {data_id[1]}) "
                              f"than {ckpts[0]!r} ({reference[0]}, operator {reference[1]}); checkpoints in one "
                              "table must share the test set: evaluate them separately")
+        elif list(task.metrics) != list(first[0].metrics):
+            raise ValueError(f"ckpt_path: {path!r} declares the metrics {list(task.metrics)}, {ckpts[0]!r} "
+                             f"{list(first[0].metrics)}; checkpoints in one table must declare the same metrics: "
+                             "evaluate them separately")
         model_names.append(type(task.model).__name__)
-        curves[path] = curve
     names = list(cfg["names"]) if cfg["names"] is not None else _unique_names(model_names)
-    curves = dict(zip(names, curves.values()))
+    results = dict(zip(names, results.values()))
     per_sample = dict(zip(names, per_sample.values()))
 
-    (y, x), op = test_data
-    depth = max(len(c) for c in curves.values())
-    curves.update(baseline_curves(op, y.cpu(), x.cpu(), depth, cfg["lam"], per_sample=per_sample))
+    task, datamodule = first
+    depth = max(len(c) for r in results.values() for c in r.values())
+    base_results, base_per_sample = run_baselines(task, datamodule, depth, cfg["lam"])
+    clash = sorted(set(base_results) & set(results))
+    if clash:
+        raise ValueError(f"names: {clash} name both a model and a baseline; choose other --names")
+    results.update(base_results)
+    per_sample.update(base_per_sample)
 
-    title = f"{', '.join(names)} vs ISTA/FISTA (λ={cfg['lam']:g}) on {y.shape[0]} test signals"
-    _print_table(curves, title)
-    _print_per_sample(per_sample)
-    paths = write_report(curves, cfg["output_dir"], title, per_sample=per_sample)
-    print(f"metrics: {paths['json']}  {paths['csv']}  {paths['per_sample_csv']}  plot: {paths['png']}", flush=True)
-    return curves
+    labels = {k: metric_label(k, m) for k, m in task.metrics.items()}
+    n_test = len(datamodule.test_dataloader().dataset)
+    baselines = ", ".join(b.description(cfg["lam"]) for b in task.baselines)
+    title = f"{', '.join(names)} vs {baselines or 'no baseline'} on {n_test} test samples"
+    _print_tables(results, title, labels)
+    _print_per_sample(per_sample, task.metrics, labels)
+    paths = write_report(results, cfg["output_dir"], title, per_sample=per_sample, labels=labels)
+    plots = "  ".join(v for k, v in paths.items() if k.startswith("plot_"))
+    print(f"metrics: {paths['json']}  {paths['csv']}  {paths.get('per_sample_csv', '')}  plots: {plots}", flush=True)
+    return results
 
 
 def _merge(base: Dict, override: Dict) -> Dict:
@@ -258,15 +303,22 @@ def _merge(base: Dict, override: Dict) -> Dict:
     return out
 
 
-def _print_per_sample(per_sample: Dict[str, List[float]]) -> None:
-    table = Table(title="final NMSE (dB) over the test samples (all-zero signals, whose NMSE is undefined, left out)")
-    for col in ("", "mean of dB", "median", "90th percentile", "worst"):
-        table.add_column(col, justify="right")
-    for k, v in per_sample.items():
-        t = torch.tensor(v, dtype=torch.float64)
-        t = t[~torch.isnan(t)]
-        if t.numel() == 0:
-            continue
-        table.add_row(k, f"{float(t.mean()):.2f}", f"{float(t.median()):.2f}",
-                      f"{float(torch.quantile(t, 0.9)):.2f}", f"{float(t.max()):.2f}")
-    Console().print(table)
+def _print_per_sample(per_sample: Results, metrics, labels: Dict[str, str]) -> None:
+    for key in _metric_keys(per_sample):
+        higher = bool(getattr(metrics.get(key), "higher_is_better", False))
+        note = " (all-zero signals, whose NMSE is undefined, left out)" if key.startswith("nmse") else ""
+        table = Table(title=f"final {labels.get(key, key)} over the test samples{note}")
+        for col in ("", "mean", "median", "worst 10 %", "worst"):
+            table.add_column(col, justify="right")
+        for m, v in per_sample.items():
+            if key not in v:
+                continue
+            t = torch.tensor(v[key], dtype=torch.float64)
+            t = t[~torch.isnan(t)]
+            if t.numel() == 0:
+                continue
+            worst10 = torch.quantile(t, 0.1 if higher else 0.9)
+            worst = t.min() if higher else t.max()
+            table.add_row(m, f"{float(t.mean()):.2f}", f"{float(t.median()):.2f}", f"{float(worst10):.2f}",
+                          f"{float(worst):.2f}")
+        Console().print(table)

@@ -1,23 +1,28 @@
 """``ReconstructionTask``: one generic LightningModule for any ``model(y, A)``.
 
 It owns no network code: it takes the model, a loss and an optimiser factory (typed
-arguments, so LightningCLI builds all of them from YAML), binds the model to the data
-module's operator, and logs NMSE (dB) each validation and per iteration at test time.
+arguments, so LightningCLI builds all of them from YAML), builds each batch's problem with
+the batch's own operator (or the data module's global one, to which it binds the model),
+logs NMSE (dB) each validation, and at test time scores the metrics it declares per
+iteration (NMSE by default); ``unroll evaluate`` also runs the baselines it declares.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
+from torchmetrics import Metric
 
 from unroll.losses import Loss, MSELoss, iteration_weights, trajectory_loss
-from unroll.metrics import NMSE, nmse
+from unroll.metrics import NMSE
 from unroll.operators import LinearOperator, MatrixOperator, as_operator
 from unroll.problem import Problem
+
+from .scoring import Baseline, MetricTracker, SolverBaseline, check_baselines, check_metrics
 
 __all__ = ["ReconstructionTask"]
 
@@ -45,31 +50,48 @@ class ReconstructionTask(L.LightningModule):
             The LISTA-family configs use 100: matrices at 5e-5 (they start at ALISTA's analytic
             weight and only need refining), thresholds and steps at 5e-3 (ALISTA's rate), which
             a matrix rate would make far too slow.
+        metrics: what ``trainer.test`` and ``unroll evaluate`` score, ``{key: torchmetrics.Metric}``,
+            per iteration; keys name the reports' columns (``nmse_db`` → ``ALISTA_nmse_db``) and
+            plots. Default ``{"nmse_db": unroll.metrics.NMSE()}``; e.g. ``{"psnr_db":
+            unroll.metrics.PSNR(), "ssim": unroll.metrics.SSIM(), "iterations":
+            unroll.metrics.Iterations()}``.
+        baselines: classical methods ``unroll evaluate`` scores next to the model
+            (:mod:`unroll.train.scoring`); default ISTA and FISTA with ``evaluate --lam``.
 
-    Batches are ``unroll.data.Batch(y, x)`` (``x`` may be ``None`` for unsupervised data).
+    Batches are ``unroll.data.Batch(y, x, operator, meta)`` (``x`` may be ``None`` for
+    unsupervised data): a batch whose ``operator`` is set is solved with its own operator
+    (:meth:`batch_operator`), any other with the task's global one.
     """
 
     def __init__(self, model: nn.Module, loss: Optional[Loss] = None,
                  weighting: Union[str, List[float]] = "last",
                  optimizer: OptimizerCallable = torch.optim.Adam,
                  lr_scheduler: Optional[LRSchedulerCallable] = None,
-                 operator: Optional[LinearOperator] = None, scalar_lr_factor: float = 1.0) -> None:
+                 operator: Optional[LinearOperator] = None, scalar_lr_factor: float = 1.0,
+                 metrics: Optional[Dict[str, Metric]] = None, baselines: Optional[List[Baseline]] = None) -> None:
         super().__init__()
         if isinstance(scalar_lr_factor, bool) or not isinstance(scalar_lr_factor, (int, float)) \
                 or not (0 < scalar_lr_factor < float("inf")):
             raise ValueError(f"scalar_lr_factor: expected a finite number > 0, got {scalar_lr_factor!r}")
         self.scalar_lr_factor = float(scalar_lr_factor)
-        self.save_hyperparameters(ignore=["model", "loss", "operator", "optimizer", "lr_scheduler"])
+        self.save_hyperparameters(ignore=["model", "loss", "operator", "optimizer", "lr_scheduler", "metrics",
+                                          "baselines"])
         self.model = model
         self.loss = loss if loss is not None else MSELoss()
         self.weighting = weighting
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
         self.operator: Optional[LinearOperator] = None
+        #: builds a batch's operator from what it carries (``batch.operator``); the data module's
+        #: ``build_operator``, set in :meth:`setup`
+        self.operator_builder: Optional[Callable[[Mapping[str, Tensor]], LinearOperator]] = None
         if operator is not None:
             self.bind(operator)
         self.val_nmse = NMSE()
-        self.test_nmse: Optional[NMSE] = None
+        # plain dict and list (not submodules): prototypes, cloned for each test run
+        self.metrics = check_metrics(metrics) if metrics is not None else {"nmse_db": NMSE()}
+        self.baselines = check_baselines(baselines) if baselines is not None else [SolverBaseline("ista"),
+                                                                                  SolverBaseline("fista")]
         #: depth run by training and validation steps (``None``: all layers); set by
         #: stage-wise training (:class:`unroll.train.StageWise`). Test and predict use all layers.
         self.active_layers: Optional[int] = None
@@ -90,38 +112,62 @@ class ReconstructionTask(L.LightningModule):
             self.model.bind(op)
 
     def setup(self, stage: str) -> None:
+        """Bind the data module's global operator (``get_operator()``, if it returns one) and take
+        its ``build_operator`` for batches that carry what builds theirs."""
         dm = self.trainer.datamodule if self._trainer is not None else None
         if dm is not None and hasattr(dm, "get_operator"):
-            self.bind(dm.get_operator())
+            op = dm.get_operator()
+            if op is not None:
+                self.bind(op)
+        if dm is not None and callable(getattr(dm, "build_operator", None)):
+            self.operator_builder = dm.build_operator
+
+    def batch_operator(self, batch) -> LinearOperator:
+        """The operator of ``batch``: its own (``batch.operator``: a ``LinearOperator``, or a mapping of
+        tensors that :attr:`operator_builder` turns into one), else the task's global operator."""
+        own = getattr(batch, "operator", None)
+        if isinstance(own, LinearOperator):
+            return own
+        if isinstance(own, Mapping) and own:
+            if self.operator_builder is None:
+                raise ValueError(f"batch.operator: the batch carries operator parameters {sorted(own)} but nothing "
+                                 "builds an operator from them: use a data module with build_operator(), or set "
+                                 "task.operator_builder")
+            return self.operator_builder(own)
+        if own is not None and not isinstance(own, Mapping):
+            raise TypeError(f"batch.operator: expected a LinearOperator, a mapping of tensors or an empty mapping, "
+                            f"got {type(own).__name__}")
         if self.operator is None:
-            raise RuntimeError("operator: ReconstructionTask needs an operator: use a data module that provides "
-                               "one (get_operator()) or pass operator=... to the task")
+            raise RuntimeError("operator: the batch carries no operator and the task has none: use a data module "
+                               "that provides one (get_operator()) or batches that carry theirs (Batch.operator), "
+                               "or pass operator=... to the task")
+        return self.operator
 
     @property
     def num_layers(self) -> int:
         return int(getattr(self.model, "num_layers"))
 
     # ------------------------------------------------------------------ steps
-    def forward(self, y: Tensor, **kwargs: Any):
-        """``self.model(y, self.operator, **kwargs)``."""
-        return self.model(y, self.operator, **kwargs)
+    def forward(self, y: Tensor, operator: Optional[LinearOperator] = None, **kwargs: Any):
+        """``self.model(y, operator, **kwargs)``, with the task's global operator by default."""
+        return self.model(y, self.operator if operator is None else operator, **kwargs)
 
-    def _problem(self, y: Tensor) -> Problem:
-        return Problem.create(self.operator, y, check=False)
+    def _problem(self, y: Tensor, operator: LinearOperator) -> Problem:
+        return Problem.create(operator, y, check=False)
 
     def _depth(self) -> Dict[str, int]:
         return {} if self.active_layers is None else {"num_iters": int(self.active_layers)}
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
-        y, x = batch.y, batch.x
+        y, x, op = batch.y, batch.x, self.batch_operator(batch)
         if self.loss.requires_target and x is None:
             raise ValueError(f"batch.x: {type(self.loss).__name__} is supervised but the batch has no ground truth")
         if self.weighting == "last":
-            loss = self.loss(self(y, **self._depth()), x, self._problem(y))
+            loss = self.loss(self(y, op, **self._depth()), x, self._problem(y, op))
         else:
-            out = self(y, return_trajectory=True, **self._depth())
+            out = self(y, op, return_trajectory=True, **self._depth())
             w = iteration_weights(self.weighting, len(out.trajectory))
-            loss = trajectory_loss(self.loss, out.trajectory, x, self._problem(y), w)
+            loss = trajectory_loss(self.loss, out.trajectory, x, self._problem(y, op), w)
         if not torch.isfinite(loss):  # one scalar sync per step; never train on (or checkpoint) NaNs
             raise FloatingPointError(
                 f"train/loss is {float(loss.detach())} at step {self.global_step}: the model diverged (a step size above "
@@ -130,32 +176,37 @@ class ReconstructionTask(L.LightningModule):
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        x_hat = self(batch.y, **self._depth())
+        op = self.batch_operator(batch)
+        x_hat = self(batch.y, op, **self._depth())
         self.val_nmse.update(x_hat, batch.x)
-        self.log("val/loss", self.loss(x_hat, batch.x, self._problem(batch.y)), batch_size=batch.y.shape[0],
+        self.log("val/loss", self.loss(x_hat, batch.x, self._problem(batch.y, op)), batch_size=batch.y.shape[0],
                  sync_dist=True)
         self.log("val/nmse_db", self.val_nmse, prog_bar=True, batch_size=batch.y.shape[0])
 
     def on_test_epoch_start(self) -> None:
-        self.test_nmse = NMSE(num_iters=self.num_layers).to(self.device)
-        self._test_per_sample: List[Tensor] = []
+        self._test_tracker = MetricTracker(self.metrics)
 
     def test_step(self, batch, batch_idx: int) -> None:
-        out = self(batch.y, return_trajectory=True)
-        self.test_nmse.update(out.trajectory, batch.x)
-        self._test_per_sample.append(nmse(out.x, batch.x, reduction="none").detach().cpu())
+        out = self(batch.y, self.batch_operator(batch), return_trajectory=True)
+        self._test_tracker.update(out.trajectory, batch.x, iterations=out.info.iterations,
+                                  meta=getattr(batch, "meta", None))
 
     def on_test_epoch_end(self) -> None:
-        per_iter = self.test_nmse.compute()
-        self.test_nmse_per_iter = per_iter.detach().cpu()
-        #: final-estimate NMSE (dB) of every test sample of this process, in order
-        self.test_nmse_per_sample = torch.cat(self._test_per_sample) if self._test_per_sample else torch.empty(0)
-        self.log("test/nmse_db", per_iter[-1])
-        for k, v in enumerate(per_iter.tolist()):
-            self.log(f"test/nmse_db_iter_{k + 1:02d}", v)
+        #: ``{key: [value per iteration]}`` of every declared metric (one value for iteration counts)
+        self.test_results: Dict[str, List[float]] = self._test_tracker.compute()
+        #: ``{key: [final-estimate value of every test sample of this process, in order]}``
+        self.test_per_sample: Dict[str, List[float]] = self._test_tracker.per_sample()
+        if "nmse_db" in self.test_results:  # the names of the NMSE-only task
+            self.test_nmse_per_iter = torch.tensor(self.test_results["nmse_db"])
+            self.test_nmse_per_sample = torch.tensor(self.test_per_sample.get("nmse_db", []))
+        for key, values in self.test_results.items():
+            self.log(f"test/{key}", values[-1])
+            if len(values) > 1:
+                for k, v in enumerate(values):
+                    self.log(f"test/{key}_iter_{k + 1:02d}", v)
 
     def predict_step(self, batch, batch_idx: int) -> Tensor:
-        return self(batch.y)
+        return self(batch.y, self.batch_operator(batch))
 
     # ------------------------------------------------------------------ optimisation
     def parameter_groups(self) -> List[Dict[str, Any]]:
