@@ -31,6 +31,15 @@ class UnrollCLI(LightningCLI):
         kwargs.setdefault("auto_configure_optimizers", False)
         super().__init__(L.LightningModule, L.LightningDataModule, *args, **kwargs)
 
+    def instantiate_trainer(self, **kwargs):
+        # checkpoints are written atomically and loaded safely (unroll.train.AtomicCheckpointIO)
+        # unless the trainer is given another CheckpointIO
+        from .checkpoint import default_checkpoint_plugins
+
+        given = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        kwargs["plugins"] = default_checkpoint_plugins(given.get("plugins"), given.get("strategy"))
+        return super().instantiate_trainer(**kwargs)
+
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
         # Give the task the model and data sections of its config, so that checkpoints carry
