@@ -10,6 +10,7 @@ Unknown keys in a config are errors (jsonargparse), not silently ignored.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import List, Optional
 
@@ -39,6 +40,17 @@ class UnrollCLI(LightningCLI):
         given = {**self._get(self.config_init, "trainer", default={}), **kwargs}
         kwargs["plugins"] = default_checkpoint_plugins(given.get("plugins"), given.get("strategy"))
         return super().instantiate_trainer(**kwargs)
+
+    def _parse_ckpt_path(self) -> None:
+        # `fit --ckpt_path X`: Lightning reads X's hyper-parameters here, before any plugin exists;
+        # check the file first, so a damaged or hostile one is refused with one line
+        from .checkpoint import load_checkpoint
+
+        sub = self.config.get("subcommand")
+        path = self.config[sub].get("ckpt_path") if sub else None
+        if path and os.path.isfile(path):
+            load_checkpoint(path, map_location="cpu")
+        super()._parse_ckpt_path()
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
