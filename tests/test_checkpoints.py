@@ -138,9 +138,9 @@ def test_a_good_checkpoint_verifies_and_loads(good, tmp_path):
     task = ReconstructionTask.load_from_checkpoint(good)
     assert task.operator.fingerprint() == info["operator_fingerprint"]
     assert set(_evaluate(good, tmp_path)) == {"ALISTA", "ista", "fista"}
-    from unroll.train.checkpoint import _main
+    from unroll.train.verify import main as verify_main
 
-    assert _main([str(good)]) == 0 and _main([str(good), str(tmp_path / "missing.ckpt")]) == 1
+    assert verify_main([str(good)]) == 0 and verify_main([str(good), str(tmp_path / "missing.ckpt")]) == 1
 
 
 def _record_offset(path, name):
@@ -290,10 +290,25 @@ def test_a_failed_rename_keeps_the_previous_checkpoint(tmp_path, monkeypatch, pr
     assert list(private_tmpdir.iterdir()) == []
 
 
-def test_kill_9_during_a_checkpoint_write_leaves_the_previous_one_loadable(tmp_path):
+@pytest.fixture
+def other_fs(tmp_path):
+    """A folder on another filesystem than the temp folder (tmpfs /dev/shm when there is one),
+    where a move from the temp folder would be a copy over the old file."""
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK) and shm.stat().st_dev != Path(tempfile.gettempdir()).stat().st_dev:
+        d = Path(tempfile.mkdtemp(prefix="unroll-test-", dir=shm))
+        yield d
+        import shutil
+
+        shutil.rmtree(d, ignore_errors=True)
+    else:
+        yield tmp_path / "ckpts"
+
+
+def test_kill_9_during_a_checkpoint_write_leaves_the_previous_one_loadable(tmp_path, other_fs):
     """A real SIGKILL in the middle of writing the new last.ckpt (the child has written part of
     it and waits): the old last.ckpt still loads; only a hidden temporary file is left beside it."""
-    folder, systmp = tmp_path / "ckpts", tmp_path / "systmp"
+    folder, systmp = other_fs, tmp_path / "systmp"
     systmp.mkdir()
     child = textwrap.dedent(f"""
         import os, sys, time, torch
@@ -322,6 +337,32 @@ def test_kill_9_during_a_checkpoint_write_leaves_the_previous_one_loadable(tmp_p
     assert [p.name for p in folder.iterdir() if p.suffix == ".ckpt"] == ["last.ckpt"]
     assert all(p.name.startswith(".last.ckpt.") for p in folder.iterdir() if p.name != "last.ckpt")
     assert list(systmp.iterdir()) == []
+
+
+def test_a_disk_full_during_fit_leaves_only_whole_checkpoints(tmp_path, monkeypatch, private_tmpdir):
+    """`unroll fit` whose second round of checkpoint writes hits a full disk: every *.ckpt left
+    verifies, last.ckpt is the previous round's, and no temporary file is left anywhere."""
+    monkeypatch.chdir(tmp_path)
+    real, calls = torch.save, []
+
+    def save(obj, f, *args, **kwargs):
+        calls.append(f)
+        if len(calls) <= 3:  # the first validation's best, latest and last
+            return real(obj, f, *args, **kwargs)
+        with open(f, "wb") as fh:
+            fh.write(b"PK\x03\x04" + bytes(100))
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(torch, "save", save)
+    with pytest.raises(OSError, match="No space left"):
+        main(["fit", "--config", CONFIG, *tiny(tmp_path, steps=6)])
+    monkeypatch.undo()
+    folder = tmp_path / "runs" / "alista" / "checkpoints"
+    assert len(calls) == 4 and all(Path(c).parent == folder for c in calls)  # temp files in the target folder
+    names = sorted(p.name for p in folder.iterdir())
+    assert all(n.endswith(".ckpt") for n in names) and "last.ckpt" in names, names
+    for n in names:
+        assert verify_checkpoint(folder / n)["global_step"] == 2
+    assert list(private_tmpdir.iterdir()) == []
 
 
 def test_the_cli_writes_checkpoints_atomically_by_default(tmp_path, monkeypatch, trained):

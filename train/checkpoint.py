@@ -181,7 +181,7 @@ def verify_checkpoint(path: Union[str, os.PathLike]) -> Dict[str, Any]:
         >>> verify_checkpoint("runs/alista/checkpoints/last.ckpt")["model_class"]
         'unroll.models.alista.ALISTA'
 
-    Also ``python -m unroll.train.checkpoint PATH...`` (prints the summary, exit status 1 on a bad file).
+    Also ``python -m unroll.train.verify PATH...`` (one line per file, exit status 1 if any is bad).
 
     Returns:
         ``{"path", "bytes", "model_class", "num_layers", "operator_fingerprint",
@@ -282,23 +282,3 @@ def default_checkpoint_plugins(plugins: Any, strategy: Any = None) -> Any:
     if isinstance(strategy, str) and any(k in strategy.lower() for k in ("fsdp", "deepspeed", "xla")):
         return plugins
     return [*items, AtomicCheckpointIO()]
-
-
-def _main(argv: Optional[List[str]] = None) -> int:
-    import sys
-
-    status = 0
-    for p in (sys.argv[1:] if argv is None else argv):
-        try:
-            info = verify_checkpoint(p)
-        except (CheckpointError, FileNotFoundError) as e:
-            print(f"BAD  {e}")
-            status = 1
-        else:
-            print(f"OK   {p}: {info['model_class']} ({info['num_layers']} layers), step {info['global_step']}, "
-                  f"operator {info['operator_fingerprint']} ({info['operator_check']})")
-    return status
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(_main())
