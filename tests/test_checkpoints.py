@@ -185,13 +185,12 @@ def test_an_edited_operator_with_valid_crcs_fails_its_fingerprint(good, tmp_path
     ckpt = torch.load(good, weights_only=True)
     ckpt["state_dict"]["operator.matrix"][0, 0] += 1e-3
     torch.save(ckpt, good)
-    with pytest.raises(CheckpointError, match="does not match the one recorded"):
-        ReconstructionTask.load_from_checkpoint(good)
-    with pytest.raises(CheckpointError, match="does not match the one recorded"):
-        verify_checkpoint(good)
-    # evaluate: the data module's operator matches the recorded fingerprint, the stored one does not
-    with pytest.raises(CheckpointError, match="does not match the one recorded"):
-        _evaluate(good, tmp_path)
+    for load in (lambda: ReconstructionTask.load_from_checkpoint(good), lambda: verify_checkpoint(good),
+                 # evaluate: the data module's operator matches the recorded fingerprint, the stored one does not
+                 lambda: _evaluate(good, tmp_path)):
+        with pytest.raises(CheckpointError, match="does not match the one recorded") as e:
+            load()
+        _one_line(e.value, good)
 
 
 def _bad_file(kind, good, tmp_path):

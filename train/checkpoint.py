@@ -49,6 +49,13 @@ class CheckpointError(ValueError):
     The message is one line naming the file and what is wrong."""
 
 
+def naming_file(e: CheckpointError, source: Any) -> CheckpointError:
+    """``e`` with the file's name in front when its message does not name it yet (errors found by
+    a task, which sees the loaded dictionary but not where it came from)."""
+    name = _name(source)
+    return e if name in str(e) else CheckpointError(f"checkpoint {name}: {e}")
+
+
 def _name(source: Union[str, os.PathLike, IO[bytes]]) -> str:
     if isinstance(source, (str, os.PathLike)):
         return str(source)
@@ -97,9 +104,9 @@ def _check_archive(name: str, raw: Union[str, io.BytesIO], size: int, allow_pick
     except zipfile.BadZipFile as e:
         raise CheckpointError(f"checkpoint {name}: truncated or damaged ({size} bytes; {e}): the file was cut short "
                               "(an interrupted write or copy) or is not a checkpoint") from None
-    except (EOFError, OSError, ValueError, RuntimeError) as e:  # zlib/struct errors inside a damaged record
-        if isinstance(e, CheckpointError):
-            raise
+    except CheckpointError:
+        raise
+    except Exception as e:  # zlib/struct/EOF errors inside a damaged record
         raise CheckpointError(f"checkpoint {name}: damaged ({size} bytes; {type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else ''})") from None
     finally:
@@ -162,9 +169,9 @@ def load_checkpoint(source: Union[str, os.PathLike, IO[bytes]], map_location: An
             raise CheckpointError(f"checkpoint {name}: cannot be unpickled ({str(e).splitlines()[0]})") from None
         raise CheckpointError(f"checkpoint {name}: refused: loading it could run code ({_unpickling_refusal(e)}; "
                               f"checkpoints of unroll hold only tensors and plain data); {_TRUST_HINT}") from None
+    except CheckpointError:
+        raise
     except (EOFError, IndexError, KeyError, RuntimeError, OSError, ValueError, zipfile.BadZipFile) as e:
-        if isinstance(e, CheckpointError):
-            raise
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise CheckpointError(f"checkpoint {name}: cannot be read ({type(e).__name__}: {first})") from None
 

@@ -32,7 +32,7 @@ from rich.table import Table
 from unroll import solvers
 from unroll.metrics import NMSE, nmse
 
-from .checkpoint import AtomicCheckpointIO, load_checkpoint
+from .checkpoint import AtomicCheckpointIO, CheckpointError, load_checkpoint, naming_file
 from .cli import UnrollCLI
 from .io import atomic_write, atomic_write_json, atomic_write_text
 
@@ -180,7 +180,10 @@ def _test_curve(task, datamodule, ckpt_path: str, accelerator, trust: bool = Fal
                         enable_model_summary=False, plugins=[AtomicCheckpointIO(trust=trust)])
     with warnings.catch_warnings():  # the training callbacks (Timer, ModelCheckpoint) are not needed to test
         warnings.filterwarnings("ignore", message=".*callbacks used to create the checkpoint.*")
-        trainer.test(task, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
+        try:
+            trainer.test(task, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
+        except CheckpointError as e:  # say which of the checkpoints it is
+            raise naming_file(e, ckpt_path) from None
     return [float(v) for v in task.test_nmse_per_iter]
 
 

@@ -21,7 +21,7 @@ from unroll.metrics import NMSE, nmse
 from unroll.operators import LinearOperator, MatrixOperator, as_operator
 from unroll.problem import Problem
 
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, naming_file
 
 __all__ = ["ReconstructionTask"]
 
@@ -297,7 +297,10 @@ class ReconstructionTask(L.LightningModule):
             raise ValueError(f"checkpoint_path: {checkpoint_path!r} carries no config (it was not written by "
                              "`unroll fit`); pass model=... (an instance of the trained architecture)")
         task.cli_config = config
-        task.on_load_checkpoint(ckpt)
+        try:
+            task.on_load_checkpoint(ckpt)
+        except CheckpointError as e:
+            raise naming_file(e, checkpoint_path) from None
         task.load_state_dict(ckpt["state_dict"], strict=True if strict is None else strict)
         if isinstance(map_location, (str, torch.device)):
             task.to(map_location)
