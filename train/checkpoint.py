@@ -52,8 +52,10 @@ class CheckpointError(ValueError):
 def naming_file(e: CheckpointError, source: Any) -> CheckpointError:
     """``e`` with the file's name in front when its message does not name it yet (errors found by
     a task, which sees the loaded dictionary but not where it came from)."""
-    name = _name(source)
-    return e if name in str(e) else CheckpointError(f"checkpoint {name}: {e}")
+    name, msg = _name(source), str(e)
+    if name in msg:
+        return e
+    return CheckpointError(f"checkpoint {name}: {msg[len('ckpt_path: '):] if msg.startswith('ckpt_path: ') else msg}")
 
 
 def _name(source: Union[str, os.PathLike, IO[bytes]]) -> str:
