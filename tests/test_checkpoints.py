@@ -116,8 +116,8 @@ def test_crafted_pickle_never_runs_through_evaluate_load_from_checkpoint_or_fit(
         verify_checkpoint(path)
     assert not marker.exists()
     # the opt-in reaches torch.load: a trusted file is unpickled (positive control of this test)
-    try:
-        ReconstructionTask.load_from_checkpoint(path, trust=True)
+    try:  # Lightning's spelling of the opt-in
+        ReconstructionTask.load_from_checkpoint(path, weights_only=False)
     except ValueError:  # the plain pickle is no unroll checkpoint: refused after unpickling
         assert kind == "pickle"
     assert marker.exists()
@@ -128,6 +128,8 @@ def test_evaluate_trust_checkpoint_flag_loads_a_trusted_file(tmp_path, good):
     path, marker = _crafted(tmp_path, good, "zip")
     curves = _evaluate(path, tmp_path, "--trust_checkpoint")
     assert marker.exists() and set(curves) == {"ALISTA", "ista", "fista"}
+    marker.unlink()
+    assert ReconstructionTask.load_from_checkpoint(path, trust=True).num_layers == 3 and marker.exists()
 
 
 # ---------------------------------------------------------------- verified
@@ -141,6 +143,17 @@ def test_a_good_checkpoint_verifies_and_loads(good, tmp_path):
     from unroll.train.verify import main as verify_main
 
     assert verify_main([str(good)]) == 0 and verify_main([str(good), str(tmp_path / "missing.ckpt")]) == 1
+
+
+def test_file_objects_are_checked_too(good):
+    import io
+
+    task = ReconstructionTask.load_from_checkpoint(io.BytesIO(good.read_bytes()))
+    assert task.operator.fingerprint() == verify_checkpoint(good)["operator_fingerprint"]
+    with open(good, "rb") as f:
+        half = io.BytesIO(f.read()[: good.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="<file object>: truncated or damaged"):
+        ReconstructionTask.load_from_checkpoint(half)
 
 
 def _record_offset(path, name):
