@@ -14,7 +14,10 @@ and the large-system limits of the best soft threshold and of the Bayes-optimal 
     python benchmarks/lista_family.py --short               # 40 s per model: a smoke run
 
 Each run uses one thread (``OMP_NUM_THREADS=1``) and ``--jobs`` runs go in parallel.
-``--reuse`` keeps checkpoints already in the work folder. Writes
+``--reuse`` keeps checkpoints already in the work folder, but only those whose ``run.json`` records
+the same code (git trees of the code folders, plus any uncommitted change to them), the same
+resolved config (a hash of ``unroll fit --print_config``) and the same budget as the run asked for
+now; any other is retrained, saying why. Writes
 ``benchmarks/results/lista_family.json``, ``benchmarks/figures/lista_family_<setting>.png`` and
 prints the Markdown for BENCHMARKS.md.
 """
@@ -102,25 +105,97 @@ def budget_for(setting: str, name: str, budget: str, overrides: List[str]) -> st
     return budget
 
 
+#: what decides the code a run trained with: these paths' git trees at HEAD, plus uncommitted changes to them
+CODE_PATHS = ("unroll", "models", "data", "train", "configs", "pyproject.toml")
+
+
+def _git(*args: str) -> Optional[str]:
+    try:
+        proc = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True)
+    except OSError:
+        return None
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def code_version() -> Dict[str, Optional[str]]:
+    """``{"commit": HEAD, "code": identity of the code that trains}``: a hash of the git trees of
+    :data:`CODE_PATHS` at HEAD and of the uncommitted diff to them (so a commit that only touches
+    docs or benchmark results keeps checkpoints reusable, an edited config or model does not);
+    ``None`` outside a git checkout."""
+    import hashlib
+
+    commit = _git("rev-parse", "HEAD")
+    trees = _git("rev-parse", *[f"HEAD:{p}" for p in CODE_PATHS])
+    diff = _git("diff", "HEAD", "--", *CODE_PATHS)
+    untracked = _git("ls-files", "--others", "--exclude-standard", "--", *CODE_PATHS)
+    if commit is None or trees is None or diff is None or untracked is None:
+        return {"commit": None, "code": None}
+    h = hashlib.sha256(trees.encode())
+    h.update(diff.encode())
+    for f in sorted(untracked.splitlines()):
+        h.update(f.encode())
+        h.update((ROOT / f).read_bytes())
+    dirty = "" if not (diff or untracked) else " (with uncommitted changes)"
+    return {"commit": commit.strip() + dirty, "code": h.hexdigest()[:16]}
+
+
+def fit_command(setting: str, name: str, budget: str, extra: List[str]) -> List[str]:
+    """The ``unroll fit`` command line of one run."""
+    cmd = [*_unroll(), "fit", "--config", str(ROOT / "configs" / f"{MODELS[name]}.yaml"), f"--trainer.max_time={budget}"]
+    if SETTINGS[setting] is not None:
+        cmd.append(f"--data.init_args.snr_db={SETTINGS[setting]}")
+    return cmd + list(extra)
+
+
+def config_sha256(cmd: List[str]) -> str:
+    """A hash of the config ``cmd`` (an ``unroll fit`` command) resolves to: its ``--print_config``
+    output (config file, overrides and every default filled in)."""
+    import hashlib
+
+    proc = subprocess.run([*cmd, "--print_config"], capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} --print_config failed:\n{proc.stderr[-2000:]}")
+    return hashlib.sha256(proc.stdout.encode()).hexdigest()[:16]
+
+
+#: run.json keys a reused checkpoint must match, and what they are called in messages
+REUSE_KEYS = (("code", "code (git trees of the code folders)"), ("config_sha256", "resolved config"),
+              ("budget", "budget"), ("args", "config overrides"))
+
+
+def reuse_refusal(saved: Optional[Dict[str, object]], current: Dict[str, object]) -> Optional[str]:
+    """Why the checkpoint whose ``run.json`` is ``saved`` cannot stand for the run ``current``
+    describes (same keys: :data:`REUSE_KEYS`), or ``None`` when it can."""
+    if saved is None:
+        return "it has no run.json (nothing records the code, config and budget that made it)"
+    if current.get("code") is None:
+        return "the code version is unknown (not a git checkout), so a match cannot be shown"
+    for key, what in REUSE_KEYS:
+        if key not in saved or saved[key] is None:
+            return f"its run.json records no {what} (written before runs recorded it)"
+        if saved[key] != current[key]:
+            return f"it was made with another {what}: {saved[key]!r}, now {current[key]!r}"
+    return None
+
+
 def train(work: Path, setting: str, name: str, budget: str, reuse: bool, extra: List[str]) -> Dict[str, object]:
     """``unroll fit`` one config (with its overrides ``extra``) in ``work/setting/name``; returns
-    where, how long and with which overrides."""
+    where, how long, with which overrides, code version and config hash."""
     cfg = MODELS[name]
     run_dir = work / setting / cfg
     ckpt = run_dir / "runs" / cfg / "checkpoints" / "last.ckpt"
-    record = run_dir / "run.json"  # wall time, budget and overrides of the run that made ckpt
+    record = run_dir / "run.json"  # wall time, budget, overrides, code and config of the run that made ckpt
+    cmd = fit_command(setting, name, budget, extra)
+    current = {**code_version(), "config_sha256": config_sha256(cmd), "budget": budget, "args": list(extra)}
     if reuse and ckpt.is_file():
-        saved = json.loads(record.read_text()) if record.is_file() else {"wall_s": None, "budget": budget}
-        if saved.get("args", []) == extra:
-            return {"ckpt": str(ckpt), **saved, "args": extra, "reused": True}
-        print(f"retraining {name} ({setting}): its checkpoint was made with {saved.get('args', [])}, not {extra}")
+        saved = json.loads(record.read_text()) if record.is_file() else None
+        why = reuse_refusal(saved, current)
+        if why is None:
+            return {"ckpt": str(ckpt), **saved, "reused": True}
+        print(f"retraining {name} ({setting}): {why}", flush=True)
     if run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
-    cmd = [*_unroll(), "fit", "--config", str(ROOT / "configs" / f"{cfg}.yaml"), f"--trainer.max_time={budget}"]
-    if SETTINGS[setting] is not None:
-        cmd.append(f"--data.init_args.snr_db={SETTINGS[setting]}")
-    cmd += extra
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     t0 = time.perf_counter()
     with open(run_dir / "fit.log", "w") as log:
@@ -129,15 +204,16 @@ def train(work: Path, setting: str, name: str, budget: str, reuse: bool, extra: 
     if proc.returncode != 0 or not ckpt.is_file():
         raise RuntimeError(f"{name} ({setting}) failed, see {run_dir / 'fit.log'}")
     print(f"trained {name:<10} {setting:<9} in {wall:.0f} s", flush=True)
-    record.write_text(json.dumps({"wall_s": wall, "budget": budget, "args": extra}))
-    return {"ckpt": str(ckpt), "wall_s": wall, "reused": False, "budget": budget, "args": extra}
+    done = {"wall_s": wall, **current}
+    record.write_text(json.dumps(done))
+    return {"ckpt": str(ckpt), **done, "reused": False}
 
 
 def progress(ckpt: str) -> Dict[str, object]:
     """Training steps and stage-wise position saved in a checkpoint."""
-    import torch
+    from unroll.train import load_checkpoint
 
-    c = torch.load(ckpt, map_location="cpu", weights_only=False)
+    c = load_checkpoint(ckpt, map_location="cpu")  # CRC-checked, plain data only
     out: Dict[str, object] = {"steps": int(c["global_step"])}
     for key, state in c.get("callbacks", {}).items():
         if key.startswith("StageWise"):
@@ -292,7 +368,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--jobs", type=int, default=2, help="runs in parallel (one thread each)")
     ap.add_argument("--work", default=str(ROOT / "benchmarks" / "runs" / "lista_family"))
-    ap.add_argument("--reuse", action="store_true", help="keep checkpoints already in --work")
+    ap.add_argument("--reuse", action="store_true",
+                    help="keep checkpoints already in --work whose run.json records the same code, resolved config "
+                         "and budget (others are retrained)")
     ap.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "lista_family.json"))
     ap.add_argument("--report", action="store_true",
                     help="only print the Markdown of an earlier --results file and redraw its figures "

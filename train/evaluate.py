@@ -31,10 +31,11 @@ from typing import Dict, List, Optional, Tuple
 
 import lightning as L
 import torch
-from jsonargparse import ArgumentParser
+from jsonargparse import ActionYesNo, ArgumentParser
 from rich.console import Console
 from rich.table import Table
 
+from .checkpoint import AtomicCheckpointIO, CheckpointError, load_checkpoint, naming_file
 from .io import atomic_write, atomic_write_json, atomic_write_text
 from .scoring import MetricTracker, metric_label
 from .unroll_cli import UnrollCLI
@@ -57,6 +58,9 @@ def _add_evaluate_arguments(parser) -> None:
     parser.add_argument("--lam", type=float, default=0.1, help="λ of the ISTA/FISTA baselines")
     parser.add_argument("--names", type=str, nargs="+", default=None,
                         help="column names, one per checkpoint (default: the model class names)")
+    parser.add_argument("--trust_checkpoint", action=ActionYesNo, default=False,
+                        help="load checkpoints that need more than plain data to unpickle (torch.load "
+                             "weights_only=False): only files you made yourself, since unpickling can run code")
 
 
 def _add_data_argument(parser) -> None:
@@ -177,9 +181,11 @@ def _print_tables(results: Results, title: str, labels: Dict[str, str]) -> None:
         Console().print(table)
 
 
-def _embedded_config(ckpt_path: str) -> Dict:
-    # memory-mapped: only the small metadata is read here (Trainer.test loads the weights)
-    meta = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True).get("unroll") or {}
+def _embedded_config(ckpt_path: str, trust: bool = False) -> Dict:
+    # memory-mapped: only the small metadata is read here (Trainer.test loads the weights); checked
+    # (zip CRCs) and loaded as plain data (weights_only) unless trusted
+    ckpt = load_checkpoint(ckpt_path, map_location="cpu", trust=trust, mmap=True)
+    meta = (ckpt.get("unroll") if isinstance(ckpt, dict) else None) or {}
     cfg = meta.get("config")
     if not cfg:
         raise ValueError(f"ckpt_path: {ckpt_path!r} carries no config (it was not written by `unroll fit`); "
@@ -199,12 +205,16 @@ def _build(cfg: Optional[Dict], argv: Optional[List[str]]):
     return cli.model, cli.datamodule, cli.trainer.accelerator
 
 
-def _test_curve(task, datamodule, ckpt_path: str, accelerator) -> Dict[str, List[float]]:
+def _test_curve(task, datamodule, ckpt_path: str, accelerator, trust: bool = False) -> Dict[str, List[float]]:
+    # the checkpoint is loaded by AtomicCheckpointIO: CRC-checked, plain data only unless trusted
     trainer = L.Trainer(accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False,
-                        enable_model_summary=False)
+                        enable_model_summary=False, plugins=[AtomicCheckpointIO(trust=trust)])
     with warnings.catch_warnings():  # the training callbacks (Timer, ModelCheckpoint) are not needed to test
         warnings.filterwarnings("ignore", message=".*callbacks used to create the checkpoint.*")
-        trainer.test(task, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
+        try:
+            trainer.test(task, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
+        except CheckpointError as e:  # say which of the checkpoints it is
+            raise naming_file(e, ckpt_path) from None
     return task.test_results
 
 
@@ -249,11 +259,11 @@ def evaluate_main(argv: Optional[List[str]] = None) -> Results:
     for path in ckpts:
         embedded = None
         if not use_config:
-            embedded = _embedded_config(path)
+            embedded = _embedded_config(path, trust=cfg["trust_checkpoint"])
             if cfg.get("data"):
                 embedded = dict(embedded, data=_merge(embedded["data"], cfg["data"]))
         task, datamodule, accelerator = _build(embedded, argv)
-        results[path] = _test_curve(task, datamodule, path, accelerator)
+        results[path] = _test_curve(task, datamodule, path, accelerator, trust=cfg["trust_checkpoint"])
         per_sample[path] = task.test_per_sample
         data_id = (datamodule.describe() if hasattr(datamodule, "describe") else None,
                    None if task.operator is None else task.operator.fingerprint())

@@ -9,6 +9,8 @@ iteration (NMSE by default); ``unroll evaluate`` also runs the baselines it decl
 
 from __future__ import annotations
 
+import copy
+import math
 from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 
 import lightning as L
@@ -22,6 +24,7 @@ from unroll.metrics import NMSE
 from unroll.operators import LinearOperator, MatrixOperator, as_operator
 from unroll.problem import Problem
 
+from .checkpoint import CheckpointError, load_checkpoint, naming_file
 from .scoring import Baseline, MetricTracker, SolverBaseline, check_baselines, check_metrics
 
 __all__ = ["ReconstructionTask"]
@@ -224,8 +227,20 @@ class ReconstructionTask(L.LightningModule):
 
     def configure_optimizers(self):
         groups = self.parameter_groups()
-        optimizer = self.optimizer_factory(groups if len(groups) > 1 else groups[0]["params"])
+        factory = self.optimizer_factory
+        name = _optimizer_name(factory)
+        given = getattr(factory, "keywords", None) or {}  # the CLI's factory: a partial holding init_args
+        if "lr" in given:
+            _check_lr(given["lr"], name)
+        try:
+            optimizer = factory(groups if len(groups) > 1 else groups[0]["params"])
+        except ValueError as e:  # torch's own check ("Invalid learning rate: -0.1"), without the argument's name
+            if "learning rate" in str(e).lower():
+                raise ValueError(f"optimizer.init_args.lr: {name} refused it ({e}); expected a finite number >= 0") \
+                    from None
+            raise
         for g in optimizer.param_groups:  # the factor applies to the lr the factory set
+            _check_lr(g["lr"], name)
             g["lr"] = g["lr"] * g.get("lr_factor", 1.0)
         if self.scheduler_factory is None:
             return optimizer
@@ -253,17 +268,41 @@ class ReconstructionTask(L.LightningModule):
         if meta.get("num_layers") != getattr(self.model, "num_layers", None):
             raise ValueError(f"ckpt_path: the checkpoint's model has {meta.get('num_layers')} layers, "
                              f"the config's {getattr(self.model, 'num_layers', None)}")
+        rebuilt = False
         if self.operator is None and meta["operator_fingerprint"] is not None:
             self.bind(_operator_from_state(checkpoint.get("state_dict", {})))  # load_from_checkpoint
+            rebuilt = True
         fp = None if self.operator is None else self.operator.fingerprint()
         if meta["operator_fingerprint"] != fp:
+            if rebuilt:
+                raise CheckpointError(_corrupt_operator(fp, meta["operator_fingerprint"]))
             raise ValueError(
                 f"ckpt_path: the checkpoint was trained on another problem (operator {meta['operator_fingerprint']}) "
                 f"than the data module provides (operator {fp}); evaluate it on the data it was trained for "
                 "(same problem, sizes and seed)")
+        if not rebuilt:  # a rebuilt operator is the stored one, just checked
+            self._check_stored_operator(checkpoint.get("state_dict") or {}, meta["operator_fingerprint"])
+
+    def _check_stored_operator(self, state: Dict[str, Tensor], recorded: Optional[str]) -> None:
+        """The operator stored in a checkpoint's state must have the fingerprint recorded when it
+        was saved (the zip CRC catches damaged bytes; this catches an edited or re-saved state, and
+        any operator the baselines and the model would otherwise silently run on)."""
+        stored = {k[len("operator."):]: v for k, v in state.items() if k.startswith("operator.")}
+        if recorded is None or self.operator is None or not stored:
+            return
+        op = copy.deepcopy(self.operator)
+        try:
+            op.load_state_dict(stored, strict=True)
+        except (RuntimeError, KeyError) as e:
+            raise CheckpointError(f"ckpt_path: the checkpoint's operator state does not fit its operator "
+                                  f"({str(e).splitlines()[0]}): the file is corrupted or was edited") from None
+        fp = op.fingerprint()
+        if fp != recorded:
+            raise CheckpointError(_corrupt_operator(fp, recorded))
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict: Optional[bool] = None,
+                             weights_only: Optional[bool] = None, *, trust: bool = False,
                              **kwargs: Any) -> "ReconstructionTask":
         """Rebuild a task with its weights from a checkpoint, without its config file::
 
@@ -283,11 +322,18 @@ class ReconstructionTask(L.LightningModule):
             map_location: as in ``torch.load``; a device also moves the task there.
             hparams_file: not supported (the config travels inside the checkpoint).
             strict: require the checkpoint's state to match the task's exactly (default ``True``).
+            weights_only: ``False`` is the same as ``trust=True`` (Lightning's spelling).
+            trust: load a file that needs more than plain data to unpickle (only one you made
+                yourself: unpickling it can run code). By default the file is loaded with
+                ``torch.load(weights_only=True)`` after its zip CRCs are checked
+                (:func:`unroll.train.load_checkpoint`); a damaged, truncated or foreign file, or a
+                stored operator that does not match its recorded fingerprint, raises
+                :class:`unroll.train.CheckpointError` (a ``ValueError``).
         """
         if hparams_file is not None:
             raise ValueError("hparams_file: not supported by ReconstructionTask; its config is saved in the checkpoint")
-        ckpt = torch.load(checkpoint_path, map_location=map_location, weights_only=False)
-        meta = ckpt.get(_CKPT_KEY)
+        ckpt = load_checkpoint(checkpoint_path, map_location=map_location, trust=trust or weights_only is False)
+        meta = ckpt.get(_CKPT_KEY) if isinstance(ckpt, dict) else None
         if meta is None:
             raise ValueError(f"checkpoint_path: {checkpoint_path!r} was not written by unroll's ReconstructionTask "
                              "(no 'unroll' metadata)")
@@ -301,7 +347,10 @@ class ReconstructionTask(L.LightningModule):
             raise ValueError(f"checkpoint_path: {checkpoint_path!r} carries no config (it was not written by "
                              "`unroll fit`); pass model=... (an instance of the trained architecture)")
         task.cli_config = config
-        task.on_load_checkpoint(ckpt)
+        try:
+            task.on_load_checkpoint(ckpt)
+        except CheckpointError as e:
+            raise naming_file(e, checkpoint_path) from None
         task.load_state_dict(ckpt["state_dict"], strict=True if strict is None else strict)
         if isinstance(map_location, (str, torch.device)):
             task.to(map_location)
@@ -325,3 +374,22 @@ def _operator_from_state(state: Dict[str, Tensor]) -> LinearOperator:
         return MatrixOperator(state["operator.matrix"])
     raise ValueError(f"operator: the checkpoint's operator (state {keys or 'empty'}) is not a MatrixOperator that "
                      "can be rebuilt from its state; pass operator=... (the operator it was trained with)")
+
+
+def _corrupt_operator(stored: Optional[str], recorded: Optional[str]) -> str:
+    return (f"ckpt_path: the operator stored in the checkpoint (fingerprint {stored}) does not match the one recorded "
+            f"when it was saved ({recorded}): the file is corrupted or was edited; refusing to run on it")
+
+
+def _optimizer_name(factory: Any) -> str:
+    """The optimiser class a factory builds (a class, or the CLI's partial holding it), for messages."""
+    for obj in (factory, *getattr(factory, "args", ()), getattr(factory, "func", None)):
+        if isinstance(obj, type):
+            return f"{obj.__module__}.{obj.__qualname__}"
+    return getattr(factory, "__qualname__", type(factory).__qualname__)
+
+
+def _check_lr(lr: Any, optimizer: str) -> None:
+    value = float(lr) if isinstance(lr, (int, float, Tensor)) and not isinstance(lr, bool) else None
+    if value is None or not math.isfinite(value) or value < 0:
+        raise ValueError(f"optimizer.init_args.lr: expected a finite number >= 0 for {optimizer}, got {lr!r}")
