@@ -68,8 +68,10 @@ class PositiveScalar(nn.Module):
     def forward(self) -> Tensor:
         if not self.learnable:
             return self.fixed
-        # softplus underflows to 0 for β·raw below about -88 (float32): keep it strictly positive
-        return softplus(self.raw, beta=self.beta).clamp_min(torch.finfo(self.raw.dtype).tiny)
+        # softplus underflows to 0 for β·raw below about -88 (float32): adding the dtype's tiny keeps
+        # it strictly positive and changes no representable value above ~1e-30 (an add costs one
+        # kernel and a free backward, where clamp_min's backward builds a mask every step)
+        return softplus(self.raw, beta=self.beta) + torch.finfo(self.raw.dtype).tiny
 
     @torch.no_grad()
     def set_(self, value: Union[float, Tensor]) -> "PositiveScalar":

@@ -99,9 +99,8 @@ class Problem:
     def _given_lipschitz(self) -> Optional[Tensor]:
         return None
 
-    @property
-    def lipschitz(self) -> Tensor:
-        """``(B,)`` Lipschitz constant of ``∇f`` per sample (computed once, then cached)."""
+    def _lipschitz_cached(self) -> Tensor:
+        """The constant as computed: 0-dim (shared by the batch) or ``(B,)``; cached."""
         cache = self.__dict__.get("_lip")
         if cache is None:
             cache = self._given_lipschitz()
@@ -109,14 +108,19 @@ class Problem:
                 cache = self._compute_lipschitz()
             cache = self._as_batch(cache, "lipschitz")
             object.__setattr__(self, "_lip", cache)
-        return cache if cache.dim() == 1 else cache.expand(self.batch_size)
+        return cache
+
+    @property
+    def lipschitz(self) -> Tensor:
+        """``(B,)`` Lipschitz constant of ``∇f`` per sample (computed once, then cached)."""
+        lip = self._lipschitz_cached()
+        return lip if lip.dim() == 1 else lip.expand(self.batch_size)
 
     def lipschitz_for(self, x: Optional[Tensor] = None) -> Tensor:
         """The Lipschitz constant shaped to broadcast against ``x`` ``(B, *shape)``: a 0-dim
         tensor when it is the same for every sample (a shared operator), else ``(B, 1, …, 1)``
         (``(B,)`` without ``x``)."""
-        self.lipschitz  # noqa: B018 - fills the cache
-        lip = self.__dict__["_lip"]
+        lip = self._lipschitz_cached()
         return lip if lip.dim() == 0 or x is None else per_sample(lip, x)
 
     def _as_batch(self, value, name: str) -> Tensor:
