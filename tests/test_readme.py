@@ -14,6 +14,7 @@ def test_readme_python_snippets_run(capsys):
     out = capsys.readouterr().out
     assert "adjoint test:" in out and "FISTA: converged" in out
     assert "implicit: converged backward: converged" in out and "CG: converged" in out
+    assert "logistic: converged backward: cg converged" in out and "ADMM: ADMMState converged backward: converged" in out
 
 
 def test_readme_commands_name_existing_configs():
