@@ -201,13 +201,13 @@ def verify_checkpoint(path: Union[str, os.PathLike]) -> Dict[str, Any]:
     Raises:
         CheckpointError: one line naming the file and what is wrong.
     """
-    from .task import _CKPT_KEY, _operator_from_state
+    from .task import CKPT_KEY, operator_from_state
 
     name = str(path)
     ckpt = load_checkpoint(path, map_location="cpu")
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get(_CKPT_KEY), dict):
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get(CKPT_KEY), dict):
         raise CheckpointError(f"checkpoint {name}: not written by unroll's ReconstructionTask (no 'unroll' metadata)")
-    meta = ckpt[_CKPT_KEY]
+    meta = ckpt[CKPT_KEY]
     state = ckpt.get("state_dict")
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {name}: holds no state_dict")
@@ -218,7 +218,7 @@ def verify_checkpoint(path: Union[str, os.PathLike]) -> Dict[str, Any]:
         check = "not checked: the operator's state is not stored"
     else:
         try:
-            op = _operator_from_state(state)
+            op = operator_from_state(state)
         except ValueError:
             check = "not checked here: not a matrix operator (checked when a task loads it)"
         else:

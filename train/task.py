@@ -29,7 +29,7 @@ from .scoring import Baseline, MetricTracker, SolverBaseline, check_baselines, c
 
 __all__ = ["ReconstructionTask"]
 
-_CKPT_KEY = "unroll"
+CKPT_KEY = "unroll"
 
 
 class ReconstructionTask(L.LightningModule):
@@ -249,7 +249,7 @@ class ReconstructionTask(L.LightningModule):
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
-        checkpoint[_CKPT_KEY] = {
+        checkpoint[CKPT_KEY] = {
             "model_class": f"{type(self.model).__module__}.{type(self.model).__qualname__}",
             "operator_fingerprint": None if self.operator is None else self.operator.fingerprint(),
             "num_layers": getattr(self.model, "num_layers", None),
@@ -257,7 +257,7 @@ class ReconstructionTask(L.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
-        meta = checkpoint.get(_CKPT_KEY)
+        meta = checkpoint.get(CKPT_KEY)
         if meta is None:
             raise ValueError("ckpt_path: the checkpoint was not written by unroll's ReconstructionTask "
                              "(no 'unroll' metadata)")
@@ -270,7 +270,7 @@ class ReconstructionTask(L.LightningModule):
                              f"the config's {getattr(self.model, 'num_layers', None)}")
         rebuilt = False
         if self.operator is None and meta["operator_fingerprint"] is not None:
-            self.bind(_operator_from_state(checkpoint.get("state_dict", {})))  # load_from_checkpoint
+            self.bind(operator_from_state(checkpoint.get("state_dict", {})))  # load_from_checkpoint
             rebuilt = True
         fp = None if self.operator is None else self.operator.fingerprint()
         if meta["operator_fingerprint"] != fp:
@@ -333,7 +333,7 @@ class ReconstructionTask(L.LightningModule):
         if hparams_file is not None:
             raise ValueError("hparams_file: not supported by ReconstructionTask; its config is saved in the checkpoint")
         ckpt = load_checkpoint(checkpoint_path, map_location=map_location, trust=trust or weights_only is False)
-        meta = ckpt.get(_CKPT_KEY) if isinstance(ckpt, dict) else None
+        meta = ckpt.get(CKPT_KEY) if isinstance(ckpt, dict) else None
         if meta is None:
             raise ValueError(f"checkpoint_path: {checkpoint_path!r} was not written by unroll's ReconstructionTask "
                              "(no 'unroll' metadata)")
@@ -367,7 +367,7 @@ def _task_from_config(cls, section: Dict[str, Any], overrides: Dict[str, Any]) -
     return parser.instantiate_classes(parser.parse_object({"task": section})).task
 
 
-def _operator_from_state(state: Dict[str, Tensor]) -> LinearOperator:
+def operator_from_state(state: Dict[str, Tensor]) -> LinearOperator:
     """The task's ``MatrixOperator`` from the ``operator.*`` entries of a checkpoint's state."""
     keys = sorted(k for k in state if k.startswith("operator."))
     if keys in (["operator.matrix"], ["operator.matrix", "operator.matrix_h"]):

@@ -39,13 +39,13 @@ def check_measurements(y: Tensor, op: Optional[LinearOperator] = None, name: str
     if op is not None:
         if op.out_shape is not None and tuple(y.shape[1:]) != tuple(op.out_shape):
             raise ValueError(
-                f"{name}: expected shape {fmt_shape(op.out_shape)} to fit the range of {op._describe()}, "
+                f"{name}: expected shape {fmt_shape(op.out_shape)} to fit the range of {op.describe()}, "
                 f"got {tuple(y.shape)}"
             )
         if op.is_complex is False and y.is_complex():
-            raise TypeError(f"{name}: {op._describe()} is a real operator but got complex measurements ({y.dtype})")
+            raise TypeError(f"{name}: {op.describe()} is a real operator but got complex measurements ({y.dtype})")
         if op.is_complex is True and not y.is_complex():
-            raise TypeError(f"{name}: {op._describe()} is a complex operator but got real measurements ({y.dtype})")
+            raise TypeError(f"{name}: {op.describe()} is a complex operator but got real measurements ({y.dtype})")
     if finite and not torch.compiler.is_compiling():  # a data-dependent check would break the graph
         check_finite(y, name)
 

@@ -54,7 +54,7 @@ def _as_callable(op, name: str) -> Callable[[Tensor], Tensor]:
     if isinstance(op, LinearOperator):
         if op.in_shape is not None and op.out_shape is not None and tuple(op.in_shape) != tuple(op.out_shape):
             raise ValueError(
-                f"{name}: cg needs a square operator (domain = range), got {op._describe()}; "
+                f"{name}: cg needs a square operator (domain = range), got {op.describe()}; "
                 f"for a rectangular A solve the normal equations with solve_normal(A, y) or pass A.normal"
             )
         return op
@@ -277,7 +277,7 @@ def cg(A: OperatorLike, b: Tensor, x0: Optional[Tensor] = None, M: Optional[Oper
     op = _as_callable(A, "A")
     pre = None if M is None else _as_callable(M, "M")
     if isinstance(op, LinearOperator) and op.in_shape is not None and tuple(b.shape[1:]) != tuple(op.in_shape):
-        raise ValueError(f"b: expected shape {fmt_shape(op.in_shape)} for {op._describe()}, got {tuple(b.shape)}")
+        raise ValueError(f"b: expected shape {fmt_shape(op.in_shape)} for {op.describe()}, got {tuple(b.shape)}")
     if x0 is not None:
         if not isinstance(x0, Tensor):
             raise TypeError(f"x0: expected a torch.Tensor, got {type(x0).__name__}")

@@ -339,7 +339,7 @@ class QuadraticProblem(Problem):
         if not callable(Q):
             raise TypeError(f"Q: expected a LinearOperator or a callable x -> Qx, got {type(Q).__name__}")
         if isinstance(Q, LinearOperator):
-            Q._check(b, Q.in_shape, "b", "domain")
+            Q.check_input(b, "b")
         object.__setattr__(self, "Q", Q)
         object.__setattr__(self, "b", b)
         object.__setattr__(self, "reg", reg)

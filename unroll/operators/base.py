@@ -139,21 +139,22 @@ class LinearOperator(nn.Module):
     # ------------------------------------------------------------------ checks
     def _check(self, t: Tensor, shape: Shape, name: str, space: str) -> None:
         if not isinstance(t, Tensor):
-            raise TypeError(f"{name}: expected a torch.Tensor for {self._describe()}, got {type(t).__name__}")
+            raise TypeError(f"{name}: expected a torch.Tensor for {self.describe()}, got {type(t).__name__}")
         if shape is not None and tuple(t.shape[1:]) != tuple(shape):
             raise ValueError(
-                f"{name}: expected shape {fmt_shape(shape)} for the {space} of {self._describe()}, "
+                f"{name}: expected shape {fmt_shape(shape)} for the {space} of {self.describe()}, "
                 f"got {tuple(t.shape)}"
             )
         if self.is_complex is False and t.is_complex():
             raise TypeError(
-                f"{name}: {self._describe()} is a real operator but got a complex tensor ({t.dtype}); "
+                f"{name}: {self.describe()} is a real operator but got a complex tensor ({t.dtype}); "
                 "build the operator from complex data to apply it to complex inputs"
             )
         if self.is_complex is True and not t.is_complex():
-            raise TypeError(f"{name}: {self._describe()} is a complex operator but got a real tensor ({t.dtype})")
+            raise TypeError(f"{name}: {self.describe()} is a complex operator but got a real tensor ({t.dtype})")
 
-    def _describe(self) -> str:
+    def describe(self) -> str:
+        """``"Name (B, n) → (B, m)"``: the operator as error messages name it."""
         return f"{type(self).__name__} {fmt_shape(self.in_shape)} → {fmt_shape(self.out_shape)}"
 
     def extra_repr(self) -> str:
@@ -167,7 +168,7 @@ class LinearOperator(nn.Module):
             shape, dtype, device = (batch, *like.shape[1:]), like.dtype, like.device
         else:
             if self.in_shape is None:
-                raise ValueError(f"{self._describe()} accepts any shape: pass an example input `x`")
+                raise ValueError(f"{self.describe()} accepts any shape: pass an example input `x`")
             dtype, device = self._dtype_device()
             shape = (batch, *self.in_shape)
         return torch.randn(shape, dtype=dtype, generator=generator).to(device)
