@@ -138,7 +138,8 @@ class UnrolledModel(nn.Module):
         """Reconstruct ``x`` from ``y = A x (+ noise)``.
 
         Args:
-            y: measurements ``(B, *out_shape)`` (checked: shape, dtype, NaN/Inf).
+            y: measurements ``(B, *out_shape)`` (checked: shape and dtype before the iterations;
+                NaN/Inf when the iterations come out non-finite, with an error naming ``y``).
             A: the operator or matrix.
             num_iters: layers to run (default ``num_layers``; more repeats the last layer).
             tol: stop each sample at this relative change (inference).
@@ -147,7 +148,9 @@ class UnrolledModel(nn.Module):
             grad_mode: this call's gradient mode (:mod:`unroll.autodiff`), default the layer's.
         """
         op = self._operator(A)
-        check_measurements(y, op, "y")
+        # shape and dtype here (no host sync); NaN/Inf in y is reported by the layer's divergence
+        # check, which already synchronises once per call (Unrolled -> problem.check_inputs_finite)
+        check_measurements(y, op, "y", finite=False)
         if not self.is_bound:
             raise RuntimeError(f"{type(self).__name__} is not bound to an operator: pass operator=... at "
                                "construction or call model.bind(A) before training")

@@ -334,3 +334,21 @@ def test_one_info_type_and_status_enum_everywhere():
     assert [str(s) for s in i1.sample_status()] == [str(i1.status)] * y.shape[0] or i1.status == "max_iter"
     hist = unroll.cg(op.normal, op.adjoint(y), record_history=True)[1].residual_history
     assert hist.shape[0] == y.shape[0] and bool((hist[:, -1] <= 1e-6).all())
+
+
+def test_nan_input_is_named_by_the_divergence_check():
+    # models check y's shape and dtype up front and its values only when the iterations come out
+    # non-finite (one host sync per call, shared with the divergence check)
+    from unroll.models import ALISTA, LearnedISTA
+
+    op, y = _admm_setup()
+    y = y.clone()
+    y[1, 3] = float("nan")
+    for model in (LearnedISTA(4).double(), ALISTA(4, op).double()):
+        with pytest.raises(ValueError, match=r"y: expected finite values, got 1 NaN"):
+            model(y, op)
+    c = rng_tensor(23, 2, 3)
+    c[0, 0] = float("inf")
+    problem = SmoothProblem(lambda x, d: 0.5 * ((x - d) ** 2).sum(1), c, lipschitz=1.0, like=c)
+    with pytest.raises(ValueError, match=r"data: expected finite values, got 0 NaN and 1 Inf"):
+        Unrolled(GradientStep(1.0), num_iters=3)(problem)

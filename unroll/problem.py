@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_map
 
 from .batched import batch_dot, batch_norm, per_sample
-from .checks import check_measurements
+from .checks import check_finite, check_measurements
 from .operators.base import LinearOperator
 from .operators.convert import as_operator
 
@@ -98,6 +98,11 @@ class Problem:
 
     def _given_lipschitz(self) -> Optional[Tensor]:
         return None
+
+    def check_inputs_finite(self) -> None:
+        """Raise a ``ValueError`` naming the field if the problem's data hold NaN/Inf (one host
+        sync). :class:`~unroll.Unrolled` calls it when an iteration came out non-finite, so a
+        bad input is reported as such, without a check on every call."""
 
     def _lipschitz_cached(self) -> Tensor:
         """The constant as computed: 0-dim (shared by the batch) or ``(B,)``; cached."""
@@ -166,6 +171,9 @@ class LeastSquares(Problem):
 
     def _given_lipschitz(self) -> Optional[Tensor]:
         return None if self.known_lipschitz is None else torch.as_tensor(self.known_lipschitz)
+
+    def check_inputs_finite(self) -> None:
+        check_finite(self.y, "y")
 
     def _compute_lipschitz(self) -> Tensor:
         if self.op.per_sample:
@@ -263,6 +271,12 @@ class SmoothProblem(Problem):
 
     def _given_lipschitz(self) -> Optional[Tensor]:
         return None if self.known_lipschitz is None else torch.as_tensor(self.known_lipschitz)
+
+    def check_inputs_finite(self) -> None:
+        leaves, _ = torch.utils._pytree.tree_flatten(self.data)
+        for i, t in enumerate(leaves):
+            if isinstance(t, Tensor) and (t.is_floating_point() or t.is_complex()):
+                check_finite(t, "data" if len(leaves) == 1 else f"data[{i}]")
 
     # ------------------------------------------------------------------ f and its derivatives
     def _per_sample(self) -> Callable[[Tensor, Any], Tensor]:
@@ -363,6 +377,9 @@ class QuadraticProblem(Problem):
         if self.Q.per_sample:
             return self.Q.lipschitz_batch(self.batch_size).sqrt()
         return self.Q.lipschitz().sqrt()  # ‖Q‖₂ = λ_max(Q) for Hermitian PSD Q (lipschitz() is ‖Q‖₂²)
+
+    def check_inputs_finite(self) -> None:
+        check_finite(self.b, "b")
 
     def apply(self, x: Tensor) -> Tensor:
         """``Qx``: ``(B, *shape) → (B, *shape)``."""

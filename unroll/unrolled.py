@@ -198,7 +198,7 @@ class Unrolled(nn.Module):
                           objective=torch.stack(rec["objs"], dim=1) if flags["record_objective"] else None,
                           residual_history=torch.stack(rec["res"], dim=1) if flags["record_residuals"] else None,
                           grad_mode=mode.mode, method="unrolled")
-        self._check(info, mode, n)
+        self._check(info, mode, n, problem)
         return UnrolledOutput(self.step_at(n - 1).estimate(state), rec["xs"] if flags["return_trajectory"] else None,
                               info, state, rec["states"] if flags["return_states"] else None)
 
@@ -258,8 +258,9 @@ class Unrolled(nn.Module):
             iterations = iterations + (k1 - k0)
         return (state, converged, iterations, residual), (xs, states, objs, res)
 
-    def _check(self, info: SolverInfo, mode: GradMode, n: int) -> None:
+    def _check(self, info: SolverInfo, mode: GradMode, n: int, problem: Problem) -> None:
         if self.check_finite and not torch.compiler.is_compiling() and not bool(torch.isfinite(info.residual).all()):
+            problem.check_inputs_finite()  # NaN/Inf in the data is the input's fault: say so (ValueError)
             mode.fail(f"Unrolled: the iteration diverged (non-finite residual after {n} iterations); "
                       "check the step size (it must stay below 2/L) and the input")
 
