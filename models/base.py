@@ -13,7 +13,7 @@ from unroll.parametrize import PositiveScalar
 from unroll.problem import Problem
 from unroll.unrolled import Unrolled, UnrolledOutput
 
-from .weights import check_init, check_ridge
+from .weights import check_init, check_lam, check_ridge
 
 __all__ = ["UnrolledModel", "ThresholdedMatrixModel", "learned_scalar", "support_selection_schedule"]
 
@@ -175,6 +175,7 @@ class ThresholdedMatrixModel(UnrolledModel):
     def __init__(self, num_layers: int, operator, lam: float, support_selection: bool, p_step: float,
                  p_max: float, grad_mode: Union[str, GradMode], relaxation: bool = False,
                  init: str = "ista", ridge: float = 0.0) -> None:
+        lam = check_lam(lam)  # named as the user wrote it (lam/L would be refused as a bad `theta`)
         super().__init__(num_layers, grad_mode)
         if not isinstance(relaxation, bool):
             raise ValueError(f"relaxation: expected a bool, got {relaxation!r}")
