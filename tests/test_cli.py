@@ -61,6 +61,17 @@ def test_fit_then_evaluate(tmp_path, capsys):
     assert metrics["ista"]["nmse_db"][0] == pytest.approx(metrics["fista"]["nmse_db"][0], abs=1e-4)
     # 150 steps of training already beat ISTA at equal depth
     assert metrics["ALISTA"]["nmse_db"][-1] < metrics["ista"]["nmse_db"][-1]
+    # and the untrained network (the same config, not fitted) on the same test signals: training did something
+    from unroll.metrics import nmse
+    from unroll.train.cli import UnrollCLI
+
+    untrained = UnrollCLI(args=["--config", cfg, *tiny(tmp_path)], run=False)
+    untrained.datamodule.setup("test")
+    untrained.model.bind(untrained.datamodule.get_operator())
+    y, x = untrained.datamodule.test_split
+    with torch.no_grad():
+        untrained_db = float(nmse(untrained.model(y), x))
+    assert metrics["ALISTA"]["nmse_db"][-1] < untrained_db - 1.0, (metrics["ALISTA"]["nmse_db"][-1], untrained_db)
     assert (eval_dir / "metrics.csv").read_text().splitlines()[0] == \
         "iteration,ALISTA_nmse_db,ista_nmse_db,fista_nmse_db"
     assert (eval_dir / "nmse.png").read_bytes()[:4] == b"\x89PNG"
