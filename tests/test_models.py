@@ -420,3 +420,17 @@ def test_lam_of_the_lista_family_is_named(lam):
             cls(2, operator=a, lam=lam)
         with pytest.raises(ValueError, match=r"^lam:"):
             cls(2, lam=lam)  # unbound: refused at construction, not at binding
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 5e-3), (torch.bfloat16, 5e-2)])
+def test_models_run_in_low_precision(dtype, tol):
+    """float16/bfloat16 A and y (the Lipschitz constant in float32, the analytic weight in float64,
+    both cast): the outputs are close to float32's."""
+    from unroll.models import LISTACP
+
+    a, _, y = small_problem()
+    for cls, kw in ((ALISTA, {}), (LISTACP, {"init": "analytic"})):
+        ref = cls(3, operator=a, **kw)(y, a).detach()
+        out = cls(3, operator=a.to(dtype), **kw).to(dtype)(y.to(dtype), a.to(dtype)).detach()
+        assert out.dtype == dtype
+        assert float((out.float() - ref).norm() / ref.norm()) < tol
