@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from .operators.base import LinearOperator, _fmt_shape
+from .operators.matrix import MatrixOperator
 
 __all__ = ["check_finite", "check_measurements"]
 
@@ -25,8 +26,6 @@ def check_finite(t: Tensor, name: str) -> None:
 def _matrix_dtype(op: LinearOperator) -> Optional[torch.dtype]:
     """The dtype of a :class:`~unroll.operators.MatrixOperator`'s matrix (its inputs must have
     it), ``None`` for other operators."""
-    from .operators.matrix import MatrixOperator
-
     return op.matrix.dtype if isinstance(op, MatrixOperator) else None
 
 
