@@ -100,14 +100,15 @@ def _db(ratio: float) -> float:
     return 10 * math.log10(ratio)
 
 
-def soft_limit(sigma2: float) -> Dict[str, float]:
-    """The best soft threshold's fixed point: NMSE (dB), α, τ², the calibrated λ."""
+def soft_limit(sigma2: float, xatol: float = 1e-3) -> Dict[str, float]:
+    """The best soft threshold's fixed point: NMSE (dB), α, τ², the calibrated λ (``α`` to
+    ``xatol``)."""
 
     def nmse_at(alpha: float) -> float:
         tau2 = fixed_point(lambda tau: soft_mse(tau, alpha), sigma2, unique=True)
         return soft_mse(math.sqrt(tau2), alpha) / EPS
 
-    res = optimize.minimize_scalar(nmse_at, bounds=(0.5, 3.0), method="bounded", options={"xatol": 1e-3})
+    res = optimize.minimize_scalar(nmse_at, bounds=(0.5, 3.0), method="bounded", options={"xatol": xatol})
     alpha = float(res.x)
     tau2 = fixed_point(lambda tau: soft_mse(tau, alpha), sigma2, unique=True)
     tau = math.sqrt(tau2)
@@ -128,8 +129,9 @@ def monte_carlo(tau2: float, denoise: Callable[[np.ndarray], np.ndarray], draws:
     return _db(np.mean((denoise(v) - x) ** 2) / EPS)
 
 
-def support_oracle(snr_db: float) -> float:
-    """NMSE (dB) of least squares on the true support, on the standard problem's test signals."""
+def support_oracle(snr_db: float, count: int | None = None) -> float:
+    """NMSE (dB) of least squares on the true support, on the standard problem's test signals
+    (the first ``count`` of them; all by default)."""
     import torch
 
     from unroll.data import SparseRecoveryDataModule
@@ -137,6 +139,8 @@ def support_oracle(snr_db: float) -> float:
     dm = SparseRecoveryDataModule(problem="standard", snr_db=snr_db, dtype="float64", seed=0)
     dm.setup("test")
     split, a = dm.test_split, dm.A
+    if count is not None:
+        split = type(split)(split.y[:count], split.x[:count])
     err = 0.0
     for y, x in zip(split.y, split.x):
         s = x != 0
@@ -149,18 +153,21 @@ def support_oracle(snr_db: float) -> float:
 def main(argv: List[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--snr_db", type=float, nargs="+", default=[40.0])
+    parser.add_argument("--smoke", action="store_true",
+                        help="a smoke test (seconds): α to 0.2, 2·10⁵ Monte Carlo draws, 20 test signals")
     args = parser.parse_args(argv)
+    xatol, draws, count = (0.2, 200_000, 20) if args.smoke else (1e-3, 4_000_000, None)
     print("| SNR (dB) | σ² | best soft threshold (≈ LASSO at its best λ) | its λ | Monte Carlo | "
           "Bayes-optimal AMP | Monte Carlo | support oracle, 1000 test signals |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for snr in args.snr_db:
         sigma2 = EPS / DELTA * 10 ** (-snr / 10)  # E‖Ax‖²/m = εn/m for unit columns
-        soft, bayes = soft_limit(sigma2), bayes_limit(sigma2)
+        soft, bayes = soft_limit(sigma2, xatol), bayes_limit(sigma2)
         t = soft["alpha"] * math.sqrt(soft["tau2"])
-        mc_soft = monte_carlo(soft["tau2"], lambda v: np.sign(v) * np.maximum(np.abs(v) - t, 0))
-        mc_bayes = monte_carlo(bayes["tau2"], lambda v: posterior_mean(v, bayes["tau2"]))
+        mc_soft = monte_carlo(soft["tau2"], lambda v: np.sign(v) * np.maximum(np.abs(v) - t, 0), draws)
+        mc_bayes = monte_carlo(bayes["tau2"], lambda v: posterior_mean(v, bayes["tau2"]), draws)
         print(f"| {snr:g} | {sigma2:.2e} | {soft['nmse_db']:.2f} (α = {soft['alpha']:.3f}) | {soft['lam']:.4f} | "
-              f"{mc_soft:.2f} | {bayes['nmse_db']:.2f} | {mc_bayes:.2f} | {support_oracle(snr):.2f} |")
+              f"{mc_soft:.2f} | {bayes['nmse_db']:.2f} | {mc_bayes:.2f} | {support_oracle(snr, count):.2f} |")
 
 
 if __name__ == "__main__":

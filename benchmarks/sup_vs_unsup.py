@@ -99,6 +99,9 @@ class Config:
 SHORT = dict(Ts=(10, 20), layer_steps=4000, min_steps=200, max_steps=400, evals=5, val_size=200,
              test_size=300, lam_grid={"ista": (0.07, 0.1, 0.14), "iht": (0.035, 0.05, 0.07)},
              lam_max_iter=1000, max_iter=3000)
+#: ``--smoke``: the whole pipeline in seconds (a test, not a result)
+SMOKE = dict(Ts=(3,), batch_size=16, layer_steps=6, min_steps=3, max_steps=3, evals=1, val_size=32, test_size=32,
+             lam_grid={"ista": (0.1,), "iht": (0.05,)}, lam_max_iter=50, max_iter=100, chunk=50, mismatch_p=(0.04,))
 
 
 # ---------------------------------------------------------------------------- data
@@ -507,6 +510,7 @@ def slim(res: Dict) -> Dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--short", action="store_true", help="T ∈ {10, 20}, small splits: about 1 minute")
+    parser.add_argument("--smoke", action="store_true", help="T = 3, 3 steps, tiny splits: a smoke test (seconds)")
     parser.add_argument("--T", type=int, nargs="+", default=None, help="numbers of layers to sweep")
     parser.add_argument("--layer-steps", type=int, default=None, help="steps(T) = clip(layer_steps / T, min, max)")
     parser.add_argument("--batch-size", type=int, default=None)
@@ -516,12 +520,12 @@ def main() -> None:
     parser.add_argument("--no-figures", action="store_true")
     args = parser.parse_args()
 
-    cfg = Config(**SHORT) if args.short else Config()
+    cfg = Config(**SMOKE) if args.smoke else Config(**SHORT) if args.short else Config()
     for name, value in (("Ts", tuple(args.T) if args.T else None), ("layer_steps", args.layer_steps),
                         ("batch_size", args.batch_size), ("lr", args.lr), ("seed", args.seed)):
         if value is not None:
             setattr(cfg, name, value)
-    tag = "_short" if args.short else ""
+    tag = "_smoke" if args.smoke else "_short" if args.short else ""
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"sup_vs_unsup{tag}.json"
     print(f"budget: T ∈ {cfg.Ts}, steps {[cfg.steps(T) for T in cfg.Ts]}, batch {cfg.batch_size}, "
           f"Adam lr {cfg.lr} (cosine), 1 thread", flush=True)

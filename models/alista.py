@@ -65,6 +65,10 @@ class ALISTA(UnrolledModel):
         grad_mode: gradient mode of the unrolled layers (see :mod:`unroll.autodiff`).
 
     Shapes: ``y`` ``(B, m)`` → ``x`` ``(B, n)``.
+
+    Raises:
+        ValueError: at binding, when ``A`` has zero columns or is rank-deficient (the analytic
+            weight does not exist; the error names the columns).
     """
 
     needs_operator = True

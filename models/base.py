@@ -13,7 +13,7 @@ from unroll.parametrize import PositiveScalar
 from unroll.problem import Problem
 from unroll.unrolled import Unrolled, UnrolledOutput
 
-from .weights import check_init, check_ridge, dense_matrix, initial_weight
+from .weights import check_init, check_lam, check_ridge, dense_matrix, initial_weight
 
 __all__ = ["UnrolledModel", "ThresholdedMatrixModel", "learned_scalar", "support_selection_schedule"]
 
@@ -138,8 +138,8 @@ class UnrolledModel(nn.Module):
         """Reconstruct ``x`` from ``y = A x (+ noise)``.
 
         Args:
-            y: measurements ``(B, *out_shape)`` (checked: shape and dtype before the iterations;
-                NaN/Inf when the iterations come out non-finite, with an error naming ``y``).
+            y: measurements ``(B, *out_shape)`` (checked: shape and dtype before the iterations,
+                NaN/Inf after them, on the divergence check's host sync, with an error naming ``y``).
             A: the operator or matrix.
             num_iters: layers to run (default ``num_layers``; more repeats the last layer).
             tol: stop each sample at this relative change (inference).
@@ -148,8 +148,8 @@ class UnrolledModel(nn.Module):
             grad_mode: this call's gradient mode (:mod:`unroll.autodiff`), default the layer's.
         """
         op = self._operator(A)
-        # shape and dtype here (no host sync); NaN/Inf in y is reported by the layer's divergence
-        # check, which already synchronises once per call (Unrolled -> problem.check_inputs_finite)
+        # shape and dtype here (no host sync); NaN/Inf in y is tested by the layer's divergence check,
+        # on the host sync it makes anyway (Unrolled -> problem.inputs_finite), and named there
         check_measurements(y, op, "y", finite=False)
         if not self.is_bound:
             raise RuntimeError(f"{type(self).__name__} is not bound to an operator: pass operator=... at "
@@ -178,6 +178,7 @@ class ThresholdedMatrixModel(UnrolledModel):
     def __init__(self, num_layers: int, operator, lam: float, support_selection: bool, p_step: float,
                  p_max: float, grad_mode: Union[str, GradMode], relaxation: bool = False,
                  init: str = "ista", ridge: float = 0.0) -> None:
+        lam = check_lam(lam)  # named as the user wrote it (lam/L would be refused as a bad `theta`)
         super().__init__(num_layers, grad_mode)
         if not isinstance(relaxation, bool):
             raise ValueError(f"relaxation: expected a bool, got {relaxation!r}")

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from unroll.operators import LinearOperator, MatrixOperator
 
-__all__ = ["INITS", "analytic_weight", "check_init", "check_ridge", "dense_matrix", "initial_weight"]
+__all__ = ["INITS", "analytic_weight", "check_init", "check_lam", "check_ridge", "dense_matrix", "initial_weight"]
 
 #: the initialisations of the LISTA family's matrices
 INITS = ("ista", "analytic")
@@ -28,6 +28,24 @@ def check_ridge(ridge) -> float:
     if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or not (0.0 <= ridge < float("inf")):
         raise ValueError(f"ridge: expected a finite number >= 0, got {ridge!r}")
     return float(ridge)
+
+
+def check_lam(lam) -> float:
+    """``lam`` as a float if it is a finite number ``> 0`` (λ of the initial thresholds ``λ/L``
+    of the LISTA family); otherwise a ``ValueError`` that names ``lam``."""
+    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not (0.0 < lam < float("inf")):
+        raise ValueError(f"lam: expected a finite number > 0 (the initial thresholds are lam/L), got {lam!r}")
+    return float(lam)
+
+
+def _zero_columns(a: Tensor) -> list:
+    """Indices of the all-zero columns of ``a`` ``(m, n)``."""
+    return torch.nonzero((a == 0).all(dim=0)).flatten().tolist()
+
+
+def _fmt_indices(idx: list, limit: int = 10) -> str:
+    shown = ", ".join(str(i) for i in idx[:limit])
+    return shown + (f", … ({len(idx)} in all)" if len(idx) > limit else "")
 
 
 def dense_matrix(op: LinearOperator, model: str) -> Tensor:
@@ -57,6 +75,13 @@ def analytic_weight(a: Tensor, ridge: float = 0.0) -> Tensor:
     if a.dim() != 2:
         raise ValueError(f"a: expected a (m, n) matrix, got shape {tuple(a.shape)}")
     ridge = check_ridge(ridge)
+    if not torch.isfinite(a).all():
+        raise ValueError(f"a: expected finite entries, got NaN or Inf in A of shape {tuple(a.shape)}")
+    zero = _zero_columns(a)
+    if zero:  # a_iᵀ w_i = 1 has no solution: w_i would be 0/0, and every output NaN
+        raise ValueError(f"a: column(s) {_fmt_indices(zero)} of A (shape {tuple(a.shape)}) are zero, so the analytic "
+                         "weight (diag(Wᵀ A) = 1) does not exist; remove those columns (the entries of x they "
+                         "hold are not measured; LISTA-family models can also start from init='ista')")
     a64 = a.detach().to(torch.complex128 if a.is_complex() else torch.float64)
     gram = a64 @ a64.mH
     if ridge:
@@ -67,6 +92,11 @@ def analytic_weight(a: Tensor, ridge: float = 0.0) -> Tensor:
                          "or pass ridge > 0)")
     v = torch.cholesky_solve(a64, chol)  # M⁻¹ A, column i = M⁻¹ a_i
     denom = (a64.conj() * v).sum(0)  # a_iᴴ M⁻¹ a_i, real positive
+    bad = torch.nonzero(~(torch.isfinite(denom.real) & (denom.real > 0))).flatten().tolist()
+    if bad:  # M numerically singular: A is rank-deficient to working precision
+        raise ValueError(f"a: A (shape {tuple(a.shape)}) is numerically rank-deficient: a_iᴴ (A Aᴴ)⁻¹ a_i is not "
+                         f"positive for column(s) {_fmt_indices(bad)}; pass ridge > 0 (LISTA-family models can also start "
+                         "from init='ista')")
     return (v / denom.conj()).to(a.dtype)
 
 

@@ -50,6 +50,15 @@ def test_truncated_only_reaches_the_last_k_layers():
     out.x.sum().backward()
     got = [s.step.raw.grad for s in layer.steps]
     assert all(g is None for g in got[:4]) and all(g is not None and g.abs() > 0 for g in got[4:])
+    # = full backprop through the last 2 layers started from the first 4's output, held constant
+    for s in layer.steps:
+        s.step.raw.grad = None
+    problem = Problem.create(op, y)
+    with torch.no_grad():
+        x4 = Unrolled(list(layer.steps[:4]))(problem).x
+    Unrolled(list(layer.steps[4:]))(problem, x4).x.sum().backward()
+    for a, s in zip(got[4:], layer.steps[4:]):
+        torch.testing.assert_close(a, s.step.raw.grad, rtol=1e-12, atol=1e-14)
 
 
 @pytest.mark.parametrize("mode", ["full", truncated(5), "checkpoint", checkpointed(2)])
@@ -209,7 +218,18 @@ def test_truncated_with_tolerance_keeps_a_graph():
     out = layer(Problem.create(op, y), tol=1e-6, grad_mode=truncated(8))
     assert out.x.requires_grad
     out.x.sum().backward()
-    assert reg.raw_lam.grad is not None
+    assert reg.raw_lam.grad is not None and reg.raw_lam.grad == 0  # all three samples froze
+    # with 500 iterations samples 0 and 1 converge (~150) and sample 2 does not (~1150): the batch's
+    # gradient is sample 2's own, as if it had run alone without a tolerance (same 500 steps)
+    reg.raw_lam.grad = None
+    layer = Unrolled(ProxGradStep(reg), num_iters=500)
+    out = layer(Problem.create(op, y), tol=1e-6, grad_mode=truncated(8))
+    assert out.info.iterations.tolist()[2] == 500 and max(out.info.iterations.tolist()[:2]) < 500
+    out.x.sum().backward()
+    batch_grad, reg.raw_lam.grad = reg.raw_lam.grad.clone(), None
+    layer(Problem.create(op, y[2:]), tol=None, grad_mode=truncated(8)).x.sum().backward()
+    assert batch_grad != 0
+    torch.testing.assert_close(batch_grad, reg.raw_lam.grad, rtol=1e-10, atol=0)
 
 
 def test_classical_solver_with_implicit_gradient_matches_full_backprop():

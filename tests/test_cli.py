@@ -61,6 +61,17 @@ def test_fit_then_evaluate(tmp_path, capsys):
     assert metrics["ista"]["nmse_db"][0] == pytest.approx(metrics["fista"]["nmse_db"][0], abs=1e-4)
     # 150 steps of training already beat ISTA at equal depth
     assert metrics["ALISTA"]["nmse_db"][-1] < metrics["ista"]["nmse_db"][-1]
+    # and the untrained network (the same config, not fitted) on the same test signals: training did something
+    from unroll.metrics import nmse
+    from unroll.train.cli import UnrollCLI
+
+    untrained = UnrollCLI(args=["--config", cfg, *tiny(tmp_path)], run=False)
+    untrained.datamodule.setup("test")
+    untrained.model.bind(untrained.datamodule.get_operator())
+    y, x = untrained.datamodule.test_split
+    with torch.no_grad():
+        untrained_db = float(nmse(untrained.model(y), x))
+    assert metrics["ALISTA"]["nmse_db"][-1] < untrained_db - 1.0, (metrics["ALISTA"]["nmse_db"][-1], untrained_db)
     assert (eval_dir / "metrics.csv").read_text().splitlines()[0] == \
         "iteration,ALISTA_nmse_db,ista_nmse_db,fista_nmse_db"
     assert (eval_dir / "nmse.png").read_bytes()[:4] == b"\x89PNG"
@@ -222,14 +233,40 @@ def test_grad_mode_from_config(tmp_path):
     assert torch.load(last_ckpt(tmp_path), weights_only=False)["global_step"] == 4
 
 
+from lightning.pytorch.callbacks import Callback  # noqa: E402  (kept next to its one use)
+
+
+class DivergeAt(Callback):
+    """From training step ``step`` on, every learned step size of the model is 1000/L (far above 2/L)."""
+
+    def __init__(self, step: int = 15) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step >= self.step:
+            from unroll.parametrize import PositiveScalar
+
+            for name, m in pl_module.model.named_modules():
+                if name.endswith(".step") and isinstance(m, PositiveScalar):
+                    m.set_(1000.0)
+
+
 def test_diverging_training_stops_without_nan_checkpoint(tmp_path):
-    """A step size far above 2/L: training stops with a clear error; no checkpoint holds NaN."""
+    """Training that diverges after checkpoints were written (validation and checkpoints at step 10,
+    step sizes 1000/L from step 15): it stops with a clear error at step 15; the checkpoints
+    written before are finite, and none was written after the divergence."""
     cfg = str(CONFIGS / "learned_ista.yaml")
-    with pytest.warns(UserWarning, match="diverged"), pytest.raises(FloatingPointError, match="diverged"):
-        main(["fit", "--config", cfg, *tiny(tmp_path, steps=50, layers=16), "--model.init_args.model.init_args.step=1000"])
-    for ckpt in Path(tmp_path).rglob("*.ckpt"):
-        state = torch.load(ckpt, weights_only=False)["state_dict"]
-        assert all(torch.isfinite(t).all() for t in state.values())
+    with pytest.warns(UserWarning, match="diverged"), \
+            pytest.raises(FloatingPointError, match="diverged") as err:
+        main(["fit", "--config", cfg, *tiny(tmp_path, steps=50, layers=16),
+              '--trainer.callbacks+={"class_path": "test_cli.DivergeAt", "init_args": {"step": 15}}'])
+    assert "at step 15" in str(err.value)
+    ckpts = list(Path(tmp_path).rglob("*.ckpt"))
+    assert ckpts, "no checkpoint was written before the divergence"
+    for ckpt in ckpts:
+        saved = torch.load(ckpt, weights_only=False)
+        assert saved["global_step"] < 15
+        assert all(torch.isfinite(t).all() for t in saved["state_dict"].values())
 
 
 def test_load_from_checkpoint_without_its_config(tmp_path, capsys):

@@ -4,6 +4,8 @@ References: an explicit sum of ``torch.roll``-shifted images over the kernel tap
 ``scipy.signal.convolve2d(mode="same")`` per channel (zeros); the operator is a true convolution.
 """
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -221,6 +223,9 @@ def test_cnnprox_trains():
     grads = {n: p.grad for n, p in prox.named_parameters()}
     assert all(g is not None for g in grads.values())
     assert float(grads["net.4.weight"].abs().sum()) > 0  # the zero-initialised last layer gets a gradient
+    # every parameter's gradient against central finite differences (a float64 copy)
+    pd = copy.deepcopy(prox).double()
+    _check_finite_differences(lambda: torch.mean((pd.prox(x.double(), 1.0) - target.double()) ** 2), pd, grads)
     opt = torch.optim.SGD(prox.parameters(), lr=0.1)
     opt.step()
     with torch.no_grad():
@@ -241,4 +246,25 @@ def test_cnnprox_in_prox_grad_step():
     out = layer(p).x
     assert out.shape == x.shape
     torch.mean((out - x) ** 2).backward()
-    assert layer.steps[0].prox.net[-1].weight.grad is not None
+    grads = {n: p.grad for n, p in layer.named_parameters()}
+    assert grads["steps.0.prox.net.4.weight"].abs().sum() > 0
+    ld = copy.deepcopy(layer).double()
+    pd = Problem.create(op.double(), op.double()(x.double()))
+    _check_finite_differences(lambda: torch.mean((ld(pd).x - x.double()) ** 2), ld, grads)
+
+
+def _check_finite_differences(loss, module, grads, entries=3, h=1e-6):
+    """``grads`` (name → gradient of ``loss`` at the float32 parameters) against central finite
+    differences of ``loss`` (a float64 copy ``module``) at a few entries of every parameter."""
+    for name, p in module.named_parameters():
+        flat = p.data.view(-1)
+        for i in sorted({0, flat.numel() // 2, flat.numel() - 1})[:entries]:
+            old = float(flat[i])
+            with torch.no_grad():
+                flat[i] = old + h
+                up = float(loss())
+                flat[i] = old - h
+                down = float(loss())
+                flat[i] = old
+            assert float(grads[name].reshape(-1)[i]) == pytest.approx((up - down) / (2 * h), rel=2e-3, abs=1e-7), \
+                (name, i)

@@ -159,10 +159,12 @@ def test_max_iter_status():
 
 
 def test_diverged_status():
-    q = spd(4)
-    q[0, 0] = float("nan")
-    _, info = cg(MatrixOperator(q), rand(2, 4), tol=1e-10)
+    op = MatrixOperator(spd(4))
+    op.matrix[0, 0] = float("nan")  # after construction, which refuses a matrix with NaN
+    _, info = cg(op, rand(2, 4), tol=1e-10)
     assert info.status == "diverged"
+    with pytest.raises(ValueError, match="matrix: expected finite"):
+        MatrixOperator(op.matrix)
 
 
 # --------------------------------------------------------------------------- gradients

@@ -381,3 +381,56 @@ def test_other_errors():
     a, _, _ = small_problem()
     with pytest.raises(TypeError, match="A:"):
         LISTA(2, operator=MatrixOperator(a) @ MatrixOperator(torch.eye(a.shape[1])))
+
+
+def test_analytic_weight_names_zero_columns_and_rank_deficiency():
+    """A zero column of A has no analytic weight (a_iᵀ w_i = 1 is impossible): before, W and every
+    output were NaN with only a "check the step size" warning; now the columns are named when the
+    weight is built, for ALISTA and the LISTA family's ``init="analytic"``."""
+    from unroll.models import LISTACP, TiLISTA
+
+    a, _, y = small_problem()
+    a[:, 3] = 0
+    a[:, 7] = 0
+    for build in (lambda: analytic_weight(a), lambda: ALISTA(3, operator=a),
+                  lambda: LISTA(2, operator=a, init="analytic"), lambda: LISTACP(2, operator=a, init="analytic"),
+                  lambda: TiLISTA(2, operator=a, init="analytic"), lambda: analytic_weight(a, ridge=0.1)):
+        with pytest.raises(ValueError, match=r"column\(s\) 3, 7 of A .* are zero"):
+            build()
+    assert torch.isfinite(LISTA(2, operator=a, init="ista")(y, a)).all()  # ISTA's weight needs no inverse
+    # a column so small that a_iᴴ (AAᴴ)⁻¹ a_i underflows: numerically rank-deficient, named
+    b, _, _ = small_problem(dtype=DT)
+    b[:, 5] *= 1e-200
+    with pytest.raises(ValueError, match=r"rank-deficient.*column\(s\) 5;"):
+        analytic_weight(b)
+    nan = small_problem()[0]
+    nan[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="a: expected finite"):
+        analytic_weight(nan)
+
+
+@pytest.mark.parametrize("lam", [-0.4, 0.0, float("nan"), float("inf")])
+def test_lam_of_the_lista_family_is_named(lam):
+    """``lam: -0.4`` was reported as a bad ``theta`` (the initial threshold lam/L)."""
+    from unroll.models import LISTACP, LISTACPSS, LISTASS, TiLISTA
+
+    a, _, _ = small_problem()
+    for cls in (LISTA, LISTASS, LISTACP, LISTACPSS, TiLISTA):
+        with pytest.raises(ValueError, match=r"^lam: expected a finite number > 0"):
+            cls(2, operator=a, lam=lam)
+        with pytest.raises(ValueError, match=r"^lam:"):
+            cls(2, lam=lam)  # unbound: refused at construction, not at binding
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 5e-3), (torch.bfloat16, 5e-2)])
+def test_models_run_in_low_precision(dtype, tol):
+    """float16/bfloat16 A and y (the Lipschitz constant in float32, the analytic weight in float64,
+    both cast): the outputs are close to float32's."""
+    from unroll.models import LISTACP
+
+    a, _, y = small_problem()
+    for cls, kw in ((ALISTA, {}), (LISTACP, {"init": "analytic"})):
+        ref = cls(3, operator=a, **kw)(y, a).detach()
+        out = cls(3, operator=a.to(dtype), **kw).to(dtype)(y.to(dtype), a.to(dtype)).detach()
+        assert out.dtype == dtype
+        assert float((out.float() - ref).norm() / ref.norm()) < tol

@@ -456,3 +456,59 @@ def test_learnable_matrix_is_a_parameter():
     assert len(list(fixed.parameters())) == 0 and "matrix" in fixed.state_dict()
     with pytest.raises(ValueError, match="learnable"):
         MatrixOperator(t(A_NP).to_sparse(), learnable=True)
+
+
+def test_non_finite_matrix_refused_once_at_construction():
+    """NaN/Inf in A is refused when the operator is built, naming ``matrix`` (before: a raw
+    ``linalg.svd`` traceback from the classical solvers)."""
+    from unroll import solvers
+
+    bad = t(A_NP).clone()
+    bad[2, 3] = float("nan")
+    with pytest.raises(ValueError, match=r"matrix: expected finite entries, got 1 NaN and 0 Inf.*\(2, 3\)"):
+        MatrixOperator(bad)
+    with pytest.raises(ValueError, match="matrix: expected finite"):
+        solvers.ista(bad, torch.zeros(2, M, dtype=DT), 0.1)
+    inf = t(ABATCH_NP).clone()
+    inf[1, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match="matrix: .*0 NaN and 1 Inf"):
+        MatrixOperator(inf)
+    with pytest.raises(ValueError, match="matrix: .*1 NaN"):
+        MatrixOperator(bad.to_sparse())
+    with pytest.raises(ValueError, match="matrix: .*1 NaN"):
+        MatrixOperator(bad, learnable=True)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 0.02), (torch.bfloat16, 0.3)])
+def test_low_precision_matrices_work(dtype, tol):
+    """float16/bfloat16: the Lipschitz constant is computed in float32 (torch.linalg refuses
+    half precision), and ISTA runs in the low precision, close to float64 ISTA on the same data."""
+    from unroll import solvers
+
+    g = torch.Generator().manual_seed(0)
+    a = (torch.randn(20, 40, generator=g) / 20 ** 0.5).to(dtype)
+    x = torch.randn(4, 40, generator=g) * (torch.rand(4, 40, generator=g) < 0.1)
+    y = (x @ a.float().T).to(dtype)
+    lip = MatrixOperator(a).lipschitz()
+    assert lip.dtype == torch.float32
+    assert float(lip) == pytest.approx(float(torch.linalg.matrix_norm(a.double(), ord=2)) ** 2, rel=1e-5)
+    x_low, _ = solvers.ista(a, y, 0.01, max_iter=200, tol=None)
+    x_ref, _ = solvers.ista(a.double(), y.double(), 0.01, max_iter=200, tol=None)
+    assert x_low.dtype == dtype
+    assert float((x_low.double() - x_ref).norm() / x_ref.norm()) < tol
+
+
+def test_measurements_in_another_dtype_than_the_matrix():
+    """``y`` float32 with ``A`` float64: a TypeError naming ``y`` and both dtypes (before: torch's
+    "expected m1 and m2 to have the same dtype" from inside the iteration)."""
+    from unroll import solvers
+    from unroll.checks import check_measurements
+
+    a = t(A_NP)  # float64
+    with pytest.raises(TypeError, match=r"y: dtype torch.float32 does not match the dtype torch.float64 of the matrix A"):
+        solvers.ista(a, torch.zeros(2, M, dtype=torch.float32), 0.1)
+    with pytest.raises(TypeError, match=r"y: dtype torch.float64 .* torch.float32"):
+        solvers.fista(a.float(), torch.zeros(2, M, dtype=DT), 0.1)
+    with pytest.raises(TypeError, match=r"meas: dtype torch.complex64 .* torch.complex128"):
+        check_measurements(torch.zeros(2, M, dtype=torch.complex64), MatrixOperator(t(AC_NP)), "meas")
+    check_measurements(torch.zeros(2, M, dtype=DT), MatrixOperator(a), "y")  # matching dtypes pass

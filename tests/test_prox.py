@@ -483,12 +483,14 @@ def test_learnable_lam(cls):
     assert reg.lam.item() > 0
     x = t([[1.0, -0.2, 3.0, 0.05]])
     out = reg.prox(x, 0.5)
-    if cls is L1:  # gradient reaches raw_lam through the threshold
-        out.sum().backward()
-        assert params["raw_lam"].grad is not None and params["raw_lam"].grad.abs().item() > 0
+    (dlam,) = torch.autograd.grad(reg.lam, params["raw_lam"])  # d lam / d raw_lam, the parametrisation's
+    if cls is L1:  # gradient reaches raw_lam through the threshold 0.5 lam = 0.15:
+        out.sum().backward()  # d/dlam Σ (|x_i| − 0.5 lam) sign(x_i) over |x_i| > 0.15 = −0.5 (1 − 1 + 1)
+        assert params["raw_lam"].grad.abs().item() > 0
+        torch.testing.assert_close(params["raw_lam"].grad, -0.5 * dlam, rtol=1e-12, atol=0)
     else:  # hard thresholding: lam only selects the support (zero gradient a.e.)
-        (reg.value(x).sum() + out.sum()).backward()
-        assert params["raw_lam"].grad is not None
+        (reg.value(x).sum() + out.sum()).backward()  # d/dlam (lam · ‖x‖₀) = 4, the prox adds nothing
+        torch.testing.assert_close(params["raw_lam"].grad, 4 * dlam, rtol=1e-12, atol=0)
     fixed = cls(0.3)
     assert list(fixed.parameters()) == [] and len(list(fixed.buffers())) == 1
     assert fixed.double().lam.dtype == DT

@@ -244,9 +244,18 @@ def test_time_shares_grow_with_depth():
     sw.layer, sw.stage = 3, 1  # left: stages 2-3 of layer 3 and 3 stages of layer 4
     sw._set_deadline(FakeTrainer(FakeTimer(50.0, 120.0)), K)
     assert sw.deadline == pytest.approx(50.0 + 120.0 * 3 / (3 * 2 + 4 * 3))
-    # the shares of all stages left add up to the time left
-    shares = [t / (3 * 2 + 4 * 3) * 120.0 for t in (3, 3, 4, 4, 4)]
-    assert sum(shares) == pytest.approx(120.0)
+    # the schedule run through with every stage using its whole share: the shares are
+    # proportional to depth and the last stage ends exactly when the time is up
+    total, elapsed, shares = 300.0, 0.0, []
+    sw = StageWise(lr_factors=(1.0, 0.2, 0.02))
+    for layer in range(1, K + 1):
+        for stage in range(n):
+            sw.layer, sw.stage = layer, stage
+            sw._set_deadline(FakeTrainer(FakeTimer(elapsed, total - elapsed)), K)
+            shares.append((layer, sw.deadline - elapsed))
+            elapsed = sw.deadline
+    assert elapsed == pytest.approx(total)
+    assert [share / layer for layer, share in shares] == pytest.approx([total / total_weight] * (K * n))
 
 
 def test_a_stage_that_only_makes_things_worse_keeps_its_starting_weights(tmp_path):

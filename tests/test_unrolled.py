@@ -90,6 +90,24 @@ def test_untied_gradients_are_per_step():
     grads = [m.step.raw.grad for m in u.steps]
     assert all(g is not None and torch.isfinite(g) and g != 0 for g in grads)
     assert len({float(g) for g in grads}) == 3  # each layer has its own gradient
+    # each equals the central finite difference of the loss in that layer's step (float64 copy)
+    import copy
+
+    ud = copy.deepcopy(u).double()
+
+    def loss() -> float:
+        with torch.no_grad():
+            return float(ud(problem).x.square().sum())
+
+    h = 1e-6
+    for k, g in enumerate(grads):
+        raw = ud.steps[k].step.raw
+        raw.data += h
+        up = loss()
+        raw.data -= 2 * h
+        down = loss()
+        raw.data += h
+        assert float(g) == pytest.approx((up - down) / (2 * h), rel=1e-4)
 
 
 def test_constructor_errors():

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from .operators.base import LinearOperator, fmt_shape
+from .operators.matrix import MatrixOperator
 
 __all__ = ["check_finite", "check_measurements"]
 
@@ -22,13 +23,20 @@ def check_finite(t: Tensor, name: str) -> None:
                          f"entries (shape {tuple(t.shape)})")
 
 
+def _matrix_dtype(op: LinearOperator) -> Optional[torch.dtype]:
+    """The dtype of a :class:`~unroll.operators.MatrixOperator`'s matrix (its inputs must have
+    it), ``None`` for other operators."""
+    return op.matrix.dtype if isinstance(op, MatrixOperator) else None
+
+
 def check_measurements(y: Tensor, op: Optional[LinearOperator] = None, name: str = "y",
                        finite: bool = True) -> None:
     """Check measurements ``y`` of shape ``(B, *op.out_shape)`` against an operator.
 
     Raises:
         TypeError: ``y`` is not a tensor, or its dtype does not fit the operator (complex
-            data for a real operator or vice versa).
+            data for a real operator or vice versa; for a ``MatrixOperator``, a dtype other
+            than its matrix's, e.g. float32 data for a float64 ``A``).
         ValueError: wrong shape, or NaN/Inf entries (when ``finite``; skipped inside
             ``torch.compile``, where it would break the graph).
     """
@@ -46,6 +54,10 @@ def check_measurements(y: Tensor, op: Optional[LinearOperator] = None, name: str
             raise TypeError(f"{name}: {op.describe()} is a real operator but got complex measurements ({y.dtype})")
         if op.is_complex is True and not y.is_complex():
             raise TypeError(f"{name}: {op.describe()} is a complex operator but got real measurements ({y.dtype})")
+        op_dtype = _matrix_dtype(op)
+        if op_dtype is not None and y.dtype != op_dtype:
+            raise TypeError(f"{name}: dtype {y.dtype} does not match the dtype {op_dtype} of the matrix A of "
+                            f"{op.describe()}; pass both in one dtype ({name}.to({op_dtype}) or A.to({y.dtype}))")
     if finite and not torch.compiler.is_compiling():  # a data-dependent check would break the graph
         check_finite(y, name)
 

@@ -99,10 +99,15 @@ class Problem:
     def _given_lipschitz(self) -> Optional[Tensor]:
         return None
 
+    def inputs_finite(self) -> Optional[Tensor]:
+        """Whether the problem's data are finite, a 0-dim bool tensor (no host sync), or ``None``
+        when there is nothing to check. :class:`~unroll.Unrolled` folds it into its divergence
+        check, so a NaN input costs no synchronisation of its own."""
+        return None
+
     def check_inputs_finite(self) -> None:
         """Raise a ``ValueError`` naming the field if the problem's data hold NaN/Inf (one host
-        sync). :class:`~unroll.Unrolled` calls it when an iteration came out non-finite, so a
-        bad input is reported as such, without a check on every call."""
+        sync); called once :meth:`inputs_finite` said they do not."""
 
     def _lipschitz_cached(self) -> Tensor:
         """The constant as computed: 0-dim (shared by the batch) or ``(B,)``; cached."""
@@ -171,6 +176,9 @@ class LeastSquares(Problem):
 
     def _given_lipschitz(self) -> Optional[Tensor]:
         return None if self.known_lipschitz is None else torch.as_tensor(self.known_lipschitz)
+
+    def inputs_finite(self) -> Tensor:
+        return torch.isfinite(self.y).all()
 
     def check_inputs_finite(self) -> None:
         check_finite(self.y, "y")
@@ -271,6 +279,14 @@ class SmoothProblem(Problem):
 
     def _given_lipschitz(self) -> Optional[Tensor]:
         return None if self.known_lipschitz is None else torch.as_tensor(self.known_lipschitz)
+
+    def _float_leaves(self):
+        leaves, _ = torch.utils._pytree.tree_flatten(self.data)
+        return [t for t in leaves if isinstance(t, Tensor) and (t.is_floating_point() or t.is_complex())]
+
+    def inputs_finite(self) -> Optional[Tensor]:
+        flags = [torch.isfinite(t).all() for t in self._float_leaves()]
+        return torch.stack(flags).all() if flags else None
 
     def check_inputs_finite(self) -> None:
         leaves, _ = torch.utils._pytree.tree_flatten(self.data)
@@ -377,6 +393,9 @@ class QuadraticProblem(Problem):
         if self.Q.per_sample:
             return self.Q.lipschitz_batch(self.batch_size).sqrt()
         return self.Q.lipschitz().sqrt()  # ‖Q‖₂ = λ_max(Q) for Hermitian PSD Q (lipschitz() is ‖Q‖₂²)
+
+    def inputs_finite(self) -> Tensor:
+        return torch.isfinite(self.b).all()
 
     def check_inputs_finite(self) -> None:
         check_finite(self.b, "b")

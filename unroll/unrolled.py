@@ -259,7 +259,11 @@ class Unrolled(nn.Module):
         return (state, converged, iterations, residual), (xs, states, objs, res)
 
     def _check(self, info: SolverInfo, mode: GradMode, n: int, problem: Problem) -> None:
-        if self.check_finite and not torch.compiler.is_compiling() and not bool(torch.isfinite(info.residual).all()):
+        if not self.check_finite or torch.compiler.is_compiling():
+            return
+        ok = torch.isfinite(info.residual).all()
+        inputs = problem.inputs_finite()  # the data's check rides on the same host sync
+        if not bool(ok if inputs is None else ok & inputs):
             problem.check_inputs_finite()  # NaN/Inf in the data is the input's fault: say so (ValueError)
             mode.fail(f"Unrolled: the iteration diverged (non-finite residual after {n} iterations); "
                       "check the step size (it must stay below 2/L) and the input")

@@ -12,13 +12,30 @@ from .base import LinearOperator
 __all__ = ["MatrixOperator"]
 
 
+#: dtypes that ``torch.linalg`` does not support: the Lipschitz constant is computed in float32
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _check_finite_matrix(matrix: Tensor) -> None:
+    """Raise ``ValueError`` naming ``matrix`` if it holds NaN or Inf (one host synchronisation)."""
+    values = matrix if matrix.layout == torch.strided else matrix.values()  # sparse: coalesced COO
+    bad = ~torch.isfinite(values.detach())
+    if bad.any():
+        n_nan = int(torch.isnan(values.detach()).sum())
+        where = torch.nonzero(bad)[0].tolist() if matrix.layout == torch.strided else None
+        raise ValueError(f"matrix: expected finite entries, got {n_nan} NaN and {int(bad.sum()) - n_nan} Inf "
+                         f"(shape {tuple(matrix.shape)}" + (f", first at index {tuple(where)})" if where else ")"))
+
+
 class MatrixOperator(LinearOperator):
     """``x ↦ A x`` for a dense or sparse (COO) matrix.
 
     Args:
         matrix: ``(m, n)`` dense tensor, a sparse COO/CSR ``(m, n)`` tensor, or a dense
             ``(B, m, n)`` stack (one matrix per sample). Real or complex; its dtype decides
-            whether the operator is real (complex inputs are refused) or complex.
+            whether the operator is real (complex inputs are refused) or complex, and is the
+            dtype its inputs must have. Checked once here for NaN/Inf entries. float16 and
+            bfloat16 work (the Lipschitz constant is then computed in float32).
         learnable: make a dense matrix an ``nn.Parameter`` (default: a buffer, saved in
             checkpoints but not trained).
 
@@ -52,6 +69,8 @@ class MatrixOperator(LinearOperator):
                 self.matrix = torch.nn.Parameter(matrix.clone())
             else:
                 self.register_buffer("matrix", matrix)
+        if not (torch.compiler.is_compiling() or matrix.is_meta):  # one check, here: SVD/Cholesky would fail obscurely
+            _check_finite_matrix(matrix)
         m, n = matrix.shape[-2:]
         self.in_shape, self.out_shape = (n,), (m,)
         self.is_complex = matrix.is_complex()
@@ -95,7 +114,9 @@ class MatrixOperator(LinearOperator):
     def lipschitz(self, x: Optional[Tensor] = None, max_iter: int = 100, tol: float = 1e-6,
                   recompute: bool = False) -> Tensor:
         """``‖A‖₂²``; exact (from the singular values) for a dense 2-D matrix, otherwise by
-        power iteration. For a ``(B, m, n)`` stack, the largest over the batch. Cached."""
+        power iteration. For a ``(B, m, n)`` stack, the largest over the batch. Cached (and
+        recomputed when the matrix changes). For a float16/bfloat16 matrix it is computed in (and
+        returned as) float32."""
         if not recompute and self._cached_lipschitz_valid():
             return self._lipschitz_cache
         if self.sparse:
@@ -105,8 +126,13 @@ class MatrixOperator(LinearOperator):
         return self._lipschitz_cache
 
     def _spectral_norms(self) -> Tensor:
+        """``‖A‖₂`` (or one per matrix of a stack), without a graph; float32 for half precision,
+        which ``torch.linalg`` refuses."""
         with torch.no_grad():
-            return torch.linalg.matrix_norm(self.matrix.detach(), ord=2)
+            a = self.matrix.detach()
+            if a.dtype in _LOW_PRECISION:
+                a = a.to(torch.float32)
+            return torch.linalg.matrix_norm(a, ord=2)
 
     def lipschitz_batch(self, batch: int, x: Optional[Tensor] = None, max_iter: int = 100,
                         tol: float = 1e-6) -> Tensor:

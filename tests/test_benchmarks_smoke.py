@@ -1,0 +1,188 @@
+"""Every script in benchmarks/ runs end to end in its smallest mode and prints or writes what
+BENCHMARKS.md is made from (tables, JSON, figures). Budgets are tiny: these check that the
+scripts work, not their numbers (a few sanity relations aside).
+
+Scripts are imported and their ``main`` called in this process (``sys.argv`` patched), with
+``ROOT`` pointed at a scratch copy of the repository layout where a script writes figures or
+results into the repository by default.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+
+
+@pytest.fixture
+def bench(monkeypatch, tmp_path):
+    """``bench(name, *argv)``: import benchmarks/<name>.py afresh and run its main with ``argv``."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    monkeypatch.chdir(tmp_path)
+    threads = torch.get_num_threads()
+
+    def load(name):
+        spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, spec.name, mod)  # dataclasses and pickling look it up
+        spec.loader.exec_module(mod)
+        return mod
+
+    def run(mod, *argv):
+        monkeypatch.setattr(sys, "argv", [str(BENCH / f"{mod.__name__[7:]}.py"), *argv])
+        mod.main()
+
+    yield load, run
+    torch.set_num_threads(threads)  # the scripts set their own
+
+
+def scratch_root(tmp_path) -> Path:
+    """A folder laid out as the repository (configs/, benchmarks/) for ``ROOT``-relative outputs."""
+    root = tmp_path / "root"
+    (root / "benchmarks").mkdir(parents=True)
+    (root / "configs").symlink_to(ROOT / "configs")
+    return root
+
+
+def table_rows(text: str, header_start: str):
+    """The data rows of the Markdown table whose header starts with ``header_start``."""
+    lines = text.splitlines()
+    i = next(k for k, line in enumerate(lines) if line.startswith(header_start))
+    assert re.fullmatch(r"\|(-*:?\|)+", lines[i + 1].replace("---", "-")), lines[i + 1]
+    rows = []
+    for line in lines[i + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip("|").split("|")])
+    return rows
+
+
+def test_machine():
+    sys.path.insert(0, str(BENCH))
+    try:
+        from machine import cpu_name
+    finally:
+        sys.path.remove(str(BENCH))
+    assert isinstance(cpu_name(), str) and cpu_name()
+
+
+def test_state_evolution_smoke(bench, capsys):
+    load, run = bench
+    run(load("state_evolution"), "--smoke", "--snr_db", "40")
+    (row,) = table_rows(capsys.readouterr().out, "| SNR (dB)")
+    assert row[0] == "40" and len(row) == 8
+    soft = float(row[2].split()[0])
+    vals = [soft] + [float(row[k]) for k in (4, 5, 6, 7)]
+    soft, mc_soft, bayes, mc_bayes, oracle = vals
+    assert bayes < soft  # the Bayes-optimal denoiser beats the best soft threshold
+    assert abs(mc_soft - soft) < 0.5 and abs(mc_bayes - bayes) < 0.5  # Monte Carlo confirms both fixed points
+    assert oracle < soft
+
+
+def test_sup_vs_unsup_smoke(bench, tmp_path, capsys):
+    load, run = bench
+    mod = load("sup_vs_unsup")
+    root = scratch_root(tmp_path)
+    mod.ROOT = root  # figures go to the scratch folder
+    out = tmp_path / "svu.json"
+    run(mod, "--smoke", "--out", str(out))
+    res = json.loads(out.read_text())
+    assert set(res) >= {"config", "lam", "classical", "learned", "mismatch", "budget"}
+    for algo in ("ista", "iht"):
+        for kind in ("sup", "unsup"):
+            entry = res["learned"][algo][kind]["3"]
+            assert entry["train"]["steps"] == 3 and len(entry["test"]["nmse_db"]) == 3
+    for name in ("curves", "steps"):
+        assert (root / "benchmarks" / "figures" / f"sup_vs_unsup_smoke_{name}.png").read_bytes()[:4] == b"\x89PNG"
+    text = capsys.readouterr().out
+    assert "#### IHT" in text and "| 3 | learned, supervised (MSE) |" in text
+
+
+def test_grad_modes_smallest(bench, tmp_path, capsys):
+    load, run = bench
+    out = tmp_path / "gm.json"
+    run(load("grad_modes"), "--settings", "a", "--modes", "full", "--K", "4", "--no-accuracy",
+        "--threads", "1", "--timeout", "300", "--out", str(out))
+    res = json.loads(out.read_text())
+    assert [(r["setting"], r["mode"], r["K"]) for r in res["results"]] == [("a", "full", 4)]
+    for r in res["results"]:
+        assert "error" not in r, r
+        assert r["time_s"] > 0 and r["forward_iterations"] == 4 and r["params_with_grad"] > 0
+        assert math.isfinite(r["loss"]) and r["grad_norm"] > 0
+    assert res["accuracy"] is None and res["K"] == [4]
+    rows = table_rows(capsys.readouterr().out, "| mode | K=4 |")
+    assert [r[0] for r in rows] == ["full"] and rows[0][1] != "–"
+
+
+def test_lista_ablation_smallest(bench, tmp_path, capsys):
+    load, run = bench
+    out = tmp_path / "abl.json"
+    run(load("lista_ablation"), "--steps", "2", "--layers", "1", "--models", "LISTACP", "--variants", "analytic",
+        "--jobs", "1", "--results", str(out))
+    res = json.loads(out.read_text())
+    (r,) = res["results"]
+    assert (r["model"], r["variant"]) == ("LISTACP", "analytic") and len(r["test_nmse_db"]) == 1
+    assert res["meta"]["steps_per_stage"] == 2
+    rows = table_rows(capsys.readouterr().out, "| model | variant |")
+    assert rows[0][0] == "LISTACP" and float(rows[0][2]) == pytest.approx(r["test_nmse_db"][0], abs=0.01)
+
+
+def test_lista_family_and_last_layer_bound_smallest(bench, tmp_path, capsys):
+    """One LISTA-CP run of a few seconds, its evaluation and table; then the last-layer analysis
+    of that checkpoint."""
+    load, run = bench
+    mod = load("lista_family")
+    root = scratch_root(tmp_path)
+    mod.ROOT = root  # configs through the symlink, figures into the scratch folder
+    out = tmp_path / "lf.json"
+    run(mod, "--budget", "00:00:00:03", "--settings", "noiseless", "--models", "LISTA-CP", "--jobs", "1",
+        "--work", str(tmp_path / "work"), "--results", str(out))
+    res = json.loads(out.read_text())["results"]["noiseless"]
+    curves = res["curves"]
+    assert set(curves) == {"LISTA-CP", "ista", "fista"} and all(len(v) == 16 for v in curves.values())
+    assert res["lasso"] is None and res["limits"] is None  # noiseless: no LASSO reference, no limits
+    assert res["progress"]["LISTA-CP"]["steps"] > 0
+    assert (root / "benchmarks" / "figures" / "lista_family_noiseless.png").read_bytes()[:4] == b"\x89PNG"
+    rows = table_rows(capsys.readouterr().out, "| layer |")
+    assert len(rows) == 16 and rows[0][0] == "1"
+
+    ckpt = res["runs"]["LISTA-CP"]["ckpt"]
+    bound = tmp_path / "bound.json"
+    run(load("last_layer_bound"), ckpt, "--names", "smoke", "--json", str(bound))
+    (row,) = table_rows(capsys.readouterr().out, "| run |")
+    assert row[0] == "smoke"
+    r = json.loads(bound.read_text())["smoke"]
+    assert r["model"] == "LISTACP"
+    # had layers 1..15 been perfect, only noise is left: at least as good as the real last layer
+    assert r["bound_this_W"]["nmse_db"] <= r["best_threshold_of_input"]["nmse_db"] + 1e-9
+
+
+def test_main_job_short(bench, tmp_path, capsys):
+    load, run = bench
+    run(load("main_job"), "--max_time", "00:00:00:03", "--workdir", str(tmp_path / "job"))
+    text = capsys.readouterr().out
+    rows = table_rows(text, "| iteration | model | ISTA | FISTA |")
+    assert len(rows) == 16 and all(len(r) == 4 for r in rows)
+    assert re.search(r"final test NMSE .*\*\*-?\d+\.\d\d dB\*\*", text)
+
+
+def test_overhead_smallest(bench, monkeypatch, capsys):
+    """The timing loop at its smallest; torch.compile replaced by the identity (compiling costs a
+    minute here, and tests/test_compile.py covers it)."""
+    load, run = bench
+    monkeypatch.setattr(torch, "compile", lambda model, *a, **k: model)
+    run(load("overhead"), "--layers", "2", "--batch", "4", "--reps", "1", "--steps", "1", "--threads", "1")
+    text = capsys.readouterr().out
+    rows = table_rows(text, "| training step |")
+    assert [r[0] for r in rows] == ["hand", "hand + unroll.prox.soft_threshold", "framework", "framework+compile"]
+    assert float(rows[0][2]) == 1.0
+    assert [r[0] for r in table_rows(text, "| inference forward |")] == ["eager", "torch.compile"]
