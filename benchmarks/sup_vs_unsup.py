@@ -197,7 +197,7 @@ def train(cfg: Config, algo: str, kind: str, T: int, lam: float) -> Tuple[torch.
     best_state = (copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()))
     best_step, scale, restarts, history = 0, 1.0, 0, [(0, initial)]
     t0 = time.perf_counter()
-    for step, (y, x) in enumerate(dm.train_dataloader(), start=1):
+    for step, (y, x, *_) in enumerate(dm.train_dataloader(), start=1):  # Batch(y, x, operator, meta)
         for g in opt.param_groups:  # cosine decay to 0
             g["lr"] = cfg.lr * scale * 0.5 * (1.0 + math.cos(math.pi * (step - 1) / steps))
         loss = loss_fn(model(y, op), x, Problem.create(op, y, check=False))

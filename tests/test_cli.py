@@ -68,7 +68,7 @@ def test_fit_then_evaluate(tmp_path, capsys):
     untrained = UnrollCLI(args=["--config", cfg, *tiny(tmp_path)], run=False)
     untrained.datamodule.setup("test")
     untrained.model.bind(untrained.datamodule.get_operator())
-    y, x = untrained.datamodule.test_split
+    y, x = untrained.datamodule.test_split.y, untrained.datamodule.test_split.x
     with torch.no_grad():
         untrained_db = float(nmse(untrained.model(y), x))
     assert metrics["ALISTA"]["nmse_db"][-1] < untrained_db - 1.0, (metrics["ALISTA"]["nmse_db"][-1], untrained_db)

@@ -46,7 +46,7 @@ def test_ista_unsupervised_config_trains_the_steps_on_the_lasso(tmp_path):
     task, dm = cli.model, cli.datamodule
     assert isinstance(task.loss, ObjectiveLoss) and cli.trainer.global_step == 40
     dm.setup("test")
-    y, x = dm.test_split
+    y, x = dm.test_split.y, dm.test_split.x
     op = dm.get_operator()
     lasso = ObjectiveLoss(L1(0.1))  # the config's objective, built here independently
     with torch.no_grad():
@@ -68,7 +68,7 @@ def test_iht_config_trains_steps_and_weights_on_the_mse(tmp_path):
     task, dm = cli.model, cli.datamodule
     assert cli.trainer.global_step == 40
     dm.setup("test")
-    y, x = dm.test_split
+    y, x = dm.test_split.y, dm.test_split.x
     op = dm.get_operator()
     with torch.no_grad():
         before = float(nmse(init.model.model(y, op), x))
