@@ -157,10 +157,18 @@ def _import_deepinv():
     # torchvision 0.28.0's Linux wheel is built against CUDA torch: its C extension does not load
     # next to the CPU build (ops left out, torchvision.extension._has_ops() is False), but two of its
     # fake-kernel registrations (nms, qnms) are not guarded by that and need the ops' schemas to
-    # exist. Declaring those two schemas (no kernel) lets torchvision and deepinv import; deepinv's
-    # PGD calls no torchvision op.
-    for op in ("nms", "qnms"):
-        torch.library.define(f"torchvision::{op}", "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    # exist. When that stops the import, declaring those two schemas (no kernel) lets torchvision
+    # and deepinv import; deepinv's PGD calls no torchvision op.
+    try:
+        import torchvision  # noqa: F401
+    except RuntimeError as e:
+        if "torchvision::" not in str(e):
+            raise
+        for op in ("nms", "qnms"):
+            torch.library.define(f"torchvision::{op}", "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        for m in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[m]
+        import torchvision  # noqa: F401
     import deepinv
 
     return deepinv
