@@ -1,35 +1,147 @@
 """The ``unroll`` command: LightningCLI's ``fit``/``validate``/``test``/``predict`` plus ``evaluate``.
 
     unroll fit --config configs/alista.yaml
-    unroll evaluate --config configs/alista.yaml --ckpt_path runs/alista/.../last.ckpt --output_dir eval/
+    unroll fit --config configs/alista.yaml --ckpt_path last          # resume the newest run of the config
+    unroll evaluate --ckpt_path runs/alista/version_0/checkpoints/last.ckpt --output_dir eval/
 
 Configs name the task and the data module by class path (subclass mode), so any
 ``LightningModule``/``LightningDataModule`` of the project (or the user's) can be trained.
 Unknown keys in a config are errors (jsonargparse), not silently ignored.
+
+What the CLI adds to LightningCLI:
+
+- **One folder per run.** ``fit`` claims a new folder ``<save_dir>/<name>/version_N`` of the
+  config's logger (or ``<save_dir>/<name>/<run_name>`` with ``--run_name``), atomically, so two
+  runs of one config never share it, even when started together; checkpoints (``last.ckpt`` and
+  the best) and logs go there, and the folder is printed when training starts. A relative
+  logger ``save_dir`` is taken under ``--trainer.default_root_dir`` when that is given.
+  ``--ckpt_path last`` resumes the newest run of the config, in its own folder; so does
+  ``--ckpt_path`` naming a checkpoint inside a run folder.
+- **The progress bar** (:class:`~unroll.train.callbacks.RunProgressBar`) is the CLI's, not the
+  configs': ``--trainer.enable_progress_bar=false`` works with every config.
+- **A summary** (steps, schedule, best and last checkpoints, run folder) after the bar stops.
+- **Quiet output**: Lightning's tips, the GPU/TPU lines on a machine without either and a
+  deprecation warning from Lightning's internals are left out.
+- **Errors** in the arguments print one line (``unroll: error: ...``); ``--debug`` (or
+  ``UNROLL_DEBUG=1``) shows the traceback.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import re
 import sys
-from typing import List, Optional
+import warnings
+from pathlib import Path
+from typing import Any, Dict, List, Optional
 
 import lightning as L
 import yaml
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI
 
+from .callbacks import ReportPaths, RunProgressBar, fit_summary
+
 __all__ = ["UnrollCLI", "main"]
+
+_FILE_LOGGERS = ("CSVLogger", "TensorBoardLogger")
+_RUN_ENV = "_UNROLL_RUN_DIR"  # the run folder rank 0 chose, for the processes DDP starts
 
 
 class UnrollCLI(LightningCLI):
     """LightningCLI with the project's defaults (subclass mode for model and data, config saved
-    next to the logs)."""
+    next to the logs), one folder per run, the CLI's progress bar and an end-of-run summary."""
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("subclass_mode_model", True)
         kwargs.setdefault("subclass_mode_data", True)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("auto_configure_optimizers", False)
+        kwargs.setdefault("parser_kwargs", {}).setdefault(
+            "description", "unroll: train and evaluate unrolled solvers (LightningCLI). Subcommands: fit, validate, "
+                           "test, predict and evaluate (unroll evaluate --help).")
         super().__init__(L.LightningModule, L.LightningDataModule, *args, **kwargs)
+
+    def parse_arguments(self, parser, args) -> None:
+        # `unroll evaluate` and the tests pass args while sys.argv holds the command line: intended
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*args parameter is intended.*")
+            super().parse_arguments(parser, args)
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument("--run_name", type=Optional[str], default=None,
+                            help="fit: the run's folder name under the logger's folder (default: the next "
+                                 "version_N); an existing name is refused unless resumed with --ckpt_path")
+
+    # ------------------------------------------------------------------ run folders
+    def before_instantiate_classes(self) -> None:
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        if self.subcommand is None or "trainer" not in cfg:
+            return
+        trainer = cfg["trainer"]
+        logger = trainer.get("logger")
+        file_logger = _is_file_logger(logger)
+        if file_logger:
+            init = logger["init_args"]
+            root_dir = trainer.get("default_root_dir")
+            if root_dir is not None and not os.path.isabs(str(init["save_dir"])):
+                init["save_dir"] = os.path.join(str(root_dir), str(init["save_dir"]))
+        if self.subcommand != "fit":
+            # validate/test/predict write no run folder of their own (which `--ckpt_path last` of a
+            # later fit would take for the newest run): results are printed, predictions written
+            if cfg.get("ckpt_path") == "last" and file_logger:
+                cfg["ckpt_path"] = str(_newest_run_checkpoint(_runs_root(logger)))
+            trainer["logger"] = False
+            self.save_config_callback = None
+            return
+        if not file_logger or logger["init_args"].get("version") is not None:
+            return
+        root = _runs_root(logger)
+        run = self._choose_run(root, cfg)
+        logger["init_args"]["version"] = run.name
+
+    def _choose_run(self, root: Path, cfg) -> Path:
+        inherited = os.environ.get(_RUN_ENV)
+        if inherited and os.environ.get("LOCAL_RANK", "0") != "0":  # a DDP process started by rank 0
+            return Path(inherited)
+        ckpt = cfg.get("ckpt_path")
+        run_name = cfg.get("run_name")
+        run: Optional[Path] = None
+        if ckpt == "last":
+            path = _newest_run_checkpoint(root)
+            cfg["ckpt_path"] = str(path)
+            run = path.parent.parent
+        elif ckpt and Path(ckpt).resolve().parent.name == "checkpoints" \
+                and Path(ckpt).resolve().parent.parent.parent == root.resolve():
+            run = Path(ckpt).resolve().parent.parent  # a checkpoint of a run of this config: continue that run
+        if run is not None:
+            if run_name is not None and run.name != run_name:
+                raise ValueError(f"run_name: {run_name!r}, but --ckpt_path resumes the run {str(run)!r}")
+            _keep_metrics(run)
+        elif run_name is not None:
+            run = root / run_name
+            try:
+                run.mkdir(parents=True)
+            except FileExistsError:
+                raise ValueError(f"run_name: a run {str(run)!r} exists already; choose another name, or resume it "
+                                 f"with --ckpt_path {run / 'checkpoints' / 'last.ckpt'}") from None
+        else:
+            run = _claim_version(root)
+        os.environ[_RUN_ENV] = str(run)
+        return run
+
+    # ------------------------------------------------------------------ trainer
+    def _instantiate_trainer(self, config: Dict[str, Any], callbacks: List[Any]) -> L.Trainer:
+        listed = config.get("callbacks") or []
+        listed = listed if isinstance(listed, list) else [listed]
+        listed = [c for c in listed if not isinstance(c, ReportPaths)]  # the CLI prints the summary
+        if config.get("enable_progress_bar") is False:
+            listed = [c for c in listed if not isinstance(c, ProgressBar)]
+        elif not any(isinstance(c, ProgressBar) for c in [*listed, *callbacks]):
+            callbacks = [*callbacks, RunProgressBar()]
+        config["callbacks"] = listed
+        return super()._instantiate_trainer(config, callbacks)
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
@@ -40,16 +152,179 @@ class UnrollCLI(LightningCLI):
             dumped = yaml.safe_load(self._parser(self.subcommand).dump(cfg, skip_validation=True))
             self.model.cli_config = {k: dumped[k] for k in ("model", "data") if k in dumped}
 
+    def before_fit(self) -> None:
+        if self.trainer.is_global_zero and self.trainer.logger is not None and self.trainer.log_dir:
+            ckpt = self.config["fit"].get("ckpt_path")
+            print(f"run folder: {self.trainer.log_dir}" + (f" (resuming {ckpt})" if ckpt else ""), flush=True)
+
+    def after_fit(self) -> None:
+        if self.trainer.is_global_zero:
+            print("\n".join(fit_summary(self.trainer)), flush=True)
+
+
+def _is_file_logger(logger: Any) -> bool:
+    """A config's logger section that writes into ``save_dir/name/version`` (CSV, TensorBoard)."""
+    try:
+        class_path = str(logger["class_path"])
+        init = logger["init_args"]
+    except (KeyError, TypeError, IndexError):
+        return False
+    return class_path.rsplit(".", 1)[-1] in _FILE_LOGGERS and init is not None and init.get("save_dir") is not None
+
+
+def _runs_root(logger: Any) -> Path:
+    init = logger["init_args"]
+    name = init.get("name")
+    return Path(str(init["save_dir"])) / (str(name) if name else "")
+
+
+def _claim_version(root: Path) -> Path:
+    """Create and return the next free ``root/version_N`` (mkdir is atomic: two runs started at
+    once get different folders)."""
+    root.mkdir(parents=True, exist_ok=True)
+    taken = [int(m.group(1)) for p in root.iterdir() if (m := re.fullmatch(r"version_(\d+)", p.name))]
+    n = max(taken, default=-1) + 1
+    while True:
+        try:
+            (root / f"version_{n}").mkdir()
+            return root / f"version_{n}"
+        except FileExistsError:
+            n += 1
+
+
+def _started(run: Path) -> float:
+    """When a run last started: the time its config was saved (at the start of each fit)."""
+    config = run / "config.yaml"
+    return (config if config.exists() else run).stat().st_mtime
+
+
+def _newest_run_checkpoint(root: Path) -> Path:
+    """``last.ckpt`` of the newest run (the last one started or resumed) under ``root``."""
+    runs = [p for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
+    if not runs:
+        raise FileNotFoundError(f"ckpt_path: 'last' resumes the newest run of this config, but there is no run "
+                                f"under {str(root)!r}")
+    newest = max(runs, key=_started)
+    ckpt = newest / "checkpoints" / "last.ckpt"
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"ckpt_path: 'last' resumes the newest run of this config, {str(newest)!r}, which has "
+                                "no checkpoints/last.ckpt (stopped before its first validation?); pass --ckpt_path "
+                                "with the checkpoint to resume")
+    return ckpt
+
+
+def _keep_metrics(run: Path) -> None:
+    """Before a run resumes in its folder: Lightning's CSV logger would delete its metrics.csv;
+    keep it as metrics-N.csv."""
+    metrics = run / "metrics.csv"
+    if metrics.is_file():
+        n = 0
+        while (run / f"metrics-{n}.csv").exists():
+            n += 1
+        metrics.rename(run / f"metrics-{n}.csv")
+
+
+# ---------------------------------------------------------------------- quiet output
+class _Quiet(logging.Filter):
+    """Drop Lightning lines the user cannot act on; say each of the others once per process."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        if msg.startswith("💡 Tip") or re.match(r"(GPU available: False|TPU available: False|HPU available: False)",
+                                               msg):
+            return False
+        if re.match(r"(GPU|TPU|HPU) available", msg):
+            if msg in self.seen:
+                return False
+            self.seen.add(msg)
+        return True
+
+
+_QUIET = _Quiet()
+_NOISE = [  # (message regex, reason)
+    (r".*isinstance\(treespec, LeafSpec\).*", "Lightning's own use of a deprecated torch API"),
+    (r".*LitLogger.*|.*litlogger.*", "advertising"),
+    # a run resumed in its own folder: _keep_metrics has kept the metrics this warns about
+    (r"Experiment logs directory .* exists and is not empty.*", "resume in the run's folder"),
+]
+
+
+def _quiet() -> None:
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+                 "lightning.pytorch.accelerators.cuda", "lightning.pytorch"):
+        log = logging.getLogger(name)
+        if _QUIET not in log.filters:
+            log.addFilter(_QUIET)
+    for pattern, _ in _NOISE:
+        warnings.filterwarnings("ignore", message=pattern)
+
+
+_HELP = """usage: unroll SUBCOMMAND [options]
+
+Train and evaluate unrolled solvers (LightningCLI with the project's defaults).
+
+subcommands:
+  fit        train a model from a config:    unroll fit --config configs/alista.yaml
+  validate   one pass over the validation split with a checkpoint (--ckpt_path)
+  test       one pass over the test split with a checkpoint (--ckpt_path)
+  predict    reconstructions of the predict split, written to a file (--ckpt_path)
+  evaluate   checkpoints against ISTA and FISTA: table, JSON, CSV and a plot
+
+Each subcommand's options: unroll SUBCOMMAND --help (e.g. unroll fit --help).
+--debug (any subcommand) shows the traceback of an error instead of its one-line message.
+"""
+
 
 def main(args: Optional[List[str]] = None) -> None:
-    """Entry point of the ``unroll`` console script."""
-    argv = list(sys.argv[1:] if args is None else args)
-    if argv and argv[0] == "evaluate":
-        from .evaluate import evaluate_main
+    """Entry point of the ``unroll`` console script.
 
-        evaluate_main(argv[1:])
+    Called with ``args`` (from Python, e.g. the tests) errors propagate as exceptions; as the
+    console script (``args=None``) an error in the arguments, data or model prints one line
+    ``unroll: error: ...`` and exits with status 1, unless ``--debug`` is given (or the
+    environment sets ``UNROLL_DEBUG=1``).
+    """
+    from_console = args is None
+    argv = list(sys.argv[1:] if args is None else args)
+    debug = "--debug" in argv or os.environ.get("UNROLL_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_HELP, end="")
+        if not argv:
+            raise SystemExit(2)
         return
-    UnrollCLI(args=args)  # None: LightningCLI reads sys.argv itself
+    _quiet()
+    try:
+        if argv[0] == "evaluate":
+            from .evaluate import evaluate_main
+
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="No seed found.*")  # evaluation draws nothing at random
+                evaluate_main(argv[1:])
+            return
+        UnrollCLI(args=argv)
+    except Exception as exc:  # noqa: BLE001 - the console prints the message, --debug the traceback
+        if debug or not from_console:
+            raise
+        print(f"unroll: error: {_message(exc)}\n(run with --debug for the traceback)", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def _message(exc: BaseException) -> str:
+    """The message of the exception that started a chain (the wrappers around it add nothing)."""
+    seen = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        nxt = exc.__cause__ or (exc.__context__ if not exc.__suppress_context__ else None)
+        if nxt is None:
+            break
+        exc = nxt
+    text = str(exc).strip() or type(exc).__name__
+    return text if isinstance(exc, (ValueError, TypeError, KeyError, FileNotFoundError)) \
+        else f"{type(exc).__name__}: {text}"
 
 
 if __name__ == "__main__":  # pragma: no cover
