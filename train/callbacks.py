@@ -17,9 +17,10 @@ from .io import atomic_write
 __all__ = ["ReportPaths", "PredictionWriter", "RunProgressBar", "say", "fit_summary"]
 
 
-def say(trainer: Optional[L.Trainer], message: str) -> None:
+def say(trainer: Optional[L.Trainer], message: str, log: bool = True) -> None:
     """Print ``message`` on rank 0: through the progress bar's console while a Rich bar is drawn
-    (so the line does not end up glued to the bar), else through Lightning's log."""
+    (so the line does not end up glued to the bar), else through Lightning's log (``log=True``)
+    or to standard output."""
     if trainer is not None and not trainer.is_global_zero:
         return
     bar = getattr(trainer, "progress_bar_callback", None) if trainer is not None else None
@@ -27,8 +28,10 @@ def say(trainer: Optional[L.Trainer], message: str) -> None:
     if isinstance(bar, RichProgressBar) and progress is not None and bar.is_enabled \
             and not getattr(bar, "_progress_stopped", False):
         progress.console.print(message, markup=False, highlight=False)
-    else:
+    elif log:
         rank_zero_info(message)
+    else:
+        print(message, flush=True)
 
 
 def _stagewise(trainer: L.Trainer):
@@ -168,4 +171,4 @@ class PredictionWriter(BasePredictionWriter):
         data = {"x_hat": torch.cat(preds).cpu() if preds else torch.empty(0)}
         atomic_write(path, lambda tmp: torch.save(data, tmp))
         if trainer.global_rank == 0:
-            print(f"predictions: {os.path.abspath(path)}", flush=True)
+            say(trainer, f"predictions: {os.path.abspath(path)}", log=False)

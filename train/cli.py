@@ -38,10 +38,10 @@ from typing import Any, Dict, List, Optional
 
 import lightning as L
 import yaml
-from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.callbacks import BasePredictionWriter, ProgressBar
 from lightning.pytorch.cli import LightningCLI
 
-from .callbacks import ReportPaths, RunProgressBar, fit_summary
+from .callbacks import PredictionWriter, ReportPaths, RunProgressBar, fit_summary
 
 __all__ = ["UnrollCLI", "main"]
 
@@ -80,6 +80,7 @@ class UnrollCLI(LightningCLI):
         if self.subcommand is None or "trainer" not in cfg:
             return
         trainer = cfg["trainer"]
+        _check_precision(trainer.get("precision"))
         logger = trainer.get("logger")
         file_logger = _is_file_logger(logger)
         if file_logger:
@@ -140,6 +141,8 @@ class UnrollCLI(LightningCLI):
             listed = [c for c in listed if not isinstance(c, ProgressBar)]
         elif not any(isinstance(c, ProgressBar) for c in [*listed, *callbacks]):
             callbacks = [*callbacks, RunProgressBar()]
+        if self.subcommand == "predict" and not any(isinstance(c, BasePredictionWriter) for c in [*listed, *callbacks]):
+            callbacks = [*callbacks, PredictionWriter(_default_predictions_dir(self.config["predict"].get("ckpt_path")))]
         config["callbacks"] = listed
         return super()._instantiate_trainer(config, callbacks)
 
@@ -160,6 +163,15 @@ class UnrollCLI(LightningCLI):
     def after_fit(self) -> None:
         if self.trainer.is_global_zero:
             print("\n".join(fit_summary(self.trainer)), flush=True)
+
+
+def _check_precision(precision: Any) -> None:
+    """16-bit precision is refused: it breaks the maths of the solvers these models unroll."""
+    if precision is not None and str(precision).split("-")[0] in ("16", "bf16"):
+        raise ValueError(
+            f"trainer.precision: {precision} is not supported: float16/bfloat16 round every matrix product and "
+            "threshold to 11/8 significant bits, a relative error (1e-3 to 4e-3) far above the errors these models "
+            "reach (ALISTA: -64 dB NMSE), and some layers fail on mixed dtypes; use 32-true (the default) or 64-true")
 
 
 def _is_file_logger(logger: Any) -> bool:
@@ -192,6 +204,14 @@ def _claim_version(root: Path) -> Path:
             n += 1
 
 
+def _default_predictions_dir(ckpt_path: Optional[str]) -> str:
+    """Where ``unroll predict`` writes without a writer in the config: the checkpoint's run folder
+    (``<run>/predictions/``) for a checkpoint of a run, else ``./predictions/``."""
+    if ckpt_path and Path(ckpt_path).parent.name == "checkpoints":
+        return str(Path(ckpt_path).parent.parent / "predictions")
+    return "predictions"
+
+
 def _started(run: Path) -> float:
     """When a run last started: the time its config was saved (at the start of each fit)."""
     config = run / "config.yaml"
@@ -199,18 +219,20 @@ def _started(run: Path) -> float:
 
 
 def _newest_run_checkpoint(root: Path) -> Path:
-    """``last.ckpt`` of the newest run (the last one started or resumed) under ``root``."""
-    runs = [p for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
-    if not runs:
-        raise FileNotFoundError(f"ckpt_path: 'last' resumes the newest run of this config, but there is no run "
-                                f"under {str(root)!r}")
-    newest = max(runs, key=_started)
-    ckpt = newest / "checkpoints" / "last.ckpt"
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"ckpt_path: 'last' resumes the newest run of this config, {str(newest)!r}, which has "
-                                "no checkpoints/last.ckpt (stopped before its first validation?); pass --ckpt_path "
-                                "with the checkpoint to resume")
-    return ckpt
+    """``last.ckpt`` of the newest run (the last one started or resumed) under ``root`` that has
+    one; runs started later without a checkpoint (stopped before their first validation, or
+    failed at start) are named in a message."""
+    runs = sorted((p for p in root.iterdir() if p.is_dir()), key=_started, reverse=True) if root.is_dir() else []
+    with_ckpt = [p for p in runs if (p / "checkpoints" / "last.ckpt").is_file()]
+    if not with_ckpt:
+        raise FileNotFoundError(f"ckpt_path: 'last' resumes the newest run of this config, but no run under "
+                                f"{str(root)!r} has a checkpoints/last.ckpt"
+                                + (f" (runs: {', '.join(p.name for p in runs)})" if runs else ""))
+    newer = runs[:runs.index(with_ckpt[0])]
+    if newer:
+        print(f"ckpt_path last: {', '.join(str(p) for p in newer)} started later but wrote no checkpoint; "
+              f"resuming {with_ckpt[0]}", flush=True)
+    return with_ckpt[0] / "checkpoints" / "last.ckpt"
 
 
 def _keep_metrics(run: Path) -> None:

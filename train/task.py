@@ -22,6 +22,7 @@ from unroll.problem import Problem
 __all__ = ["ReconstructionTask"]
 
 _CKPT_KEY = "unroll"
+_COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 class ReconstructionTask(L.LightningModule):
@@ -45,6 +46,11 @@ class ReconstructionTask(L.LightningModule):
             The LISTA-family configs use 100: matrices at 5e-5 (they start at ALISTA's analytic
             weight and only need refining), thresholds and steps at 5e-3 (ALISTA's rate), which
             a matrix rate would make far too slow.
+        compile: run the model through ``torch.compile`` (training, validation, test and
+            predict; the model's weights and checkpoints are unchanged). Each depth and output
+            kind (stage-wise depths, trajectories at test time) compiles once.
+        compile_mode: ``torch.compile``'s ``mode``: ``"default"``, ``"reduce-overhead"``,
+            ``"max-autotune"`` or ``"max-autotune-no-cudagraphs"`` (``None``: the default).
 
     Batches are ``unroll.data.Batch(y, x)`` (``x`` may be ``None`` for unsupervised data).
     """
@@ -53,8 +59,15 @@ class ReconstructionTask(L.LightningModule):
                  weighting: Union[str, List[float]] = "last",
                  optimizer: OptimizerCallable = torch.optim.Adam,
                  lr_scheduler: Optional[LRSchedulerCallable] = None,
-                 operator: Optional[LinearOperator] = None, scalar_lr_factor: float = 1.0) -> None:
+                 operator: Optional[LinearOperator] = None, scalar_lr_factor: float = 1.0,
+                 compile: bool = False, compile_mode: Optional[str] = None) -> None:
         super().__init__()
+        if not isinstance(compile, bool):
+            raise ValueError(f"compile: expected true or false, got {compile!r}")
+        if compile_mode not in _COMPILE_MODES:
+            raise ValueError(f"compile_mode: expected one of {', '.join(map(str, _COMPILE_MODES))}, got {compile_mode!r}")
+        self.use_compile, self.compile_mode = compile, compile_mode  # (`compile` is nn.Module's method)
+        self._compiled: Optional[Any] = None  # torch.compile(model), built lazily; not a submodule (no state)
         if isinstance(scalar_lr_factor, bool) or not isinstance(scalar_lr_factor, (int, float)) \
                 or not (0 < scalar_lr_factor < float("inf")):
             raise ValueError(f"scalar_lr_factor: expected a finite number > 0, got {scalar_lr_factor!r}")
@@ -103,7 +116,15 @@ class ReconstructionTask(L.LightningModule):
 
     # ------------------------------------------------------------------ steps
     def forward(self, y: Tensor, **kwargs: Any):
-        """``self.model(y, self.operator, **kwargs)``."""
+        """``self.model(y, self.operator, **kwargs)`` (through ``torch.compile`` with ``compile=True``)."""
+        if self.use_compile:
+            if self._compiled is None:
+                import torch._dynamo
+
+                # one graph per depth (stage-wise training runs 1..K) and output kind
+                torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+                object.__setattr__(self, "_compiled", torch.compile(self.model, mode=self.compile_mode))
+            return self._compiled(y, self.operator, **kwargs)
         return self.model(y, self.operator, **kwargs)
 
     def _problem(self, y: Tensor) -> Problem:
