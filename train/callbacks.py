@@ -27,7 +27,7 @@ def say(trainer: Optional[L.Trainer], message: str, log: bool = True) -> None:
     progress = getattr(bar, "progress", None)
     if isinstance(bar, RichProgressBar) and progress is not None and bar.is_enabled \
             and not getattr(bar, "_progress_stopped", False):
-        progress.console.print(message, markup=False, highlight=False)
+        progress.console.print(message, markup=False, highlight=False, soft_wrap=True)
     elif log:
         rank_zero_info(message)
     else:
@@ -95,7 +95,9 @@ class RunProgressBar(RichProgressBar):
             totals.append(trainer.max_epochs * int(batches) // max(trainer.accumulate_grad_batches, 1))
         sw = _stagewise(trainer)
         interval = getattr(trainer, "val_check_batch", None)
-        if sw is not None and sw.max_validations is not None and isinstance(interval, int) and not sw.done:
+        if sw is not None and sw.done:
+            totals.append(trainer.global_step)  # the schedule has ended the run
+        elif sw is not None and sw.max_validations is not None and isinstance(interval, int):
             model = trainer.lightning_module.model
             stages_left = (model.num_layers - sw.layer) * len(sw.lr_factors) + len(sw.lr_factors) - sw.stage
             left = stages_left * sw.max_validations - sw.validations

@@ -38,7 +38,7 @@ from typing import Any, Dict, List, Optional
 
 import lightning as L
 import yaml
-from lightning.pytorch.callbacks import BasePredictionWriter, ProgressBar
+from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningCLI
 
 from .callbacks import PredictionWriter, ReportPaths, RunProgressBar, fit_summary
@@ -117,6 +117,8 @@ class UnrollCLI(LightningCLI):
                 and Path(ckpt).resolve().parent.parent.parent == root.resolve():
             run = Path(ckpt).resolve().parent.parent  # a checkpoint of a run of this config: continue that run
         if run is not None:
+            # resumed in its own folder: its checkpoints and logs are expected there
+            warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty.*")
             if run_name is not None and run.name != run_name:
                 raise ValueError(f"run_name: {run_name!r}, but --ckpt_path resumes the run {str(run)!r}")
             _keep_metrics(run)
@@ -137,6 +139,8 @@ class UnrollCLI(LightningCLI):
         listed = config.get("callbacks") or []
         listed = listed if isinstance(listed, list) else [listed]
         listed = [c for c in listed if not isinstance(c, ReportPaths)]  # the CLI prints the summary
+        if self.subcommand in ("validate", "test", "predict"):  # they write no checkpoints
+            listed = [c for c in listed if not isinstance(c, ModelCheckpoint)]
         if config.get("enable_progress_bar") is False:
             listed = [c for c in listed if not isinstance(c, ProgressBar)]
         elif not any(isinstance(c, ProgressBar) for c in [*listed, *callbacks]):
