@@ -107,7 +107,7 @@ def train(work: Path, setting: str, name: str, budget: str, reuse: bool, extra: 
     where, how long and with which overrides."""
     cfg = MODELS[name]
     run_dir = work / setting / cfg
-    ckpt = run_dir / "runs" / cfg / "checkpoints" / "last.ckpt"
+    ckpt = run_dir / "runs" / cfg / "version_0" / "checkpoints" / "last.ckpt"  # the first run in a fresh run_dir
     record = run_dir / "run.json"  # wall time, budget and overrides of the run that made ckpt
     if reuse and ckpt.is_file():
         saved = json.loads(record.read_text()) if record.is_file() else {"wall_s": None, "budget": budget}
@@ -117,7 +117,10 @@ def train(work: Path, setting: str, name: str, budget: str, reuse: bool, extra: 
     if run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
-    cmd = [*_unroll(), "fit", "--config", str(ROOT / "configs" / f"{cfg}.yaml"), f"--trainer.max_time={budget}"]
+    # a wall-clock budget shared out by StageWise (stages end on patience or their time share, not
+    # on the configs' cap of validations per stage, which is for runs without max_time)
+    cmd = [*_unroll(), "fit", "--config", str(ROOT / "configs" / f"{cfg}.yaml"), f"--trainer.max_time={budget}",
+           "--trainer.callbacks.init_args.max_validations=null"]
     if SETTINGS[setting] is not None:
         cmd.append(f"--data.init_args.snr_db={SETTINGS[setting]}")
     cmd += extra
