@@ -484,3 +484,38 @@ def test_a_clone_named_unroll_in_the_working_folder_does_not_shadow_the_package(
     proc = subprocess.run([sys.executable, "-S", "-c", "import unroll"], cwd=tmp_path, capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode != 0 and "is a clone of the repository" in proc.stderr and "pip install" in proc.stderr
+
+
+def test_output_leaves_out_what_the_user_cannot_act_on(tmp_path):
+    """No cloud-logging tip, no 'GPU available: False' lines, no _pytree deprecation warning on
+    fit; no args+sys.argv warning and no 'No seed found' on `evaluate --config`. Lightning's
+    other messages still come through."""
+    import logging
+    import warnings
+
+    records = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    handler = Keep()
+    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric")]
+    for log in loggers:
+        log.addHandler(handler)
+    cfg = str(CONFIGS / "learned_ista.yaml")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            main(["fit", "--config", cfg, *tiny(tmp_path, steps=2, batches=2, layers=2),
+                  "--trainer.enable_progress_bar=false"])
+            main(["evaluate", "--config", cfg, *tiny(tmp_path, layers=2), "--ckpt_path", str(last_ckpt(tmp_path)),
+                  "--output_dir", str(tmp_path / "eval")])
+    finally:
+        for log in loggers:
+            log.removeHandler(handler)
+    messages = records + [str(w.message) for w in caught]
+    assert any("Trainer.fit` stopped" in m for m in messages)  # the rest is still said
+    for noise in ("Tip:", "GPU available: False", "TPU available: False", "LeafSpec", "args parameter is intended",
+                  "No seed found"):
+        assert not [m for m in messages if noise in m], noise
