@@ -61,6 +61,8 @@ def fit_summary(trainer: L.Trainer) -> List[str]:
                 lines.append(f"best checkpoint: {cb.best_model_path}{score}")
             if cb.last_model_path:
                 lines.append(f"last checkpoint: {cb.last_model_path}")
+            elif not cb.monitor and cb.best_model_path:  # a callback that keeps the latest state (the configs' last.ckpt)
+                lines.append(f"last checkpoint: {cb.best_model_path}")
     if trainer.logger is not None and trainer.logger.log_dir:
         lines.append(f"logs and config: {trainer.logger.log_dir}")
     return lines
