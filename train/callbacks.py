@@ -142,6 +142,13 @@ class RunProgressBar(RichProgressBar):
         self._update_metrics(trainer, pl_module)
         self.refresh()
 
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # the last state (e.g. the schedule ended at the last validation) before the bar stops
+        if not self.is_disabled and self.progress is not None and self.train_progress_bar_id is not None:
+            self.progress.update(self.train_progress_bar_id, completed=trainer.global_step, total=self._total(trainer),
+                                 description=self._describe(trainer))
+            self.refresh()
+
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule):
         items = super().get_metrics(trainer, pl_module)
         items.pop("v_num", None)
