@@ -141,7 +141,10 @@ def code_version() -> Dict[str, Optional[str]]:
 
 def fit_command(setting: str, name: str, budget: str, extra: List[str]) -> List[str]:
     """The ``unroll fit`` command line of one run."""
-    cmd = [*_unroll(), "fit", "--config", str(ROOT / "configs" / f"{MODELS[name]}.yaml"), f"--trainer.max_time={budget}"]
+    # a wall-clock budget shared out by StageWise (stages end on patience or their time share, not
+    # on the configs' cap of validations per stage, which is for runs without max_time)
+    cmd = [*_unroll(), "fit", "--config", str(ROOT / "configs" / f"{MODELS[name]}.yaml"), f"--trainer.max_time={budget}",
+           "--trainer.callbacks.init_args.max_validations=null"]
     if SETTINGS[setting] is not None:
         cmd.append(f"--data.init_args.snr_db={SETTINGS[setting]}")
     return cmd + list(extra)
@@ -183,7 +186,7 @@ def train(work: Path, setting: str, name: str, budget: str, reuse: bool, extra: 
     where, how long, with which overrides, code version and config hash."""
     cfg = MODELS[name]
     run_dir = work / setting / cfg
-    ckpt = run_dir / "runs" / cfg / "checkpoints" / "last.ckpt"
+    ckpt = run_dir / "runs" / cfg / "version_0" / "checkpoints" / "last.ckpt"  # the first run in a fresh run_dir
     record = run_dir / "run.json"  # wall time, budget, overrides, code and config of the run that made ckpt
     cmd = fit_command(setting, name, budget, extra)
     current = {**code_version(), "config_sha256": config_sha256(cmd), "budget": budget, "args": list(extra)}

@@ -24,13 +24,14 @@ def _in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
 
-def tiny(tmp_path, m=20, n=40, layers=4, steps=30, seed=0):
-    """Overrides that shrink any config of configs/ to a seconds-long run in tmp_path."""
+def tiny(tmp_path, m=20, n=40, layers=4, steps=30, seed=0, batches=10):
+    """Overrides that shrink any config of configs/ to a seconds-long run under tmp_path (its runs
+    go to tmp_path/runs/<config>/version_N)."""
     return [
-        f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path}",
+        f"--trainer.default_root_dir={tmp_path}",
         "--trainer.max_time=null", f"--trainer.max_steps={steps}",
         "--data.init_args.problem=gaussian", f"--data.init_args.m={m}", f"--data.init_args.n={n}",
-        "--data.init_args.train_batches=10", "--data.init_args.val_size=64", "--data.init_args.test_size=64",
+        f"--data.init_args.train_batches={batches}", "--data.init_args.val_size=64", "--data.init_args.test_size=64",
         f"--data.init_args.seed={seed}", f"--model.init_args.model.init_args.num_layers={layers}",
         "--trainer.val_check_interval=1.0",
     ]
@@ -91,7 +92,7 @@ def test_evaluate_several_checkpoints_in_one_table(tmp_path, capsys):
     for name in family:
         run = tmp_path / name
         main(["fit", "--config", str(CONFIGS / f"{name}.yaml"), *tiny(run, steps=40 if name == "tilista" else 10)])
-        ckpts.append(str(last_ckpt(tmp_path / "runs" / name)))  # the configs' checkpoint dirpath
+        ckpts.append(str(last_ckpt(run)))
     eval_dir = tmp_path / "eval"
     main(["evaluate", "--ckpt_path", *ckpts, "--output_dir", str(eval_dir)])
     metrics = json.loads((eval_dir / "metrics.json").read_text())
@@ -131,7 +132,7 @@ def test_evaluate_several_checkpoints_in_one_table(tmp_path, capsys):
     other = tmp_path / "other"
     main(["fit", "--config", str(CONFIGS / "tilista.yaml"), *tiny(other, steps=2, seed=1)])
     with pytest.raises(ValueError, match="other data"):
-        main(["evaluate", "--ckpt_path", ckpts[0], str(last_ckpt(tmp_path / "runs" / "tilista")),
+        main(["evaluate", "--ckpt_path", ckpts[0], str(last_ckpt(other)),
               "--output_dir", str(eval_dir)])
     with pytest.raises(ValueError, match="names"):
         main(["evaluate", "--ckpt_path", *ckpts, "--names", "a", "--output_dir", str(eval_dir)])
@@ -151,9 +152,9 @@ def test_last_checkpoint_is_the_latest_state_even_without_improvement(tmp_path):
     monitored metric: with lr = 0 nothing improves after the first validation."""
     cfg = str(CONFIGS / "learned_ista.yaml")
     main(["fit", "--config", cfg, *tiny(tmp_path, steps=30), "--model.init_args.optimizer.init_args.lr=0.0"])
-    assert torch.load(tmp_path / "runs" / "learned_ista" / "checkpoints" / "last.ckpt",
+    assert torch.load(tmp_path / "runs" / "learned_ista" / "version_0" / "checkpoints" / "last.ckpt",
                       weights_only=False)["global_step"] == 30
-    best = list((tmp_path / "runs" / "learned_ista" / "checkpoints").glob("best-*.ckpt"))
+    best = list((tmp_path / "runs" / "learned_ista" / "version_0" / "checkpoints").glob("best-*.ckpt"))
     assert len(best) == 1 and torch.load(best[0], weights_only=False)["global_step"] == 10
 
 
@@ -326,3 +327,232 @@ def test_load_from_checkpoint_of_a_task_trained_from_python(tmp_path):
         ReconstructionTask.load_from_checkpoint(path, model=ALISTA(num_layers=3))
     with pytest.raises(ValueError, match="3 layers"):
         ReconstructionTask.load_from_checkpoint(path, model=LISTACP(num_layers=4))
+
+
+# ---------------------------------------------------------------------- usability (issue 13)
+ALL_CONFIGS = sorted(p.stem for p in CONFIGS.glob("*.yaml"))
+
+
+def _files(folder: Path):
+    """{relative path: (size, mtime_ns, bytes)} of every file under folder."""
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns, p.read_bytes())
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("name", ALL_CONFIGS)
+def test_every_config_runs_without_bar_in_root_dir_twice(name, tmp_path, capsys):
+    """Every config: `--trainer.enable_progress_bar=false` works (the bar is the CLI's, not the
+    config's), checkpoints land under `--trainer.default_root_dir`, and a second run of the same
+    config gets its own folder and leaves the first run's files as they were."""
+    root = tmp_path / "root"
+    args = ["fit", "--config", str(CONFIGS / f"{name}.yaml"), *tiny(root, steps=2, layers=2, batches=2),
+            "--trainer.enable_progress_bar=false"]
+    main(args)
+    first = root / "runs" / name / "version_0"
+    assert (first / "checkpoints" / "last.ckpt").is_file()
+    assert f"run folder: {first}" in capsys.readouterr().out  # said when training starts
+    assert not (tmp_path / "runs").exists()  # nothing in the working folder
+    before = _files(first)
+    main(args)
+    second = root / "runs" / name / "version_1"
+    assert (second / "checkpoints" / "last.ckpt").is_file()
+    assert _files(first) == before
+    # last + best only
+    assert sorted(p.name.split("-")[0] for p in (second / "checkpoints").iterdir()) == ["best", "last.ckpt"]
+
+
+class _KillAt(__import__("lightning").Callback):
+    """Stands for `kill`: stops the process (an exception out of fit) at a given step."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step >= self.step:
+            raise SystemError(f"killed at step {trainer.global_step}")
+
+
+def test_resume_last_continues_the_killed_second_run(tmp_path, capsys):
+    """Two runs of one config in one folder; the second is killed; the README's resume command
+    (`--ckpt_path last`) resumes that second run in its own folder: the first run's checkpoints
+    are neither reported nor deleted nor changed (issue 20, shared folders)."""
+    from unroll.train.cli import UnrollCLI
+
+    cfg = str(CONFIGS / "learned_ista.yaml")
+    base = ["fit", "--config", cfg, *tiny(tmp_path, steps=8, batches=2),
+            "--trainer.enable_progress_bar=false"]
+    main(base + ["--model.init_args.optimizer.init_args.lr=0.0"])  # first run: its best is its first validation
+    first = tmp_path / "runs" / "learned_ista" / "version_0"
+    before = _files(first)
+    with pytest.raises(SystemError, match="killed at step 5"):
+        UnrollCLI(args=base, trainer_defaults={"callbacks": [_KillAt(5)]})
+    second = tmp_path / "runs" / "learned_ista" / "version_1"
+    assert torch.load(second / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4
+    capsys.readouterr()
+
+    main(base + ["--ckpt_path", "last"])
+    out = capsys.readouterr().out
+    assert f"run folder: {second}" in out and "resuming" in out
+    assert torch.load(second / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 8
+    assert not (tmp_path / "runs" / "learned_ista" / "version_2").exists()
+    assert _files(first) == before
+    assert str(first) not in out  # the summary names only the resumed run's checkpoints
+    assert len(list((second / "checkpoints").glob("best-*.ckpt"))) == 1
+    assert (second / "metrics-0.csv").is_file()  # the killed part's metrics are kept
+
+    # a named run; its name cannot be taken twice
+    main(base + ["--run_name", "snr40"])
+    assert (tmp_path / "runs" / "learned_ista" / "snr40" / "checkpoints" / "last.ckpt").is_file()
+    with pytest.raises(ValueError, match="run_name: a run .*snr40.* exists"):
+        main(base + ["--run_name", "snr40"])
+
+
+def test_no_run_to_resume_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no run under"):
+        main(["fit", "--config", str(CONFIGS / "learned_ista.yaml"), *tiny(tmp_path, steps=2), "--ckpt_path", "last"])
+
+
+def test_stagewise_schedule_does_not_depend_on_machine_speed(tmp_path):
+    """The main-job config's schedule is in steps and validations: the same run on a machine
+    slowed down (a sleep in every step) gives the same model, to the bit, and ends by itself."""
+    import time
+
+    import lightning as L
+
+    from unroll.train.cli import UnrollCLI
+
+    class Slow(L.Callback):
+        def on_train_batch_end(self, *args) -> None:
+            time.sleep(0.02)
+
+    def run(folder, callbacks):
+        args = ["fit", "--config", str(CONFIGS / "alista.yaml"), *tiny(folder, steps=-1, layers=2, batches=4),
+                "--trainer.val_check_interval=2", "--trainer.enable_progress_bar=false"]
+        cli = UnrollCLI(args=args, trainer_defaults={"callbacks": callbacks})
+        (sw,) = [c for c in cli.trainer.callbacks if type(c).__name__ == "StageWise"]
+        return cli.trainer, sw, {k: v.clone() for k, v in cli.model.state_dict().items()}
+
+    trainer_a, sw_a, state_a = run(tmp_path / "a", [])
+    trainer_b, sw_b, state_b = run(tmp_path / "b", [Slow()])
+    assert sw_a.done and sw_b.done  # the schedule ended the run (2 layers x 3 stages x <= 2 validations)
+    assert trainer_a.global_step == trainer_b.global_step <= 2 * 3 * 2 * 2
+    assert sw_a.history == sw_b.history
+    assert state_a.keys() == state_b.keys() and all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+
+
+def test_help_lists_every_subcommand(capsys):
+    main(["--help"])
+    out = capsys.readouterr().out
+    for sub in ("fit", "validate", "test", "predict", "evaluate"):
+        assert f"\n  {sub} " in out
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    assert "--config CONFIG" in capsys.readouterr().out
+
+
+def test_console_errors_are_one_line(tmp_path, monkeypatch, capsys):
+    """From the console an argument error prints its message, not two chained tracebacks;
+    --debug gives the traceback (the exception itself)."""
+    monkeypatch.setattr(sys, "argv", ["unroll", "fit", "--config", str(CONFIGS / "alista.yaml"), *tiny(tmp_path),
+                                      "--data.init_args.p=2"])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    assert exc.value.code == 1
+    err = capsys.readouterr().err
+    assert "unroll: error: p: expected a support probability in (0, 1], got 2.0" in err
+    assert "Traceback" not in err
+    monkeypatch.setattr(sys, "argv", ["unroll", "evaluate", "--ckpt_path", "missing.ckpt", "--output_dir", "x"])
+    with pytest.raises(SystemExit):
+        main()
+    assert "unroll: error: ckpt_path: no checkpoint at 'missing.ckpt'" in capsys.readouterr().err
+    monkeypatch.setattr(sys, "argv", [*sys.argv, "--debug"])
+    with pytest.raises(FileNotFoundError, match="missing.ckpt"):
+        main()
+
+
+def test_16_bit_precision_is_refused_with_the_reason(tmp_path):
+    with pytest.raises(ValueError, match="trainer.precision: bf16-mixed is not supported.*significant bits"):
+        main(["fit", "--config", str(CONFIGS / "alista.yaml"), *tiny(tmp_path), "--trainer.precision=bf16-mixed"])
+
+
+def test_predict_writes_to_a_default_file_and_says_where(tmp_path, capsys):
+    cfg = str(CONFIGS / "learned_ista.yaml")
+    main(["fit", "--config", cfg, *tiny(tmp_path, steps=2, batches=2), "--trainer.enable_progress_bar=false"])
+    ckpt = last_ckpt(tmp_path)
+    capsys.readouterr()
+    main(["predict", "--config", cfg, *tiny(tmp_path), "--ckpt_path", str(ckpt)])
+    path = ckpt.parent.parent / "predictions" / "predictions.pt"
+    assert f"predictions: {path}" in capsys.readouterr().out
+    assert torch.load(path)["x_hat"].shape == (64, 40)
+    assert oct(path.stat().st_mode & 0o777) == oct(0o666 & ~_umask())  # like any new file, not owner-only
+    assert sorted(p.name for p in (tmp_path / "runs" / "learned_ista").iterdir()) == ["version_0"]  # no new run
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def test_progress_bar_shows_the_budget_and_the_summary_comes_last(tmp_path, capsys):
+    from unroll.train.callbacks import RunProgressBar
+    from unroll.train.cli import UnrollCLI
+
+    cli = UnrollCLI(args=["fit", "--config", str(CONFIGS / "alista.yaml"),
+                          *tiny(tmp_path, steps=-1, layers=2, batches=4), "--trainer.val_check_interval=2"])
+    (bar,) = [c for c in cli.trainer.callbacks if isinstance(c, RunProgressBar)]
+    # the bar's budget is the schedule's: 2 layers x 3 stages x 2 validations x 2 steps, which it ran
+    assert bar._total(cli.trainer) == cli.trainer.global_step == 24
+    lines = [line for line in capsys.readouterr().out.strip().splitlines() if line.strip()]
+    assert lines[-1].startswith("logs and config:") and any(line.startswith("last checkpoint:") for line in lines[-3:])
+    assert not any("v_num" in line or "Epoch" in line for line in lines)
+
+
+def test_a_clone_named_unroll_in_the_working_folder_does_not_shadow_the_package(tmp_path):
+    """`python script.py` in the folder that contains the clone (named unroll/) imports the
+    installed package, not the clone as an empty namespace package."""
+    (tmp_path / "unroll").symlink_to(ROOT, target_is_directory=True)
+    (tmp_path / "script.py").write_text("import unroll, unroll.models\nfrom unroll import L1\nprint(unroll.__file__)\n")
+    proc = subprocess.run([sys.executable, "script.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    core = Path(proc.stdout.strip()).parent
+    assert (core / "prox.py").is_file() and (core / "__init__.py").is_file()  # the core package, not the clone's root
+    # without an installed package: a message that says what to do
+    proc = subprocess.run([sys.executable, "-S", "-c", "import unroll"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode != 0 and "is a clone of the repository" in proc.stderr and "pip install" in proc.stderr
+
+
+def test_output_leaves_out_what_the_user_cannot_act_on(tmp_path):
+    """No cloud-logging tip, no 'GPU available: False' lines, no _pytree deprecation warning on
+    fit; no args+sys.argv warning and no 'No seed found' on `evaluate --config`. Lightning's
+    other messages still come through."""
+    import logging
+    import warnings
+
+    records = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    handler = Keep()
+    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric")]
+    for log in loggers:
+        log.addHandler(handler)
+    cfg = str(CONFIGS / "learned_ista.yaml")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            main(["fit", "--config", cfg, *tiny(tmp_path, steps=2, batches=2, layers=2),
+                  "--trainer.enable_progress_bar=false"])
+            main(["evaluate", "--config", cfg, *tiny(tmp_path, layers=2), "--ckpt_path", str(last_ckpt(tmp_path)),
+                  "--output_dir", str(tmp_path / "eval")])
+    finally:
+        for log in loggers:
+            log.removeHandler(handler)
+    messages = records + [str(w.message) for w in caught]
+    assert any("Trainer.fit` stopped" in m for m in messages)  # the rest is still said
+    for noise in ("Tip:", "GPU available: False", "TPU available: False", "LeafSpec", "args parameter is intended",
+                  "No seed found"):
+        assert not [m for m in messages if noise in m], noise

@@ -46,7 +46,7 @@ def test_ista_unsupervised_config_trains_the_steps_on_the_lasso(tmp_path):
     task, dm = cli.model, cli.datamodule
     assert isinstance(task.loss, ObjectiveLoss) and cli.trainer.global_step == 40
     dm.setup("test")
-    y, x = dm.test_split.y, dm.test_split.x
+    y = dm.test_split.y
     op = dm.get_operator()
     lasso = ObjectiveLoss(L1(0.1))  # the config's objective, built here independently
     with torch.no_grad():

@@ -157,6 +157,8 @@ def test_bad_arguments_and_modules_are_refused(tmp_path):
         StageWise(lr_factors=[1.0, -0.2])
     with pytest.raises(ValueError, match="patience"):
         StageWise(patience=0)
+    with pytest.raises(ValueError, match="max_validations: expected an int >= 1 or None, got 0"):
+        StageWise(max_validations=0)
 
     class Plain(L.LightningModule):
         def __init__(self):
@@ -283,3 +285,25 @@ def test_a_stage_that_only_makes_things_worse_keeps_its_starting_weights(tmp_pat
     layer1_start = state["start"][:len(state["after"])]
     for a, b in zip(state["after"], layer1_start):
         assert torch.equal(a, b)
+
+
+def test_max_validations_caps_every_stage_in_steps(tmp_path):
+    """With ``max_validations`` (and patience that never ends a stage first) every stage lasts
+    exactly max_validations × val_check_interval steps, whatever the metric does: the schedule
+    is fixed in steps; a resume mid-stage keeps the count."""
+    sw = StageWise(patience=100, max_validations=2)
+    t = task(2)
+    trainer([sw], tmp_path, max_steps=500, val_check_interval=3).fit(t, datamodule=data(train_batches=6))
+    assert sw.done and [h["step"] for h in sw.history] == [6 * (i + 1) for i in range(6)]
+    assert t.global_step == 36
+
+    # the count of validations in the stage travels in checkpoints
+    ckpt_dir = tmp_path / "ck"
+    sw1 = StageWise(patience=100, max_validations=2)
+    trainer([sw1, ModelCheckpoint(dirpath=ckpt_dir, save_last=True)], tmp_path, max_steps=9,
+            val_check_interval=3).fit(task(2), datamodule=data(train_batches=6))
+    assert (sw1.stage, sw1.validations) == (1, 1)
+    sw2 = StageWise(patience=100, max_validations=2)
+    trainer([sw2], tmp_path, max_steps=500, val_check_interval=3).fit(task(2), datamodule=data(train_batches=6),
+                                                                         ckpt_path=str(ckpt_dir / "last.ckpt"))
+    assert [h["step"] for h in sw2.history] == [6 * (i + 1) for i in range(6)]

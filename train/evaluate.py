@@ -240,6 +240,10 @@ def evaluate_main(argv: Optional[List[str]] = None) -> Results:
         cfg = _EvaluateCLI(args=argv, run=False).config
     else:
         parser = ArgumentParser(prog="unroll evaluate", description="Evaluate checkpoints against ISTA/FISTA")
+        parser.add_argument("--config", type=Optional[str], default=None,
+                            help="a config (as for unroll fit) that builds the model and data of every checkpoint; "
+                                 "overrides such as --data.init_args.snr_db=30 may follow it (default: the config "
+                                 "each checkpoint carries)")
         _add_evaluate_arguments(parser)
         _add_data_argument(parser)
         cfg = parser.parse_args(argv)

@@ -8,7 +8,8 @@ stages (Chen et al. 2018, Sec. 4; Liu et al. 2019):
 3. layers ``1..t`` at the base rate × 0.02.
 
 A stage ends when the monitored validation metric has not improved for ``patience``
-validations; the best weights of the stage are then restored and the next stage starts with a
+validations, or after ``max_validations`` validations (a cap that fixes the schedule's length
+in steps, so the same config trains the same model on an idle or a busy machine); the best weights of the stage are then restored and the next stage starts with a
 fresh optimiser state. A stage at the same depth as the one before starts with that stage's
 best as the value to beat, so it keeps its starting weights unless it improves on them. After
 the last stage of layer ``K`` training stops.
@@ -32,6 +33,8 @@ from lightning.pytorch.callbacks import Callback, Timer
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
+from .callbacks import say
+
 __all__ = ["StageWise"]
 
 
@@ -49,6 +52,11 @@ class StageWise(Callback):
         warm_start: when layer ``t`` is done, copy its parameters into layer ``t + 1`` (where
             shapes match), so a new layer starts from its trained predecessor. Off: each layer
             starts from its initialisation, as in the papers.
+        max_validations: end a stage after this many validations at most (``None``: no cap), so
+            a stage lasts at most ``max_validations × val_check_interval`` steps and the whole
+            schedule at most that times the number of stages. With the time-aware shares off
+            (no ``trainer.max_time``, or ``time_aware=False``) the schedule depends on steps and
+            validation values only, not on the machine's speed.
         time_aware: with ``trainer.max_time`` set, a stage also ends when it has used its share
             of the time left (fixed when the stage starts: the time left times the stage's depth
             over the summed depths of the stages left, so that stages get about equal numbers
@@ -62,7 +70,7 @@ class StageWise(Callback):
 
     def __init__(self, lr_factors: Sequence[float] = (1.0, 0.2, 0.02), patience: int = 4, min_delta: float = 0.0,
                  monitor: str = "val/nmse_db", first_layer: int = 1, restore_best: bool = True,
-                 warm_start: bool = False, time_aware: bool = True) -> None:
+                 warm_start: bool = False, time_aware: bool = True, max_validations: Optional[int] = None) -> None:
         super().__init__()
         factors = [float(f) for f in lr_factors]
         if not factors or any(not (f > 0 and math.isfinite(f)) for f in factors):
@@ -71,6 +79,9 @@ class StageWise(Callback):
             raise ValueError(f"patience: expected an int >= 1, got {patience!r}")
         if isinstance(first_layer, bool) or not isinstance(first_layer, int) or first_layer < 1:
             raise ValueError(f"first_layer: expected an int >= 1, got {first_layer!r}")
+        if max_validations is not None and (isinstance(max_validations, bool) or not isinstance(max_validations, int)
+                                            or max_validations < 1):
+            raise ValueError(f"max_validations: expected an int >= 1 or None, got {max_validations!r}")
         if not min_delta >= 0:
             raise ValueError(f"min_delta: expected a number >= 0, got {min_delta!r}")
         self.lr_factors = factors
@@ -80,6 +91,8 @@ class StageWise(Callback):
         self.restore_best = restore_best
         self.warm_start = warm_start
         self.time_aware = time_aware
+        self.max_validations = max_validations
+        self.validations = 0  # validations in the current stage
         self.deadline: Optional[float] = None  # Timer's elapsed training seconds at which the stage ends
         # position in the schedule (saved in checkpoints)
         self.layer = first_layer
@@ -192,8 +205,8 @@ class StageWise(Callback):
         if self.deadline is None:
             self._set_deadline(trainer, pl_module.model.num_layers)
         if not self.done:
-            rank_zero_info(f"StageWise: layer {self.layer}/{pl_module.model.num_layers}, stage {self.stage + 1}"
-                           f"/{len(self.lr_factors)}")
+            say(trainer, f"StageWise: layer {self.layer}/{pl_module.model.num_layers}, stage {self.stage + 1}"
+                         f"/{len(self.lr_factors)}")
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or self.done or trainer.state.fn != "fit":
@@ -204,13 +217,15 @@ class StageWise(Callback):
                            f"(logged: {', '.join(sorted(trainer.callback_metrics)) or 'nothing'})")
         value = float(value)
         model = pl_module.model
+        self.validations += 1
         if value < self.best - self.min_delta:
             self.best, self.wait = value, 0
             if self.restore_best:
                 self._snapshot(model)
         else:
             self.wait += 1
-        if self.wait >= self.patience or self._past_deadline(trainer):
+        capped = self.max_validations is not None and self.validations >= self.max_validations
+        if self.wait >= self.patience or capped or self._past_deadline(trainer):
             self._end_stage(trainer, pl_module)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
@@ -227,6 +242,7 @@ class StageWise(Callback):
         self.history.append({"layer": self.layer, "stage": self.stage + 1, "best": self.best,
                              "step": trainer.global_step})
         self.stage += 1
+        self.validations = 0
         same_depth = self.stage < len(self.lr_factors)
         if not same_depth:
             if self.warm_start:
@@ -242,11 +258,11 @@ class StageWise(Callback):
         if self.layer > model.num_layers:
             self.done = True
             trainer.should_stop = True
-            rank_zero_info(f"StageWise: all {model.num_layers} layers trained (step {trainer.global_step})")
+            say(trainer, f"StageWise: all {model.num_layers} layers trained (step {trainer.global_step})")
         else:
-            rank_zero_info(f"StageWise: layer {self.layer}/{model.num_layers}, stage {self.stage + 1}/"
-                           f"{len(self.lr_factors)} (step {trainer.global_step}, previous best "
-                           f"{self.history[-1]['best']:.2f})")
+            say(trainer, f"StageWise: layer {self.layer}/{model.num_layers}, stage {self.stage + 1}/"
+                         f"{len(self.lr_factors)} (step {trainer.global_step}, previous best "
+                         f"{self.history[-1]['best']:.2f})")
         for opt in trainer.optimizers:  # a fresh optimiser state for the new stage
             opt.state.clear()
         self._apply(trainer, pl_module)
@@ -262,7 +278,7 @@ class StageWise(Callback):
     def state_dict(self) -> Dict[str, Any]:
         return {"layer": self.layer, "stage": self.stage, "best": self.best, "wait": self.wait, "done": self.done,
                 "base_lrs": self.base_lrs, "history": list(self.history), "best_state": self._best_state,
-                "deadline": self.deadline}
+                "deadline": self.deadline, "validations": self.validations}
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         self.layer, self.stage = int(state_dict["layer"]), int(state_dict["stage"])
@@ -271,3 +287,4 @@ class StageWise(Callback):
         self.history = list(state_dict["history"])
         self._best_state = state_dict.get("best_state")
         self.deadline = state_dict.get("deadline")
+        self.validations = int(state_dict.get("validations", 0))

@@ -30,6 +30,7 @@ from .scoring import Baseline, MetricTracker, SolverBaseline, check_baselines, c
 __all__ = ["ReconstructionTask"]
 
 CKPT_KEY = "unroll"
+_COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 class ReconstructionTask(L.LightningModule):
@@ -60,6 +61,11 @@ class ReconstructionTask(L.LightningModule):
             unroll.metrics.Iterations()}``.
         baselines: classical methods ``unroll evaluate`` scores next to the model
             (:mod:`unroll.train.scoring`); default ISTA and FISTA with ``evaluate --lam``.
+        compile: run the model through ``torch.compile`` (training, validation, test and
+            predict; the model's weights and checkpoints are unchanged). Each depth and output
+            kind (stage-wise depths, trajectories at test time) compiles once.
+        compile_mode: ``torch.compile``'s ``mode``: ``"default"``, ``"reduce-overhead"``,
+            ``"max-autotune"`` or ``"max-autotune-no-cudagraphs"`` (``None``: the default).
 
     Batches are ``unroll.data.Batch(y, x, operator, meta)`` (``x`` may be ``None`` for
     unsupervised data): a batch whose ``operator`` is set is solved with its own operator
@@ -71,8 +77,15 @@ class ReconstructionTask(L.LightningModule):
                  optimizer: OptimizerCallable = torch.optim.Adam,
                  lr_scheduler: Optional[LRSchedulerCallable] = None,
                  operator: Optional[LinearOperator] = None, scalar_lr_factor: float = 1.0,
-                 metrics: Optional[Dict[str, Metric]] = None, baselines: Optional[List[Baseline]] = None) -> None:
+                 metrics: Optional[Dict[str, Metric]] = None, baselines: Optional[List[Baseline]] = None,
+                 compile: bool = False, compile_mode: Optional[str] = None) -> None:
         super().__init__()
+        if not isinstance(compile, bool):
+            raise ValueError(f"compile: expected true or false, got {compile!r}")
+        if compile_mode not in _COMPILE_MODES:
+            raise ValueError(f"compile_mode: expected one of {', '.join(map(str, _COMPILE_MODES))}, got {compile_mode!r}")
+        self.use_compile, self.compile_mode = compile, compile_mode  # (`compile` is nn.Module's method)
+        self._compiled: Optional[Any] = None  # torch.compile(model), built lazily; not a submodule (no state)
         if isinstance(scalar_lr_factor, bool) or not isinstance(scalar_lr_factor, (int, float)) \
                 or not (0 < scalar_lr_factor < float("inf")):
             raise ValueError(f"scalar_lr_factor: expected a finite number > 0, got {scalar_lr_factor!r}")
@@ -152,8 +165,18 @@ class ReconstructionTask(L.LightningModule):
 
     # ------------------------------------------------------------------ steps
     def forward(self, y: Tensor, operator: Optional[LinearOperator] = None, **kwargs: Any):
-        """``self.model(y, operator, **kwargs)``, with the task's global operator by default."""
-        return self.model(y, self.operator if operator is None else operator, **kwargs)
+        """``self.model(y, operator, **kwargs)``, with the task's global operator by default
+        (through ``torch.compile`` with ``compile=True``)."""
+        op = self.operator if operator is None else operator
+        if self.use_compile:
+            if self._compiled is None:
+                import torch._dynamo
+
+                # one graph per depth (stage-wise training runs 1..K) and output kind
+                torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+                object.__setattr__(self, "_compiled", torch.compile(self.model, mode=self.compile_mode))
+            return self._compiled(y, op, **kwargs)
+        return self.model(y, op, **kwargs)
 
     def _problem(self, y: Tensor, operator: LinearOperator) -> Problem:
         return Problem.create(operator, y, check=False)
