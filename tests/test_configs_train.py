@@ -61,8 +61,8 @@ def test_ista_unsupervised_config_trains_the_steps_on_the_lasso(tmp_path):
 
 def test_iht_config_trains_steps_and_weights_on_the_mse(tmp_path):
     """Supervised learned IHT: the NMSE to the true x on held-out data goes down and the steps
-    move. The ℓ0 weights λ_k do not: hard thresholding H_τ has zero derivative in τ almost
-    everywhere, so no gradient reaches them (although the config's header calls them learned)."""
+    move. The ℓ0 weights λ_k are fixed by the config (learn_threshold: false): hard thresholding
+    H_τ has zero derivative in τ almost everywhere, so no gradient would reach them."""
     init = build("iht", tmp_path, 0, fit=False)
     cli = build("iht", tmp_path, 40, fit=True)
     task, dm = cli.model, cli.datamodule
