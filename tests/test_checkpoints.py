@@ -52,8 +52,8 @@ def trained(tmp_path_factory):
     finally:
         os.chdir(cwd)
         sys.argv = old_argv
-    ckpt = folder / "runs" / "alista" / "checkpoints" / "last.ckpt"
-    assert ckpt.is_file()
+    ckpt = folder / "alista" / "version_0" / "checkpoints" / "last.ckpt"  # <save_dir>/<config>/<run>
+    assert ckpt.is_file(), sorted(str(p.relative_to(folder)) for p in folder.rglob("*.ckpt"))
     return ckpt
 
 
@@ -359,7 +359,7 @@ def test_a_disk_full_during_fit_leaves_only_whole_checkpoints(tmp_path, monkeypa
 
     def save(obj, f, *args, **kwargs):
         calls.append(f)
-        if len(calls) <= 3:  # the first validation's best, latest and last
+        if len(calls) <= 2:  # the first validation's best and last
             return real(obj, f, *args, **kwargs)
         with open(f, "wb") as fh:
             fh.write(b"PK\x03\x04" + bytes(100))
@@ -368,8 +368,8 @@ def test_a_disk_full_during_fit_leaves_only_whole_checkpoints(tmp_path, monkeypa
     with pytest.raises(OSError, match="No space left"):
         main(["fit", "--config", CONFIG, *tiny(tmp_path, steps=6)])
     monkeypatch.undo()
-    folder = tmp_path / "runs" / "alista" / "checkpoints"
-    assert len(calls) == 4 and all(Path(c).parent == folder for c in calls)  # temp files in the target folder
+    folder = tmp_path / "alista" / "version_0" / "checkpoints"  # <save_dir>/<config>/<run>
+    assert len(calls) == 3 and all(Path(c).parent == folder for c in calls)  # temp files in the target folder
     names = sorted(p.name for p in folder.iterdir())
     assert all(n.endswith(".ckpt") for n in names) and "last.ckpt" in names, names
     for n in names:
@@ -447,7 +447,7 @@ def test_train_reuses_only_a_matching_run(lista_family, tmp_path, monkeypatch):
     monkeypatch.setattr(lf, "code_version", lambda: {"commit": "abc", "code": "c1"})
     monkeypatch.setattr(lf, "config_sha256", lambda cmd: "h1")
     run_dir = tmp_path / "noiseless" / "alista"
-    ckpt = run_dir / "runs" / "alista" / "checkpoints" / "last.ckpt"
+    ckpt = run_dir / "runs" / "alista" / "version_0" / "checkpoints" / "last.ckpt"
     ckpt.parent.mkdir(parents=True)
     ckpt.write_bytes(b"old")
     (run_dir / "run.json").write_text(json.dumps({"wall_s": 5.0, "commit": "abc", "code": "c1",
@@ -459,7 +459,7 @@ def test_train_reuses_only_a_matching_run(lista_family, tmp_path, monkeypatch):
 
     def fake_run(cmd, cwd=None, **kwargs):
         ran.append(cmd)
-        target = Path(cwd) / "runs" / "alista" / "checkpoints" / "last.ckpt"
+        target = Path(cwd) / "runs" / "alista" / "version_0" / "checkpoints" / "last.ckpt"
         target.parent.mkdir(parents=True)
         target.write_bytes(b"new")
         return subprocess.CompletedProcess(cmd, 0)
