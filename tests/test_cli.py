@@ -516,7 +516,7 @@ def test_a_clone_named_unroll_in_the_working_folder_does_not_shadow_the_package(
     proc = subprocess.run([sys.executable, "script.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     core = Path(proc.stdout.strip()).parent
-    assert (core / "prox.py").is_file() and (core / "__init__.py").is_file()  # the core package, not the clone's root
+    assert (core / "unrolled.py").is_file() and (core / "__init__.py").is_file()  # the core package, not the clone's root
     # without an installed package: a message that says what to do
     proc = subprocess.run([sys.executable, "-S", "-c", "import unroll"], cwd=tmp_path, capture_output=True, text=True,
                           timeout=60)
