@@ -1,0 +1,229 @@
+"""Hypergradients: the gradient of an outer loss with respect to hyperparameters, through an
+inner problem solved by an iterative solver.
+
+``hypergrad(inner, outer, hparams, method=...)`` where
+
+* ``inner(*hparams) → Problem`` builds the inner problem from the hyperparameters (tensors that
+  keep their graph: a regulariser's weight, per-feature weights, sample weights…),
+* ``outer(x, *hparams) → 0-dim tensor`` scores the inner solution ``x*(θ)`` (a validation loss),
+
+and ``method`` is
+
+* ``"unrolled"``: differentiate the inner iterations (``grad_mode`` ``"full"``,
+  ``"truncated"`` or ``"checkpoint"`` of :mod:`unroll.autodiff`);
+* ``"implicit"``: the implicit function theorem at the inner fixed point ``x* = T(x*, θ)`` of the
+  solver's step (gradient or proximal-gradient step): the adjoint system ``(I − ∂T/∂x)ᵀ v = g``
+  by ``torch.func`` vector-Jacobian products (Hessian-vector products for a smooth inner
+  problem) and a solver object (``CG``, ``BiCGSTAB``, ``Neumann``); for a non-smooth inner problem
+  the prox's generalised Jacobian restricts it to the support / active set (the Lasso's closed
+  form on its support);
+* ``"penalty"``: first order, no second derivatives (the value-function penalty of the
+  F2SA/BOME family, Kwon et al. 2023): with ``x_ρ = argmin_x G(x, θ) + F(x, θ)/ρ`` and
+  ``x* = argmin_x G(x, θ)``, the estimate ``∇_θF(x_ρ, θ) + ρ(∇_θG(x_ρ, θ) − ∇_θG(x*, θ))``, whose
+  error is ``O(1/ρ)``: it approaches the implicit hypergradient as the penalty ``ρ`` grows.
+
+Returns the hypergradients (one per hyperparameter) and a :class:`BilevelInfo`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from .autodiff import GradMode, as_grad_mode
+from .checks import check_tol
+from .info import SolverInfo, Status
+from .linalg import LinearSolver, SolverWarning, as_linear_solver
+from .problem import Problem
+from .steps import GradientStep, ProxGradStep
+from .unrolled import Unrolled
+
+__all__ = ["hypergrad", "BilevelInfo", "METHODS"]
+
+METHODS = ("unrolled", "implicit", "penalty")
+
+
+@dataclass
+class BilevelInfo:
+    """What a hypergradient computation did.
+
+    Attributes:
+        method: ``"unrolled"``, ``"implicit"`` or ``"penalty"``.
+        outer: the outer loss at the inner solution (a float).
+        inner: the inner solve's :class:`~unroll.info.SolverInfo` (iterations, residual, status);
+            its ``backward`` holds the adjoint solve's (``implicit``).
+        penalized: the penalised inner solve's info (``penalty`` only).
+        penalty: the penalty ``ρ`` (``penalty`` only).
+    """
+
+    method: str
+    outer: float
+    inner: SolverInfo
+    penalized: Optional[SolverInfo] = None
+    penalty: Optional[float] = None
+
+    @property
+    def backward(self) -> Optional[SolverInfo]:
+        """The adjoint solve's info (``implicit``), else ``None``."""
+        return self.inner.backward
+
+
+def _default_step(problem: Problem) -> nn.Module:
+    return ProxGradStep(problem.reg) if problem.reg is not None else GradientStep(1.0)
+
+
+class _Penalized(Problem):
+    """``G(x) + F(x)/ρ``: the inner problem with the outer loss added at weight ``1/ρ`` (its
+    gradient through autograd). Lipschitz constant: the inner one (``F/ρ`` is a small perturbation
+    for large ρ; pass a smaller step otherwise)."""
+
+    def __init__(self, base: Problem, outer: Callable[[Tensor], Tensor], rho: float) -> None:
+        object.__setattr__(self, "base", base)
+        object.__setattr__(self, "outer", outer)
+        object.__setattr__(self, "rho", float(rho))
+        object.__setattr__(self, "reg", base.reg)
+
+    @property
+    def batch_size(self) -> int:
+        return self.base.batch_size
+
+    def _like(self) -> Tensor:
+        return self.base._like()
+
+    def _lipschitz_cached(self) -> Tensor:
+        return self.base._lipschitz_cached()
+
+    def smooth(self, x: Tensor) -> Tensor:
+        return self.base.smooth(x) + self.outer(x) / (self.rho * x.shape[0])
+
+    def grad(self, x: Tensor) -> Tensor:
+        with torch.enable_grad():
+            xr = x.detach().requires_grad_(True)
+            g, = torch.autograd.grad(self.outer(xr), xr)
+        return self.base.grad(x) + g / self.rho
+
+    def zeros(self) -> Tensor:
+        return self.base.zeros()
+
+
+def _check_hparams(hparams: Sequence[Tensor]) -> Tuple[Tensor, ...]:
+    if isinstance(hparams, Tensor):
+        hparams = (hparams,)
+    hparams = tuple(hparams)
+    if not hparams:
+        raise ValueError("hparams: expected at least one tensor hyperparameter, got none")
+    for i, h in enumerate(hparams):
+        if not isinstance(h, Tensor) or not (h.is_floating_point() or h.is_complex()):
+            raise TypeError(f"hparams[{i}]: expected a floating-point tensor, got "
+                            f"{type(h).__name__ if not isinstance(h, Tensor) else h.dtype}")
+        if not h.requires_grad:
+            raise ValueError(f"hparams[{i}]: expected a tensor that requires grad (a leaf with requires_grad=True "
+                             "or a parametrisation of one), got one that does not")
+    return hparams
+
+
+def hypergrad(inner: Callable[..., Problem], outer: Callable[..., Tensor], hparams: Union[Tensor, Sequence[Tensor]],
+              method: str = "implicit", *, step: Optional[nn.Module] = None, x0: Optional[Tensor] = None,
+              num_iters: int = 1000, tol: float = 1e-10, check_every: int = 10,
+              grad_mode: Union[str, GradMode] = "full", backward_solver: Union[str, LinearSolver] = "bicgstab",
+              backward_tol: float = 1e-10, backward_max_iter: int = 1000, penalty: float = 1e4,
+              on_failure: str = "warn") -> Tuple[Tuple[Tensor, ...], BilevelInfo]:
+    """The hypergradient ``d outer(x*(θ), θ) / dθ`` of an outer loss through an inner problem.
+
+    Args:
+        inner: ``inner(*hparams) → Problem`` (e.g. ``Problem.create(X, y, L1(lam))`` or a
+            :class:`~unroll.problem.SmoothProblem`); built with the hyperparameters as tensors.
+        outer: ``outer(x, *hparams) → 0-dim tensor``, the outer (validation) loss at ``x``
+            ``(B, *shape)``.
+        hparams: the hyperparameters: tensors that require grad (or one tensor).
+        method: ``"unrolled"``, ``"implicit"`` or ``"penalty"`` (see the module docstring).
+        step: the inner iteration (default: proximal gradient with the problem's regulariser, or
+            a gradient step for a smooth problem; step size ``1/L``).
+        x0: the inner start (zeros by default).
+        num_iters: the inner iteration budget (``unrolled``: the iterations differentiated).
+        tol: the inner tolerance on the step's residual (``implicit``/``penalty``; ``unrolled``
+            runs ``num_iters`` iterations).
+        check_every: how often the inner loop tests for convergence.
+        grad_mode: ``unrolled`` only: ``"full"``, ``"truncated"`` or ``"checkpoint"`` (a
+            :class:`~unroll.autodiff.GradMode`).
+        backward_solver, backward_tol, backward_max_iter: ``implicit``: the adjoint solve
+            (``"cg"`` for a symmetric Jacobian, e.g. a smooth inner problem; ``"bicgstab"`` in
+            general; ``"neumann"``; or a solver object).
+        penalty: ``penalty``: the weight ``ρ > 0``.
+        on_failure: ``"warn"``, ``"raise"`` or ``"ignore"`` when the inner or the adjoint solve
+            does not converge (never a silently wrong gradient).
+
+    Returns:
+        ``(grads, info)``: one gradient per hyperparameter (shaped like it) and a
+        :class:`BilevelInfo`.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method: expected one of {', '.join(repr(m) for m in METHODS)}, got {method!r}")
+    hparams = _check_hparams(hparams)
+    tol = check_tol(tol, "tol", allow_none=False)
+    if not (isinstance(penalty, (int, float)) and 0 < penalty < float("inf")):
+        raise ValueError(f"penalty: expected a finite number > 0, got {penalty!r}")
+    if on_failure not in ("warn", "raise", "ignore"):
+        raise ValueError(f"on_failure: expected 'warn', 'raise' or 'ignore', got {on_failure!r}")
+
+    def build() -> Tuple[Problem, nn.Module]:
+        problem = inner(*hparams)
+        if not isinstance(problem, Problem):
+            raise TypeError(f"inner: expected a callable returning a unroll.Problem, got {type(problem).__name__}")
+        return problem, step if step is not None else _default_step(problem)
+
+    if method == "unrolled":
+        mode = as_grad_mode(grad_mode)
+        if mode.mode in ("implicit", "jfb"):
+            raise ValueError(f"grad_mode: method='unrolled' differentiates the iterations ('full', 'truncated', "
+                             f"'checkpoint'); got {mode.mode!r} (use method='implicit')")
+        problem, st = build()
+        out = Unrolled(st, num_iters=num_iters)(problem, x0, grad_mode=mode)
+        loss = outer(out.x, *hparams)
+        grads = torch.autograd.grad(loss, hparams, allow_unused=True)
+        return _fill(grads, hparams), BilevelInfo("unrolled", float(loss.detach()), out.info)
+
+    if method == "implicit":
+        mode = GradMode("implicit", forward_tol=tol, backward_solver=as_linear_solver(
+            backward_solver, backward_tol, backward_max_iter), on_failure=on_failure)
+        problem, st = build()
+        out = Unrolled(st, num_iters=num_iters)(problem, x0, check_every=check_every, grad_mode=mode)
+        loss = outer(out.x, *hparams)
+        grads = torch.autograd.grad(loss, hparams, allow_unused=True)
+        return _fill(grads, hparams), BilevelInfo("implicit", float(loss.detach()), out.info)
+
+    # penalty: two inner solves without a graph, then first-order terms only
+    problem, st = build()
+    fixed = GradMode("full", on_failure=on_failure)
+    with torch.no_grad():
+        star = Unrolled(st, num_iters=num_iters)(problem, x0, tol=tol, check_every=check_every, grad_mode=fixed)
+        pen_problem = _Penalized(problem, lambda x: outer(x, *[h.detach() for h in hparams]), penalty)
+        pen = Unrolled(st, num_iters=num_iters)(pen_problem, star.x, tol=tol, check_every=check_every,
+                                                grad_mode=fixed)
+    for name, info in (("inner", star.info), ("penalised inner", pen.info)):
+        if info.status != Status.CONVERGED:
+            _fail(on_failure, f"hypergrad: the {name} solve did not converge ({info.status}, largest residual "
+                              f"{float(info.residual.max()):.3g} > tol={tol:g} after {int(info.iterations.max())} "
+                              "iterations): the penalty hypergradient assumes both solutions")
+    x_rho, x_star = pen.x.detach(), star.x.detach()
+    problem, _ = build()  # with a graph to the hyperparameters
+    value = outer(x_rho, *hparams) + penalty * (problem.objective(x_rho).sum() - problem.objective(x_star).sum())
+    grads = torch.autograd.grad(value, hparams, allow_unused=True)
+    with torch.no_grad():
+        loss = float(outer(x_star, *hparams))
+    return _fill(grads, hparams), BilevelInfo("penalty", loss, star.info, penalized=pen.info, penalty=float(penalty))
+
+
+def _fill(grads, hparams) -> Tuple[Tensor, ...]:
+    return tuple(torch.zeros_like(h) if g is None else g for g, h in zip(grads, hparams))
+
+
+def _fail(on_failure: str, message: str) -> None:
+    if on_failure == "raise":
+        raise RuntimeError(message)
+    if on_failure == "warn":
+        warnings.warn(message, SolverWarning, stacklevel=3)
