@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from unroll import L1, MatrixOperator, Problem, SolverWarning, SquaredL2
+from unroll import L1, Problem, SolverWarning, SquaredL2
 from unroll.bilevel import hypergrad
 from unroll.solvers import ista
 

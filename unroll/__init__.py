@@ -24,7 +24,8 @@ from .unrolled import NestedStep, Unrolled, UnrolledOutput
 __version__ = "0.1.0"
 
 __all__ = [
-    "operators", "prox", "solvers", "autodiff", "linalg", "bilevel", "cg", "solve_normal", "CGInfo", "GradMode", "SolverWarning",
+    "operators", "prox", "solvers", "autodiff", "linalg", "bilevel", "cg", "solve_normal", "CGInfo", "GradMode",
+    "SolverWarning",
     "SolverInfo", "Status", "LinearSolver", "CG", "BiCGSTAB", "Neumann",
     "LinearOperator", "MatrixOperator", "Convolution2d", "Diagonal", "Identity", "adjoint_test", "as_operator",
     "Regularizer", "L1", "L0", "SquaredL2", "Indicator", "NonNegative", "Box", "Simplex", "L2Ball", "L1Ball", "LowRank",
