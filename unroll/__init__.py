@@ -11,8 +11,10 @@ from .checks import check_finite, check_measurements
 from .info import SolverInfo, Status
 from .linalg import CG, BiCGSTAB, CGInfo, LinearSolver, Neumann, SolverWarning, cg, solve_normal
 from .losses import Loss, MSELoss, ObjectiveLoss
-from .operators import Convolution2d, Diagonal, Identity, LinearOperator, MatrixOperator, adjoint_test, as_operator
+from .operators import (Convolution2d, Diagonal, Identity, Laplacian, LinearOperator, MatrixOperator, adjoint_test,
+                        as_operator)
 from .parametrize import PositiveScalar
+from .preconditioners import IncompleteCholesky, JacobiPreconditioner
 from .problem import LeastSquares, Problem, QuadraticProblem, SmoothProblem
 from .autodiff import GradMode
 from .prox import (L0, L1, Box, SquaredL2, Indicator, L1Ball, L2Ball, LowRank, NonNegative, Regularizer, Simplex,
@@ -28,6 +30,7 @@ __all__ = [
     "SolverWarning",
     "SolverInfo", "Status", "LinearSolver", "CG", "BiCGSTAB", "Neumann",
     "LinearOperator", "MatrixOperator", "Convolution2d", "Diagonal", "Identity", "adjoint_test", "as_operator",
+    "Laplacian", "JacobiPreconditioner", "IncompleteCholesky",
     "Regularizer", "L1", "L0", "SquaredL2", "Indicator", "NonNegative", "Box", "Simplex", "L2Ball", "L1Ball", "LowRank",
     "soft_threshold", "hard_threshold",
     "Problem", "LeastSquares", "SmoothProblem", "QuadraticProblem",

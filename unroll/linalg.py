@@ -225,7 +225,7 @@ class _CGFunction(torch.autograd.Function):
 def cg(A: OperatorLike, b: Tensor, x0: Optional[Tensor] = None, M: Optional[OperatorLike] = None,
        tol: float = 1e-6, max_iter: Optional[int] = None, atol: float = 0.0, *,
        params: Sequence[Tensor] = (), check_every: int = 10, record_history: bool = False,
-       on_failure: str = "warn") -> Tuple[Tensor, SolverInfo]:
+       on_failure: str = "warn", preconditioner: Optional[OperatorLike] = None) -> Tuple[Tensor, SolverInfo]:
     """Batched (preconditioned) conjugate gradient for Hermitian positive-definite ``A x = b``.
 
     Each sample of the batch is an independent system; a sample stops (is frozen) once
@@ -241,7 +241,8 @@ def cg(A: OperatorLike, b: Tensor, x0: Optional[Tensor] = None, M: Optional[Oper
         x0: initial guess ``(B, *shape)`` (zeros by default). Not differentiated through (the
             solution does not depend on it).
         M: optional preconditioner applying ``M⁻¹ ≈ A⁻¹`` (same kinds as ``A``; Hermitian
-            positive definite).
+            positive definite), e.g. :class:`~unroll.preconditioners.JacobiPreconditioner` or
+            :class:`~unroll.preconditioners.IncompleteCholesky`.
         tol: relative tolerance, ``≥ 0``.
         max_iter: iteration budget, ``≥ 1`` (default: the number of entries per sample,
             ``N = b[0].numel()``, where exact-arithmetic CG terminates).
@@ -256,6 +257,7 @@ def cg(A: OperatorLike, b: Tensor, x0: Optional[Tensor] = None, M: Optional[Oper
         on_failure: ``"warn"`` (a :class:`SolverWarning`), ``"raise"`` (``RuntimeError``) or
             ``"ignore"`` when the solve breaks down (``A`` not positive definite) or diverges.
             Running out of ``max_iter`` is reported by the status only (fixed budgets are common).
+        preconditioner: another name for ``M`` (give one of the two).
 
     Returns:
         ``(x, info)``: ``x`` of shape ``(B, *shape)``, differentiable w.r.t. ``b`` and ``params``
@@ -274,6 +276,10 @@ def cg(A: OperatorLike, b: Tensor, x0: Optional[Tensor] = None, M: Optional[Oper
         raise ValueError("b: expected a batch (B, *shape), got a 0-dim tensor")
     if not (b.is_floating_point() or b.is_complex()):
         raise TypeError(f"b: expected a floating or complex dtype, got {b.dtype}")
+    if preconditioner is not None:
+        if M is not None:
+            raise ValueError("preconditioner: is another name for M; pass one of the two, not both")
+        M = preconditioner
     op = _as_callable(A, "A")
     pre = None if M is None else _as_callable(M, "M")
     if isinstance(op, LinearOperator) and op.in_shape is not None and tuple(b.shape[1:]) != tuple(op.in_shape):
@@ -510,3 +516,6 @@ def as_linear_solver(solver: Union[str, LinearSolver], tol: float = 1e-6, max_it
         return _SOLVERS[solver](tol=tol, max_iter=max_iter)
     raise ValueError(f"backward_solver: expected one of {', '.join(repr(k) for k in _SOLVERS)} or a LinearSolver "
                      f"(unroll.linalg.CG/BiCGSTAB/Neumann), got {solver!r}")
+
+
+from .preconditioners import IncompleteCholesky, JacobiPreconditioner  # noqa: E402  (unroll.linalg.X works too)

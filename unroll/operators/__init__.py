@@ -5,6 +5,7 @@ from .base import (AdjointOperator, ComposedOperator, LinearOperator, ScaledOper
 from .convert import as_operator
 from .conv import Convolution2d, gaussian_kernel
 from .elementwise import Diagonal, Identity
+from .laplacian import Laplacian
 from .matrix import MatrixOperator
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "MatrixOperator",
     "Diagonal",
     "Identity",
+    "Laplacian",
     "Convolution2d",
     "gaussian_kernel",
     "adjoint_test",
