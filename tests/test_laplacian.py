@@ -202,3 +202,19 @@ def test_pcg_3d_obstacles_fewer_iterations():
     assert bool((i_j.iterations <= i_cg.iterations).all())
     assert bool((i_ic.iterations < i_cg.iterations).all())
     assert bool((i_ic.iterations.double() < 0.75 * i_cg.iterations.double()).all())  # IC(0) ~halves the count
+
+
+def test_gradient_through_preconditioned_cg_and_complex_input():
+    shape = (8, 6, 5)
+    A = Laplacian(shape, mask=_obstacle(shape, seed=6)).double()
+    D = A.to_sparse().to_dense()
+    b = torch.randn(2, *shape, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(2, *shape, dtype=torch.float64)
+    x, info = cg(A, b, preconditioner=IncompleteCholesky(A), tol=1e-12)
+    (x * w).sum().backward()
+    assert info.backward.status == "converged"
+    ref = torch.linalg.solve(D, w.reshape(2, -1).T).T.reshape_as(w)  # ∂/∂b ⟨A⁻¹b, w⟩ = A⁻¹w (A symmetric)
+    torch.testing.assert_close(b.grad, ref, rtol=1e-8, atol=1e-9)
+    z = torch.randn(2, *shape, dtype=torch.complex128)
+    torch.testing.assert_close(A(z), torch.complex(A(z.real), A(z.imag)))
+    assert A.to_sparse(dtype=torch.float32).dtype == torch.float32
