@@ -149,7 +149,8 @@ class Laplacian(LinearOperator):
     # ------------------------------------------------------------------ spectrum
     def lipschitz(self, *args, recompute: bool = False, **kwargs) -> Tensor:
         """``‖A‖₂² = λ_max(A)²``: exact without a mask (``λ_max = Σ_i 2 + 2cos(π/(n_i+1))``), by the
-        base power iteration with one. Cached."""
+        base power iteration with one (a slight underestimate at the default budget: 0.2 % on a
+        16³ grid with obstacles; the mask-free value of the same grid is an upper bound). Cached."""
         if self.mask is not None:
             return super().lipschitz(*args, recompute=recompute, **kwargs)
         lam = sum(2.0 + 2.0 * math.cos(math.pi / (n + 1)) for n in self.shape)
