@@ -33,9 +33,10 @@ from .checks import check_measurements, check_tol
 from .info import SolverInfo, Status
 from .operators.base import LinearOperator, fmt_shape
 from .operators.convert import as_operator
+from .preconditioners import IncompleteCholesky, JacobiPreconditioner  # unroll.linalg.X, next to cg
 
 __all__ = ["cg", "solve_normal", "CGInfo", "LinearSolver", "CG", "BiCGSTAB", "Neumann", "as_linear_solver",
-           "SolverWarning"]
+           "SolverWarning", "JacobiPreconditioner", "IncompleteCholesky"]
 
 OperatorLike = Union[LinearOperator, Callable[[Tensor], Tensor], Tensor]
 
@@ -517,5 +518,3 @@ def as_linear_solver(solver: Union[str, LinearSolver], tol: float = 1e-6, max_it
     raise ValueError(f"backward_solver: expected one of {', '.join(repr(k) for k in _SOLVERS)} or a LinearSolver "
                      f"(unroll.linalg.CG/BiCGSTAB/Neumann), got {solver!r}")
 
-
-from .preconditioners import IncompleteCholesky, JacobiPreconditioner  # noqa: E402  (unroll.linalg.X works too)
