@@ -5,7 +5,10 @@ from .base import (AdjointOperator, ComposedOperator, LinearOperator, ScaledOper
 from .convert import as_operator
 from .conv import Convolution2d, gaussian_kernel
 from .elementwise import Diagonal, Identity
+from .fft import FFT2c, fft2c, ifft2c
+from .masks import Mask, center_mask, equispaced_mask, mask_seed, poisson_disc_mask, random_mask
 from .matrix import MatrixOperator
+from .mri import SENSE, estimate_sensitivities, rss, sense_combine
 
 __all__ = [
     "LinearOperator",
@@ -21,4 +24,7 @@ __all__ = [
     "adjoint_test",
     "as_operator",
     "fmt_shape",
+    # MRI (issue 17)
+    "FFT2c", "fft2c", "ifft2c", "Mask", "mask_seed", "center_mask", "random_mask", "equispaced_mask",
+    "poisson_disc_mask", "SENSE", "rss", "sense_combine", "estimate_sensitivities",
 ]
