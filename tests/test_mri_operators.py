@@ -328,3 +328,19 @@ def test_estimate_sensitivities_errors():
         estimate_sensitivities(torch.randn(1, 2, 8, 8), 4)
     with pytest.raises(ValueError, match="^num_low_freqs"):
         estimate_sensitivities(crandn(1, 2, 8, 8), 0)
+
+
+def test_sense_in_the_core_problem_and_cg():
+    """A per-sample SENSE operator plugs into the core: per-sample Lipschitz constants in the
+    problem, and CG on the regularised normal equations (MoDL's data consistency)."""
+    maps, mask, _ = _cases()["per-sample maps and mask"]
+    op = SENSE(maps, mask)
+    x = crandn(B, H, W, seed=4)
+    y = op(x)
+    problem = unroll.Problem.create(op, y)
+    assert problem.lipschitz.shape == (B,)
+    assert torch.allclose(problem.lipschitz, op.lipschitz_batch(B), rtol=1e-4)
+    lam = 0.1
+    xs, info = unroll.solve_normal(op, y, lam=lam, tol=1e-12, max_iter=500)
+    assert info.status == "converged"
+    assert (op.normal(xs) + lam * xs - op.adjoint(y)).abs().max() < 1e-9
