@@ -344,3 +344,26 @@ def test_sense_in_the_core_problem_and_cg():
     xs, info = unroll.solve_normal(op, y, lam=lam, tol=1e-12, max_iter=500)
     assert info.status == "converged"
     assert (op.normal(xs) + lam * xs - op.adjoint(y)).abs().max() < 1e-9
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_coil_sensitivities_and_the_composition_equal_sense(per_sample):
+    from unroll.operators import CoilSensitivities
+    maps = _maps(B if per_sample else None)
+    mask = random_mask(W, 0.2, 3, seed=1)
+    s = CoilSensitivities(maps)
+    x = crandn(B, H, W, seed=6)
+    assert s.per_sample is per_sample and adjoint_test(s, x=x) <= TOL
+    assert (s.normal(x) - s.adjoint(s(x))).abs().max() < 1e-12
+    m2 = (maps.abs() ** 2).sum(-3)
+    assert torch.allclose(s.lipschitz(), m2.max())
+    if per_sample:
+        assert torch.allclose(s.lipschitz_batch(B), m2.flatten(1).amax(1))
+    composed = Mask(mask) @ FFT2c((NC, H, W)) @ s
+    sense = SENSE(maps, mask)
+    y = crandn(B, NC, H, W, seed=8)
+    assert (composed(x) - sense(x)).abs().max() < 1e-12
+    assert (composed.adjoint(y) - sense.adjoint(y)).abs().max() < 1e-12
+    assert unroll.MultiCoilMRI is SENSE
+    with pytest.raises(ValueError, match=r"^y: 3 coils"):
+        s.adjoint(crandn(B, 3, H, W))

@@ -12,7 +12,7 @@ from .info import SolverInfo, Status
 from .linalg import CG, BiCGSTAB, CGInfo, LinearSolver, Neumann, SolverWarning, cg, solve_normal
 from .losses import Loss, MSELoss, ObjectiveLoss
 from .operators import Convolution2d, Diagonal, Identity, LinearOperator, MatrixOperator, adjoint_test, as_operator
-from .operators import FFT2c, SENSE, Mask, fft2c, ifft2c, rss, sense_combine
+from .operators import FFT2c, SENSE, Mask, MultiCoilMRI, fft2c, ifft2c, rss, sense_combine
 from .parametrize import PositiveScalar
 from .problem import LeastSquares, Problem, QuadraticProblem, SmoothProblem
 from .autodiff import GradMode
@@ -35,5 +35,5 @@ __all__ = [
     "ADMMStep", "Chain", "Unrolled", "UnrolledOutput", "NestedStep", "PositiveScalar",
     "Loss", "MSELoss", "ObjectiveLoss",
     "check_finite", "check_measurements",
-    "FFT2c", "SENSE", "Mask", "fft2c", "ifft2c", "rss", "sense_combine",
+    "FFT2c", "SENSE", "MultiCoilMRI", "Mask", "fft2c", "ifft2c", "rss", "sense_combine",
 ]

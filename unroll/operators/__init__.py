@@ -8,7 +8,7 @@ from .elementwise import Diagonal, Identity
 from .fft import FFT2c, fft2c, ifft2c
 from .masks import Mask, center_mask, equispaced_mask, mask_seed, poisson_disc_mask, random_mask
 from .matrix import MatrixOperator
-from .mri import SENSE, estimate_sensitivities, rss, sense_combine
+from .mri import SENSE, CoilSensitivities, MultiCoilMRI, estimate_sensitivities, rss, sense_combine
 
 __all__ = [
     "LinearOperator",
@@ -26,5 +26,5 @@ __all__ = [
     "fmt_shape",
     # MRI (issue 17)
     "FFT2c", "fft2c", "ifft2c", "Mask", "mask_seed", "center_mask", "random_mask", "equispaced_mask",
-    "poisson_disc_mask", "SENSE", "rss", "sense_combine", "estimate_sensitivities",
+    "poisson_disc_mask", "SENSE", "MultiCoilMRI", "CoilSensitivities", "rss", "sense_combine", "estimate_sensitivities",
 ]

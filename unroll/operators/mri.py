@@ -17,7 +17,7 @@ from .base import LinearOperator
 from .fft import fft2c, ifft2c
 from .masks import as_binary_mask, center_mask
 
-__all__ = ["SENSE", "rss", "sense_combine", "estimate_sensitivities"]
+__all__ = ["SENSE", "MultiCoilMRI", "CoilSensitivities", "rss", "sense_combine", "estimate_sensitivities"]
 
 
 def _coil_check(t: Tensor, maps: Tensor, name: str) -> None:
@@ -42,6 +42,71 @@ def _check_maps(maps: Tensor, name: str = "maps") -> None:
         raise ValueError(f"{name}: expected sensitivity maps (B, C, H, W) or (C, H, W), got shape {tuple(maps.shape)}")
     if not maps.is_complex():
         raise TypeError(f"{name}: expected complex sensitivity maps, got {maps.dtype}")
+
+
+class CoilSensitivities(LinearOperator):
+    """Multiplication by the coil sensitivity maps ``x ↦ (S_c x)_c``, ``(B, H, W) → (B, C, H, W)``,
+    with adjoint ``y ↦ Σ_c conj(S_c) y_c``; :class:`SENSE` is ``Mask @ FFT2c @ CoilSensitivities``
+    in one operator with a cheaper normal.
+
+    Args:
+        maps: complex sensitivity maps ``(C, H, W)`` (shared by the batch) or ``(B, C, H, W)``
+            (per sample: ``per_sample`` is set and the inputs' batch must match).
+
+    Shapes:
+        ``forward``: ``(B, H, W) → (B, C, H, W)``; ``adjoint``: ``(B, C, H, W) → (B, H, W)``;
+        ``normal``: ``x ↦ Σ_c |S_c|² x``, ``(B, H, W) → (B, H, W)``; :meth:`lipschitz` is exactly
+        ``max Σ_c |S_c|²``.
+    """
+
+    is_complex = True
+
+    def __init__(self, maps: Tensor) -> None:
+        super().__init__()
+        _check_maps(maps)
+        self.register_buffer("maps", maps)
+        self.per_sample = maps.dim() == 4
+        self.in_shape, self.out_shape = tuple(maps.shape[-2:]), tuple(maps.shape[-3:])
+
+    def _check(self, t: Tensor, shape, name: str, space: str) -> None:
+        if isinstance(t, Tensor) and space == "range" and t.dim() == 4 and t.shape[1] != self.maps.shape[-3]:
+            raise ValueError(f"{name}: {t.shape[1]} coils (dim 1 of {tuple(t.shape)}) do not match the "
+                             f"{self.maps.shape[-3]} coils of the sensitivity maps {tuple(self.maps.shape)}")
+        super()._check(t, shape, name, space)
+        if self.per_sample and t.shape[0] != self.maps.shape[0]:
+            raise ValueError(f"{name}: batch size {t.shape[0]} does not match the per-sample sensitivity maps of "
+                             f"batch {self.maps.shape[0]}")
+
+    def _maps(self) -> Tensor:
+        return self.maps if self.per_sample else self.maps.unsqueeze(0)
+
+    def _forward(self, x: Tensor) -> Tensor:
+        return self._maps() * x.unsqueeze(1)
+
+    def _adjoint(self, y: Tensor) -> Tensor:
+        return torch.sum(self._maps().conj() * y, dim=1)
+
+    def normal(self, x: Tensor) -> Tensor:
+        """``Σ_c |S_c|² x`` ``(B, H, W) → (B, H, W)``."""
+        self.check_input(x)
+        return torch.sum(self._maps().abs() ** 2, dim=1) * x
+
+    def lipschitz(self, *args, recompute: bool = False, **kwargs) -> Tensor:
+        """``max Σ_c |S_c|²`` (exact; the largest over the batch for per-sample maps). Cached."""
+        if recompute or not self._cached_lipschitz_valid():
+            with torch.no_grad():
+                self._lipschitz_cache = (self.maps.detach().abs() ** 2).sum(dim=-3).max()
+            self._lipschitz_key = self._state_key()
+        return self._lipschitz_cache
+
+    def lipschitz_batch(self, batch: int, *args, **kwargs) -> Tensor:
+        """``max Σ_c |S_{i,c}|²`` per sample ``(batch,)`` (exact)."""
+        if not self.per_sample:
+            return self.lipschitz().expand(batch)
+        if batch != self.maps.shape[0]:
+            raise ValueError(f"batch: the operator holds maps for {self.maps.shape[0]} samples, got a batch of {batch}")
+        with torch.no_grad():
+            return (self.maps.detach().abs() ** 2).sum(dim=1).flatten(1).amax(dim=1)
 
 
 class SENSE(LinearOperator):
@@ -152,6 +217,10 @@ class SENSE(LinearOperator):
 
     def extra_repr(self) -> str:
         return f"maps={tuple(self.maps.shape)}, mask={tuple(self.mask.shape)}, per_sample={self.per_sample}"
+
+
+MultiCoilMRI = SENSE
+"""The name ``shared/DESIGN.md`` gives the multi-coil MRI operator: an alias of :class:`SENSE`."""
 
 
 def rss(x: Tensor, dim: int = 1) -> Tensor:
