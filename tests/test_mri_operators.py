@@ -367,3 +367,12 @@ def test_coil_sensitivities_and_the_composition_equal_sense(per_sample):
     assert unroll.MultiCoilMRI is SENSE
     with pytest.raises(ValueError, match=r"^y: 3 coils"):
         s.adjoint(crandn(B, 3, H, W))
+
+
+def test_sense_is_differentiable_in_the_image_and_the_maps():
+    maps = _maps(B).requires_grad_(True)
+    x = crandn(B, H, W, seed=12).requires_grad_(True)
+    mask = random_mask(W, 0.2, 3, seed=1)
+    assert torch.autograd.gradcheck(lambda x, s: SENSE(s, mask)(x), (x, maps), eps=1e-6, atol=1e-7)
+    assert torch.autograd.gradcheck(lambda y: SENSE(maps.detach(), mask).adjoint(y), (crandn(B, NC, H, W).requires_grad_(),),
+                                    eps=1e-6, atol=1e-7)
