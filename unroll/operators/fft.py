@@ -78,7 +78,8 @@ class FFT2c(LinearOperator):
     def _check(self, t: Tensor, shape, name: str, space: str) -> None:
         super()._check(t, shape, name, space)
         if shape is None and t.dim() < 3:
-            raise ValueError(f"{name}: expected a batch (B, ..., H, W) for {self.describe()}, got shape {tuple(t.shape)}")
+            raise ValueError(f"{name}: expected a batch (B, ..., H, W) for {self.describe()}, "
+                             f"got shape {tuple(t.shape)}")
 
     def _forward(self, x: Tensor) -> Tensor:
         return fft2c(x)
