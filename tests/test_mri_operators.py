@@ -375,3 +375,18 @@ def test_sense_is_differentiable_in_the_image_and_the_maps():
     assert torch.autograd.gradcheck(lambda x, s: SENSE(s, mask)(x), (x, maps), eps=1e-6, atol=1e-7)
     y = crandn(B, NC, H, W).requires_grad_(True)
     assert torch.autograd.gradcheck(lambda y: SENSE(maps.detach(), mask).adjoint(y), (y,), eps=1e-6, atol=1e-7)
+
+
+def test_mask_func_draws_a_pair_per_call_deterministically():
+    from unroll.operators import MaskFunc
+    f = MaskFunc("equispaced", center_fractions=[0.08, 0.04], accelerations=[4, 8])
+    masks = [f(368, key="file1.h5", index=s) for s in range(40)]
+    assert torch.equal(masks[3], f(368, key="file1.h5", index=3))
+    counts = {int(m.sum()) for m in masks}
+    # both pairs are used: about 368/4 = 92 and 368/8 = 46 columns
+    assert any(abs(c - 92) <= 2 for c in counts) and any(abs(c - 46) <= 2 for c in counts)
+    assert all(abs(c - 92) <= 2 or abs(c - 46) <= 2 for c in counts)
+    with pytest.raises(ValueError, match="^center_fractions: expected one per acceleration"):
+        MaskFunc("random", center_fractions=[0.08], accelerations=[4, 8])
+    with pytest.raises(ValueError, match="^kind"):
+        MaskFunc("radial")

@@ -6,7 +6,7 @@ from .convert import as_operator
 from .conv import Convolution2d, gaussian_kernel
 from .elementwise import Diagonal, Identity
 from .fft import FFT2c, fft2c, ifft2c
-from .masks import Mask, center_mask, equispaced_mask, mask_seed, poisson_disc_mask, random_mask
+from .masks import Mask, MaskFunc, center_mask, equispaced_mask, mask_seed, poisson_disc_mask, random_mask
 from .matrix import MatrixOperator
 from .mri import SENSE, CoilSensitivities, MultiCoilMRI, estimate_sensitivities, rss, sense_combine
 
@@ -25,6 +25,6 @@ __all__ = [
     "as_operator",
     "fmt_shape",
     # MRI (issue 17)
-    "FFT2c", "fft2c", "ifft2c", "Mask", "mask_seed", "center_mask", "random_mask", "equispaced_mask",
+    "FFT2c", "fft2c", "ifft2c", "Mask", "MaskFunc", "mask_seed", "center_mask", "random_mask", "equispaced_mask",
     "poisson_disc_mask", "SENSE", "MultiCoilMRI", "CoilSensitivities", "rss", "sense_combine", "estimate_sensitivities",
 ]

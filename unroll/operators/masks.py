@@ -30,14 +30,14 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import Optional, Sequence, Tuple, Union
+from typing import List, Literal, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
 from .base import LinearOperator
 
-__all__ = ["mask_seed", "center_mask", "random_mask", "equispaced_mask", "poisson_disc_mask", "Mask",
+__all__ = ["mask_seed", "center_mask", "random_mask", "equispaced_mask", "poisson_disc_mask", "MaskFunc", "Mask",
            "as_binary_mask"]
 
 ShapeLike = Union[int, Sequence[int]]
@@ -253,6 +253,49 @@ def poisson_disc_mask(shape: Sequence[int], acceleration: float, center_fraction
     mask = calib.flatten().clone()
     mask[torch.tensor(best, dtype=torch.long)] = True
     return mask.view(height, width)
+
+
+class MaskFunc:
+    """A configurable Cartesian mask generator, as fastMRI's ``MaskFunc`` classes: one
+    ``(center_fraction, acceleration)`` pair is drawn per call (uniformly, with the call's seed),
+    then a :func:`random_mask` or :func:`equispaced_mask` with it.
+
+    Args:
+        kind: ``"random"`` (``RandomMaskFunc``) or ``"equispaced"`` (``EquispacedMaskFractionFunc``).
+        center_fractions: the candidate centre fractions.
+        accelerations: the candidate accelerations (same length as ``center_fractions``).
+
+    Call ``mask_func(shape, key=None, index=0, seed=None)``: with ``key`` (the file name) the seed
+    is ``mask_seed(key, index)``, so a (file, slice) always gets the same mask; otherwise ``seed``
+    (``None``: random). Returns a bool ``(W,)`` or ``(H, W)`` mask.
+    """
+
+    def __init__(self, kind: Literal["random", "equispaced"] = "random",
+                 center_fractions: Sequence[float] = (0.08,), accelerations: Sequence[float] = (4.0,)) -> None:
+        if kind not in ("random", "equispaced"):
+            raise ValueError(f"kind: expected 'random' or 'equispaced', got {kind!r}")
+        self.center_fractions: List[float] = [float(c) for c in center_fractions]
+        self.accelerations: List[float] = [float(a) for a in accelerations]
+        if not self.accelerations or len(self.center_fractions) != len(self.accelerations):
+            raise ValueError(f"center_fractions: expected one per acceleration ({len(self.accelerations)}), got "
+                             f"{len(self.center_fractions)}")
+        for cf, acc in zip(self.center_fractions, self.accelerations):
+            _check_fraction_accel(cf, acc)
+        self.kind = kind
+
+    def __call__(self, shape: ShapeLike, key: Optional[str] = None, index: int = 0,
+                 seed: Optional[int] = None) -> Tensor:
+        if key is not None:
+            seed = mask_seed(key, index)
+        gen = _generator(seed)
+        i = int(torch.randint(0, len(self.accelerations), (1,), generator=gen))
+        sub_seed = int(torch.randint(0, 2 ** 62, (1,), generator=gen))
+        fn = random_mask if self.kind == "random" else equispaced_mask
+        return fn(shape, self.center_fractions[i], self.accelerations[i], seed=sub_seed)
+
+    def __repr__(self) -> str:
+        return (f"MaskFunc(kind={self.kind!r}, center_fractions={self.center_fractions}, "
+                f"accelerations={self.accelerations})")
 
 
 def as_binary_mask(mask: Tensor, name: str = "mask") -> Tensor:
