@@ -12,7 +12,6 @@ from .info import SolverInfo, Status
 from .linalg import CG, BiCGSTAB, CGInfo, LinearSolver, Neumann, SolverWarning, cg, solve_normal
 from .losses import Loss, MSELoss, ObjectiveLoss
 from .operators import Convolution2d, Diagonal, Identity, LinearOperator, MatrixOperator, adjoint_test, as_operator
-from .operators import FFT2c, SENSE, Mask, MultiCoilMRI, fft2c, ifft2c, rss, sense_combine
 from .parametrize import PositiveScalar
 from .problem import LeastSquares, Problem, QuadraticProblem, SmoothProblem
 from .autodiff import GradMode
@@ -21,6 +20,7 @@ from .prox import (L0, L1, Box, SquaredL2, Indicator, L1Ball, L2Ball, LowRank, N
 from .steps import (ADMMState, ADMMStep, CGState, CGStep, Chain, FISTAStep, GradientStep, MomentumState, ProxGradStep,
                     State, Step)
 from .unrolled import NestedStep, Unrolled, UnrolledOutput
+from .operators import FFT2c, SENSE, Mask, MultiCoilMRI, fft2c, ifft2c, rss, sense_combine
 
 __version__ = "0.1.0"
 

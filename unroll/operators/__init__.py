@@ -5,9 +5,9 @@ from .base import (AdjointOperator, ComposedOperator, LinearOperator, ScaledOper
 from .convert import as_operator
 from .conv import Convolution2d, gaussian_kernel
 from .elementwise import Diagonal, Identity
-from .fft import FFT2c, fft2c, ifft2c
-from .masks import Mask, MaskFunc, center_mask, equispaced_mask, mask_seed, poisson_disc_mask, random_mask
 from .matrix import MatrixOperator
+from .fft import FFT2c, fft2c, ifft2c  # MRI (issue 17)
+from .masks import Mask, MaskFunc, center_mask, equispaced_mask, mask_seed, poisson_disc_mask, random_mask
 from .mri import SENSE, CoilSensitivities, MultiCoilMRI, estimate_sensitivities, rss, sense_combine
 
 __all__ = [
