@@ -22,6 +22,7 @@ from .prox import (L0, L1, Box, SquaredL2, Indicator, L1Ball, L2Ball, LowRank, N
 from .steps import (ADMMState, ADMMStep, CGState, CGStep, Chain, FISTAStep, GradientStep, MomentumState, ProxGradStep,
                     State, Step)
 from .unrolled import NestedStep, Unrolled, UnrolledOutput
+from .operators import FFT2c, SENSE, Mask, MultiCoilMRI, fft2c, ifft2c, rss, sense_combine
 
 __version__ = "0.1.0"
 
@@ -38,4 +39,5 @@ __all__ = [
     "ADMMStep", "Chain", "Unrolled", "UnrolledOutput", "NestedStep", "PositiveScalar",
     "Loss", "MSELoss", "ObjectiveLoss",
     "check_finite", "check_measurements",
+    "FFT2c", "SENSE", "MultiCoilMRI", "Mask", "fft2c", "ifft2c", "rss", "sense_combine",
 ]
