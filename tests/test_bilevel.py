@@ -109,3 +109,63 @@ def test_bad_input_and_unconverged_inner_solves():
         with pytest.warns(SolverWarning, match="did not"):
             hypergrad(inner, outer_fn(Xv, yv), torch.tensor(1.0, dtype=DT, requires_grad=True), method=method,
                       num_iters=3, tol=1e-12)
+
+
+# ---------------------------------------------------------------- ready-made inner problems
+def _solve(problem, iters=100000, tol=1e-14):
+    from unroll import GradientStep, ProxGradStep, Unrolled
+
+    step = ProxGradStep(problem.reg) if problem.reg is not None else GradientStep(1.0)
+    out = Unrolled(step, num_iters=iters)(problem, tol=tol, check_every=50)
+    assert out.info.status == "converged"
+    return out.x
+
+
+def test_inner_problems_match_scikit_learn():
+    lm = pytest.importorskip("sklearn.linear_model")
+    Xt, yt, _, _ = data(4, n_train=60, d=10)
+    X, y = Xt.numpy(), yt[0].numpy()
+    from unroll.bilevel import elastic_net, lasso, logistic, ridge
+
+    cases = [(ridge(Xt, yt[0], 2.0), lm.Ridge(alpha=2.0, fit_intercept=False, tol=1e-12)),
+             (lasso(Xt, yt[0], 0.05), lm.Lasso(alpha=0.05, fit_intercept=False, tol=1e-12, max_iter=100000)),
+             (elastic_net(Xt, yt[0], 0.1, 0.3),
+              lm.ElasticNet(alpha=0.1, l1_ratio=0.3, fit_intercept=False, tol=1e-12, max_iter=100000))]
+    for problem, est in cases:
+        np.testing.assert_allclose(_solve(problem)[0].numpy(), est.fit(X, y).coef_, rtol=1e-6, atol=1e-8)
+    labels = torch.tensor((y > 0).astype(float), dtype=DT)
+    lam = 0.05
+    ref = lm.LogisticRegression(C=1.0 / (len(y) * lam), fit_intercept=False, tol=1e-12, max_iter=10000)
+    np.testing.assert_allclose(_solve(logistic(Xt, labels, lam))[0].numpy(),
+                               ref.fit(X, labels.numpy()).coef_[0], rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match=r"y: expected 60 targets"):
+        ridge(Xt, yt[0, :50], 1.0)
+    with pytest.raises(ValueError, match="binary"):
+        logistic(Xt, yt[0], 1.0)
+    with pytest.raises(ValueError, match="l1_ratio"):
+        elastic_net(Xt, yt[0], 0.1, 1.5)
+
+
+def test_per_feature_logistic_hypergradient_matches_finite_differences():
+    from unroll.bilevel import logistic
+
+    Xt, yt, Xv, yv = data(5, n_train=80, d=6)
+    t_train, t_val = (yt[0] > 0).to(DT), (yv[0] > 0).to(DT)
+
+    def outer(w, *h):  # validation log-loss
+        z = Xv @ w[0]
+        return (torch.nn.functional.softplus(z) - t_val * z).mean()
+
+    lam0 = torch.linspace(0.01, 0.2, 6, dtype=DT)
+    lam = lam0.clone().requires_grad_(True)
+    (g,), info = hypergrad(lambda l: logistic(Xt, t_train, l), outer, lam, method="implicit",
+                           backward_solver="cg", num_iters=200000, tol=1e-14, check_every=100)
+    assert info.backward.status == "converged"
+
+    def value(lv):
+        return float(outer(_solve(logistic(Xt, t_train, lv), tol=1e-15)))
+
+    h = 1e-5
+    fd = torch.tensor([(value(lam0 + h * e) - value(lam0 - h * e)) / (2 * h) for e in torch.eye(6, dtype=DT)], dtype=DT)
+    torch.testing.assert_close(g, fd, rtol=1e-4, atol=1e-7)
+    assert float(g.abs().max()) > 1e-4

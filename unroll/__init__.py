@@ -17,7 +17,7 @@ from .parametrize import PositiveScalar
 from .preconditioners import IncompleteCholesky, JacobiPreconditioner
 from .problem import LeastSquares, Problem, QuadraticProblem, SmoothProblem
 from .autodiff import GradMode
-from .prox import (L0, L1, Box, SquaredL2, Indicator, L1Ball, L2Ball, LowRank, NonNegative, Regularizer, Simplex,
+from .prox import (L0, L1, Box, ElasticNet, SquaredL2, Indicator, L1Ball, L2Ball, LowRank, NonNegative, Regularizer, Simplex,
                    hard_threshold, soft_threshold)
 from .steps import (ADMMState, ADMMStep, CGState, CGStep, Chain, FISTAStep, GradientStep, MomentumState, ProxGradStep,
                     State, Step)
@@ -32,7 +32,7 @@ __all__ = [
     "SolverInfo", "Status", "LinearSolver", "CG", "BiCGSTAB", "Neumann",
     "LinearOperator", "MatrixOperator", "Convolution2d", "Diagonal", "Identity", "adjoint_test", "as_operator",
     "Laplacian", "JacobiPreconditioner", "IncompleteCholesky",
-    "Regularizer", "L1", "L0", "SquaredL2", "Indicator", "NonNegative", "Box", "Simplex", "L2Ball", "L1Ball", "LowRank",
+    "Regularizer", "L1", "L0", "SquaredL2", "ElasticNet", "Indicator", "NonNegative", "Box", "Simplex", "L2Ball", "L1Ball", "LowRank",
     "soft_threshold", "hard_threshold",
     "Problem", "LeastSquares", "SmoothProblem", "QuadraticProblem",
     "Step", "State", "MomentumState", "CGState", "ADMMState", "GradientStep", "ProxGradStep", "FISTAStep", "CGStep",

@@ -38,11 +38,13 @@ from .autodiff import GradMode, as_grad_mode
 from .checks import check_tol
 from .info import SolverInfo, Status
 from .linalg import LinearSolver, SolverWarning, as_linear_solver
-from .problem import Problem
+from .operators.matrix import MatrixOperator
+from .problem import Problem, SmoothProblem
+from .prox import L1, ElasticNet, SquaredL2
 from .steps import GradientStep, ProxGradStep
 from .unrolled import Unrolled
 
-__all__ = ["hypergrad", "BilevelInfo", "METHODS"]
+__all__ = ["hypergrad", "BilevelInfo", "METHODS", "ridge", "lasso", "elastic_net", "logistic"]
 
 METHODS = ("unrolled", "implicit", "penalty")
 
@@ -227,3 +229,66 @@ def _fail(on_failure: str, message: str) -> None:
         raise RuntimeError(message)
     if on_failure == "warn":
         warnings.warn(message, SolverWarning, stacklevel=3)
+
+
+# ---------------------------------------------------------------------------- ready-made inner problems
+# With scikit-learn's objective scalings, so that ``alpha`` means what it means there (the
+# estimators of the same name, no intercept). ``X`` is ``(n, d)`` (one design shared by the
+# batch) or ``(B, n, d)``; ``y`` is ``(n,)`` or ``(B, n)``; hyperparameters are numbers or tensors
+# (kept in the graph): ``()``, ``(d,)`` per feature or ``(B, 1)`` per problem.
+def _design(X: Tensor, y: Tensor, scale: float = 1.0) -> Tuple[MatrixOperator, Tensor]:
+    if not isinstance(X, Tensor) or X.dim() not in (2, 3):
+        raise ValueError(f"X: expected a (n, d) or (B, n, d) tensor, got "
+                         f"{tuple(X.shape) if isinstance(X, Tensor) else type(X).__name__}")
+    if not isinstance(y, Tensor) or y.dim() not in (1, 2):
+        raise ValueError(f"y: expected a (n,) or (B, n) tensor, got "
+                         f"{tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__}")
+    y = y.unsqueeze(0) if y.dim() == 1 else y
+    if y.shape[-1] != X.shape[-2]:
+        raise ValueError(f"y: expected {X.shape[-2]} targets per problem (the rows of X {tuple(X.shape)}), "
+                         f"got shape {tuple(y.shape)}")
+    return MatrixOperator(X * scale), (y * scale).to(X.dtype)
+
+
+def ridge(X: Tensor, y: Tensor, alpha) -> Problem:
+    """scikit-learn's ``Ridge(alpha, fit_intercept=False)``: ``‖y − Xw‖² + α‖w‖²`` (as its half,
+    ``½‖Xw − y‖² + α/2·‖w‖²``, the same minimiser). Returns a least-squares :class:`Problem`."""
+    op, yy = _design(X, y)
+    return Problem.create(op, yy, SquaredL2(alpha))
+
+
+def lasso(X: Tensor, y: Tensor, alpha) -> Problem:
+    """scikit-learn's ``Lasso(alpha, fit_intercept=False)``: ``‖y − Xw‖²/(2n) + α‖w‖₁``."""
+    op, yy = _design(X, y, X.shape[-2] ** -0.5)
+    return Problem.create(op, yy, L1(alpha))
+
+
+def elastic_net(X: Tensor, y: Tensor, alpha, l1_ratio: float = 0.5) -> Problem:
+    """scikit-learn's ``ElasticNet(alpha, l1_ratio, fit_intercept=False)``:
+    ``‖y − Xw‖²/(2n) + α·ρ‖w‖₁ + α(1 − ρ)/2·‖w‖²`` with ``ρ = l1_ratio``."""
+    if not (isinstance(l1_ratio, (int, float)) and 0 <= l1_ratio <= 1):
+        raise ValueError(f"l1_ratio: expected a number in [0, 1], got {l1_ratio!r}")
+    op, yy = _design(X, y, X.shape[-2] ** -0.5)
+    return Problem.create(op, yy, ElasticNet(alpha * l1_ratio, alpha * (1 - l1_ratio)))
+
+
+def logistic(X: Tensor, y: Tensor, lam) -> SmoothProblem:
+    """Binary ℓ2-regularised logistic regression (labels 0/1, no intercept):
+    ``(1/n) Σ_i log(1 + exp(−s_i x_iᵀw)) + ½ Σ_j λ_j w_j²`` with ``s_i = 2y_i − 1``; a scalar
+    ``λ`` is scikit-learn's ``LogisticRegression(C=1/(n·λ), fit_intercept=False)``. ``λ`` may be
+    per feature ``(d,)``. The Lipschitz constant ``‖X‖²/(4n) + max λ`` is given to the problem."""
+    op, yy = _design(X, y)
+    Xb = op.matrix if op.matrix.dim() == 3 else op.matrix.unsqueeze(0).expand(yy.shape[0], *op.matrix.shape)
+    if bool(((yy != 0) & (yy != 1)).any()):
+        raise ValueError("y: expected binary labels 0/1")
+    n = Xb.shape[1]
+    lam_t = torch.as_tensor(lam, dtype=Xb.dtype)
+
+    def f(w: Tensor, data) -> Tensor:
+        X_, t = data
+        z = torch.einsum("bnd,bd->bn", X_, w)
+        return (torch.nn.functional.softplus(z) - t * z).mean(1) + 0.5 * (lam_t * w * w).sum(1)
+
+    with torch.no_grad():
+        lip = torch.linalg.matrix_norm(Xb.detach(), ord=2) ** 2 / (4 * n) + lam_t.detach().max()
+    return SmoothProblem(f, (Xb, yy), lipschitz=lip, like=Xb.new_zeros(Xb.shape[0], Xb.shape[2]))

@@ -9,7 +9,7 @@ Pure functions (:mod:`unroll.prox.functional`: thresholds and projections) and t
 from ..parametrize import inverse_softplus
 from .functional import (hard_threshold, project_box, project_l1_ball, project_l2_ball, project_nonneg,
                          project_rank, project_simplex, soft_threshold, soft_threshold_support_selection)
-from .regularizers import L0, L1, Box, Indicator, L1Ball, L2Ball, LowRank, NonNegative, Regularizer, Simplex, SquaredL2
+from .regularizers import L0, L1, Box, ElasticNet, Indicator, L1Ball, L2Ball, LowRank, NonNegative, Regularizer, Simplex, SquaredL2
 
 __all__ = [
     "soft_threshold",
@@ -26,6 +26,7 @@ __all__ = [
     "L1",
     "L0",
     "SquaredL2",
+    "ElasticNet",
     "Indicator",
     "NonNegative",
     "Box",

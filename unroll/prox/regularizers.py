@@ -24,7 +24,7 @@ from ..parametrize import inverse_softplus
 from .functional import (Scalar, hard_threshold, project_box, project_l1_ball, project_l2_ball, project_nonneg,
                          project_rank, project_simplex, real_dtype, require_real, sample_scale, soft_threshold)
 
-__all__ = ["Regularizer", "L1", "L0", "SquaredL2", "Indicator", "NonNegative", "Box", "Simplex", "L2Ball", "L1Ball",
+__all__ = ["Regularizer", "L1", "L0", "SquaredL2", "ElasticNet", "Indicator", "NonNegative", "Box", "Simplex", "L2Ball", "L1Ball",
            "LowRank"]
 
 
@@ -185,6 +185,32 @@ class SquaredL2(_WeightedRegularizer):
     def prox(self, x: Tensor, step: Scalar = 1.0) -> Tensor:
         """``x / (1 + step * lam)``: ``(B, *shape) -> (B, *shape)``."""
         return x / (1 + step * self._lam_like(x))
+
+
+class ElasticNet(Regularizer):
+    """``g(x) = Σ l1·|x| + Σ l2/2·|x|²``; prox is soft thresholding by ``step·l1`` then the
+    shrinkage ``1/(1 + step·l2)``.
+
+    Args:
+        l1, l2: the two weights, as for :class:`L1` and :class:`SquaredL2` (numbers, tensors that
+            keep their graph, per feature or per sample).
+        learnable: learn both (softplus parametrisations).
+
+    Shapes: ``value``: ``(B, *shape) -> (B,)``; ``prox``: ``(B, *shape) -> (B, *shape)``.
+    """
+
+    def __init__(self, l1: Scalar = 1.0, l2: Scalar = 1.0, learnable: bool = False) -> None:
+        super().__init__()
+        self.l1 = L1(l1, learnable=learnable)
+        self.l2 = SquaredL2(l2, learnable=learnable)
+
+    def value(self, x: Tensor) -> Tensor:
+        """``Σ l1·|x| + Σ l2/2·|x|²`` per sample: ``(B, *shape) -> (B,)``."""
+        return self.l1.value(x) + self.l2.value(x)
+
+    def prox(self, x: Tensor, step: Scalar = 1.0) -> Tensor:
+        """``soft_threshold(x, step·l1) / (1 + step·l2)``: ``(B, *shape) -> (B, *shape)``."""
+        return self.l2.prox(self.l1.prox(x, step), step)
 
 
 class Indicator(Regularizer):
