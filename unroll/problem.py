@@ -96,8 +96,11 @@ class Problem:
         raise NotImplementedError(f"{type(self).__name__} has no Lipschitz constant: pass lipschitz=... when "
                                   "building it, or use steps that do not need one")
 
+    #: the Lipschitz constant the user gave (a number, 0-dim or ``(B,)`` tensor), or ``None``
+    known_lipschitz: Union[float, Tensor, None] = None
+
     def _given_lipschitz(self) -> Optional[Tensor]:
-        return None
+        return None if self.known_lipschitz is None else torch.as_tensor(self.known_lipschitz)
 
     def inputs_finite(self) -> Optional[Tensor]:
         """Whether the problem's data are finite, a 0-dim bool tensor (no host sync), or ``None``
@@ -173,9 +176,6 @@ class LeastSquares(Problem):
 
     def _like(self) -> Tensor:
         return self.y
-
-    def _given_lipschitz(self) -> Optional[Tensor]:
-        return None if self.known_lipschitz is None else torch.as_tensor(self.known_lipschitz)
 
     def inputs_finite(self) -> Tensor:
         return torch.isfinite(self.y).all()
@@ -276,9 +276,6 @@ class SmoothProblem(Problem):
         if not leaves:
             raise ValueError("SmoothProblem: pass `like` (a (B, *shape) tensor) to say the dtype and device of x")
         return leaves[0]
-
-    def _given_lipschitz(self) -> Optional[Tensor]:
-        return None if self.known_lipschitz is None else torch.as_tensor(self.known_lipschitz)
 
     def _float_leaves(self):
         leaves, _ = torch.utils._pytree.tree_flatten(self.data)
@@ -383,9 +380,6 @@ class QuadraticProblem(Problem):
 
     def _like(self) -> Tensor:
         return self.b
-
-    def _given_lipschitz(self) -> Optional[Tensor]:
-        return None if self.known_lipschitz is None else torch.as_tensor(self.known_lipschitz)
 
     def _compute_lipschitz(self) -> Tensor:
         if not isinstance(self.Q, LinearOperator):
