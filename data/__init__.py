@@ -39,3 +39,10 @@ __all__ = [
     "measure",
     "STANDARD_SHAPE",
 ]
+
+# Denoising data for learned proximal networks (issue 15)
+from .denoising import (SHIPPED_IMAGES, LaplaceDenoisingDataModule, PatchDenoisingDataModule,  # noqa: E402
+                        load_shipped_image, make_laplace_batch, make_patch_batch)
+
+__all__ += ["PatchDenoisingDataModule", "LaplaceDenoisingDataModule", "load_shipped_image", "SHIPPED_IMAGES",
+            "make_patch_batch", "make_laplace_batch"]
