@@ -142,8 +142,19 @@ class LearnedProxNet(nn.Module):
 
     def gradient(self, x: Tensor) -> Tensor:
         """``∇ψ(x)`` without input checks (``torch.func.grad`` of ``Σ_b ψ(x_b)``; the samples are
-        independent): ``(B, *shape) → (B, *shape)``."""
-        return torch.func.grad(lambda z: self._potential(z).sum())(x)
+        independent): ``(B, *shape) → (B, *shape)``.
+
+        Inside ``torch.utils.checkpoint`` (the ``checkpoint`` gradient mode), whose saved-tensor
+        hooks ``torch.func`` does not support, the same gradient is taken by
+        ``torch.autograd.grad(..., create_graph=True)``."""
+        try:
+            return torch.func.grad(lambda z: self._potential(z).sum())(x)
+        except RuntimeError as e:
+            if "saved tensor hooks" not in str(e):
+                raise
+        with torch.enable_grad():
+            z = x if x.requires_grad else x.detach().requires_grad_(True)
+            return torch.autograd.grad(self._potential(z).sum(), z, create_graph=True)[0]
 
     def forward(self, x: Tensor) -> Tensor:
         """``f(x) = ∇ψ(x)``, the learned proximal operator: ``(B, *shape) → (B, *shape)``."""
