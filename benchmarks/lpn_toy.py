@@ -14,8 +14,11 @@ matching), and the distance of the ℓ2 / ℓ1 maps to the posterior mean / medi
 quadrature; plots the three maps and the learned regularisers R (``LPN.regularizer``: the inverse
 by the core's implicit-gradient solve) against |x|.
 
-    nice -n 5 python benchmarks/lpn_toy.py                 # full budget (64k steps)
+    nice -n 5 python benchmarks/lpn_toy.py                 # full budget (64k steps), one process
     python benchmarks/lpn_toy.py --scale 0.01 --no-plot    # a smoke run
+    # or the two trainings in parallel, then the evaluation:
+    nice -n 5 python benchmarks/lpn_toy.py --part l2 --scale S & nice -n 5 python benchmarks/lpn_toy.py --part l1pm --scale S
+    python benchmarks/lpn_toy.py --eval-only
 
 Writes benchmarks/figures/lpn_toy.png and benchmarks/results/lpn_toy.json; the trained models in
 benchmarks/runs/lpn_toy/ (git-ignored).
@@ -88,7 +91,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-plot", action="store_true")
-    ap.add_argument("--eval-only", action="store_true", help="evaluate the models saved by an earlier run")
+    ap.add_argument("--eval-only", action="store_true", help="evaluate the models saved by earlier runs")
+    ap.add_argument("--part", choices=["all", "l2", "l1pm"], default="all",
+                    help="train only the l2 model, or only l1 then proximal matching (two processes in parallel; "
+                         "then --eval-only)")
     ap.add_argument("--runs", default=str(HERE / "runs" / "lpn_toy"), help="where the trained models are saved")
     ap.add_argument("--out", default=str(HERE / "results" / "lpn_toy.json"))
     ap.add_argument("--figure", default=str(HERE / "figures" / "lpn_toy.png"))
@@ -104,34 +110,43 @@ def main() -> None:
 
     models, steps, t_start = {}, {}, time.time()
     base = [(s, lr, None) for s, lr in BASE_PHASES]
-    if args.eval_only:
-        saved = json.loads((runs / "budget.json").read_text())
-        steps, train_seconds = saved["steps"], saved["train_seconds"]
-        for name in ("l2", "l1", "pm"):
-            models[name] = new_model()
-            models[name].load_state_dict(torch.load(runs / f"{name}.pt", weights_only=True))
-    else:
-        for name, loss in (("l2", MSELoss()), ("l1", L1Loss())):
-            print(f"training {name}", flush=True)
+    if args.part == "l2":
+        gen = torch.Generator().manual_seed(args.seed + 1)  # its own stream: the two parts run apart
+    if not args.eval_only:
+        if args.part in ("all", "l2"):
+            print("training l2", flush=True)
             m = new_model()
-            steps[name] = train(m, loss, base, gen, args.batch, args.scale, name)
-            models[name] = m
-            torch.save(m.state_dict(), runs / f"{name}.pt")
-        print("training proximal matching (from the l1 model)", flush=True)
-        pm = copy.deepcopy(models["l1"])
-        steps["pm"] = steps["l1"] + train(pm, ProximalMatchingLoss(0.5), [(s, lr, g) for s, g, lr in PM_PHASES],
-                                          gen, args.batch, args.scale, "pm")
-        models["pm"] = pm
-        torch.save(pm.state_dict(), runs / "pm.pt")
-        train_seconds = time.time() - t_start
-        (runs / "budget.json").write_text(json.dumps({"steps": steps, "train_seconds": train_seconds}))
+            steps["l2"] = train(m, MSELoss(), base, gen, args.batch, args.scale, "l2")
+            torch.save(m.state_dict(), runs / "l2.pt")
+            (runs / "budget_l2.json").write_text(json.dumps({"steps": steps, "seconds": time.time() - t_start}))
+        if args.part in ("all", "l1pm"):
+            print("training l1", flush=True)
+            m = new_model()
+            steps["l1"] = train(m, L1Loss(), base, gen, args.batch, args.scale, "l1")
+            torch.save(m.state_dict(), runs / "l1.pt")
+            print("training proximal matching (from the l1 model)", flush=True)
+            steps["pm"] = steps["l1"] + train(m, ProximalMatchingLoss(0.5), [(s, lr, g) for s, g, lr in PM_PHASES],
+                                              gen, args.batch, args.scale, "pm")
+            torch.save(m.state_dict(), runs / "pm.pt")
+            (runs / "budget_l1pm.json").write_text(json.dumps({"steps": steps, "seconds": time.time() - t_start}))
+        if args.part != "all":
+            return
+    steps, seconds = {}, {}
+    for part in ("l2", "l1pm"):
+        saved = json.loads((runs / f"budget_{part}.json").read_text())
+        steps.update(saved["steps"])
+        seconds[part] = round(saved["seconds"], 1)
+    for name in ("l2", "l1", "pm"):
+        models[name] = new_model()
+        models[name].load_state_dict(torch.load(runs / f"{name}.pt", weights_only=True))
+    train_seconds = seconds
 
     # ---- evaluation on [-4, 4], in float64
-    x = torch.linspace(-4, 4, 2001, dtype=torch.float64)
+    x = torch.linspace(-4, 4, 801, dtype=torch.float64)
     soft = soft_threshold(x, 1.0)
     mean, median = posterior_stats(x)
     results = {"budget_steps": steps, "scale": args.scale, "batch": args.batch, "seed": args.seed,
-               "train_seconds": round(train_seconds, 1), "maps": {}}
+               "train_seconds": train_seconds, "maps": {}}
     curves, priors = {}, {}
     for name, m in models.items():
         m = copy.deepcopy(m).double().eval()

@@ -364,8 +364,9 @@ class ConvLPN(LearnedProxNet):
         for _ in range(layers):
             conv = nn.Conv2d(hidden, hidden, k, bias=False)  # for its default initialisation
             self.weights.append(nn.Parameter(conv.weight.detach().clone()))
-        w = torch.empty(1, hidden)
-        nn.init.kaiming_uniform_(w, a=math.sqrt(5))
+        # small output weights, so that f = ∇ψ starts at the scale of the images rather than ~100×
+        # it (the sum over the last map adds up hidden · 4^downsample contributions per pixel)
+        w = torch.rand(1, hidden) / (hidden * 4 ** downsample)
         self.out_weight = nn.Parameter(w)
         if nonneg == "softplus":
             with torch.no_grad():
