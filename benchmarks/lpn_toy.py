@@ -15,7 +15,7 @@ quadrature; plots the three maps and the learned regularisers R (``LPN.regulariz
 by the core's implicit-gradient solve) against |x|.
 
     nice -n 5 python benchmarks/lpn_toy.py                 # full budget (64k steps), one process
-    python benchmarks/lpn_toy.py --scale 0.01 --no-plot    # a smoke run
+    python benchmarks/lpn_toy.py --scale 0.01 --grid 21 --inverse-iters 100  # a smoke run
     # or the two trainings in parallel, then the evaluation:
     nice -n 5 python benchmarks/lpn_toy.py --part l2 --scale S & nice -n 5 python benchmarks/lpn_toy.py --part l1pm --scale S
     python benchmarks/lpn_toy.py --eval-only
@@ -91,6 +91,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-plot", action="store_true")
+    ap.add_argument("--grid", type=int, default=801, help="evaluation points on [-4, 4]")
+    ap.add_argument("--inverse-iters", type=int, default=3000, help="iteration budget of f^-1 (for R)")
     ap.add_argument("--eval-only", action="store_true", help="evaluate the models saved by earlier runs")
     ap.add_argument("--part", choices=["all", "l2", "l1pm"], default="all",
                     help="train only the l2 model, or only l1 then proximal matching (two processes in parallel; "
@@ -118,7 +120,8 @@ def main() -> None:
             m = new_model()
             steps["l2"] = train(m, MSELoss(), base, gen, args.batch, args.scale, "l2")
             torch.save(m.state_dict(), runs / "l2.pt")
-            (runs / "budget_l2.json").write_text(json.dumps({"steps": steps, "seconds": time.time() - t_start}))
+            (runs / "budget_l2.json").write_text(json.dumps({"steps": steps, "seconds": time.time() - t_start,
+                                                             "scale": args.scale}))
         if args.part in ("all", "l1pm"):
             print("training l1", flush=True)
             m = new_model()
@@ -128,7 +131,8 @@ def main() -> None:
             steps["pm"] = steps["l1"] + train(m, ProximalMatchingLoss(0.5), [(s, lr, g) for s, g, lr in PM_PHASES],
                                               gen, args.batch, args.scale, "pm")
             torch.save(m.state_dict(), runs / "pm.pt")
-            (runs / "budget_l1pm.json").write_text(json.dumps({"steps": steps, "seconds": time.time() - t_start}))
+            (runs / "budget_l1pm.json").write_text(json.dumps({"steps": steps, "seconds": time.time() - t_start,
+                                                               "scale": args.scale}))
         if args.part != "all":
             return
     steps, seconds = {}, {}
@@ -142,10 +146,12 @@ def main() -> None:
     train_seconds = seconds
 
     # ---- evaluation on [-4, 4], in float64
-    x = torch.linspace(-4, 4, 801, dtype=torch.float64)
+    x = torch.linspace(-4, 4, args.grid, dtype=torch.float64)
     soft = soft_threshold(x, 1.0)
     mean, median = posterior_stats(x)
-    results = {"budget_steps": steps, "scale": args.scale, "batch": args.batch, "seed": args.seed,
+    from machine import cpu_name  # benchmarks/machine.py
+
+    results = {"budget_steps": steps, "cpu": cpu_name(), "torch_threads": args.threads, "batch": args.batch, "seed": args.seed,
                "train_seconds": train_seconds, "maps": {}}
     curves, priors = {}, {}
     for name, m in models.items():
@@ -161,7 +167,7 @@ def main() -> None:
             "max_err_posterior_median": float((f - median).abs().max()),
         }
         with torch.no_grad():
-            y, info = m.inverse(x[:, None], max_iter=3000, tol=1e-9, return_info=True)
+            y, info = m.inverse(x[:, None], max_iter=args.inverse_iters, tol=1e-9, return_info=True)
         with torch.no_grad():
             R = (y[:, 0] * x - 0.5 * x ** 2 - m._potential(y)).detach()
         R = R - R[x.abs().argmin()]

@@ -376,3 +376,28 @@ def test_bad_input_gets_a_clear_error():
     with pytest.raises(ValueError, match="kernel_size"):
         ConvLPN(1, kernel_size=4)
     assert conv.min_size == 6 and conv(randn(1, 1, 6, 9)).shape == (1, 1, 6, 9)  # any size from min_size
+
+
+def test_toy_benchmark_runs_in_its_smallest_mode(tmp_path, monkeypatch):
+    import importlib.util
+    import json
+    import sys
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(bench))
+    spec = importlib.util.spec_from_file_location("_bench_lpn_toy", bench / "lpn_toy.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    threads = torch.get_num_threads()
+    out, fig = tmp_path / "toy.json", tmp_path / "toy.png"
+    monkeypatch.setattr(sys, "argv", ["lpn_toy.py", "--scale", "0.0002", "--batch", "64", "--grid", "11", "--inverse-iters", "50",
+                                      "--runs", str(tmp_path / "runs"), "--out", str(out), "--figure", str(fig)])
+    try:
+        mod.main()
+    finally:
+        torch.set_num_threads(threads)
+    res = json.loads(out.read_text())
+    assert set(res["maps"]) == {"l2", "l1", "pm"}
+    assert res["budget_steps"]["pm"] > res["budget_steps"]["l1"] > 0
+    assert all(math.isfinite(v["max_err_soft_threshold"]) for v in res["maps"].values())
+    assert fig.read_bytes()[:4] == b"\x89PNG"
