@@ -17,7 +17,8 @@ by the core's implicit-gradient solve) against |x|.
     nice -n 5 python benchmarks/lpn_toy.py                 # full budget (64k steps), one process
     python benchmarks/lpn_toy.py --scale 0.01 --grid 21 --inverse-iters 100  # a smoke run
     # or the two trainings in parallel, then the evaluation:
-    nice -n 5 python benchmarks/lpn_toy.py --part l2 --scale S & nice -n 5 python benchmarks/lpn_toy.py --part l1pm --scale S
+    nice -n 5 python benchmarks/lpn_toy.py --part l2 --scale S &
+    nice -n 5 python benchmarks/lpn_toy.py --part l1pm --scale S
     python benchmarks/lpn_toy.py --eval-only
 
 Writes benchmarks/figures/lpn_toy.png and benchmarks/results/lpn_toy.json; the trained models in
@@ -151,7 +152,8 @@ def main() -> None:
     mean, median = posterior_stats(x)
     from machine import cpu_name  # benchmarks/machine.py
 
-    results = {"budget_steps": steps, "cpu": cpu_name(), "torch_threads": args.threads, "batch": args.batch, "seed": args.seed,
+    results = {"budget_steps": steps, "cpu": cpu_name(), "torch_threads": args.threads, "batch": args.batch,
+               "seed": args.seed,
                "train_seconds": train_seconds, "maps": {}}
     curves, priors = {}, {}
     for name, m in models.items():

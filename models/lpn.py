@@ -202,8 +202,8 @@ class LearnedProxNet(nn.Module):
         return all(bool((w >= 0).all()) for w in self.constrained_weights())
 
     # ------------------------------------------------------------------ inverse and regulariser
-    def inverse(self, x: Tensor, *, max_iter: int = 2000, tol: float = 1e-7, lipschitz: Union[float, Tensor, None] = None,
-                y0: Optional[Tensor] = None, return_info: bool = False
+    def inverse(self, x: Tensor, *, max_iter: int = 2000, tol: float = 1e-7,
+                lipschitz: Union[float, Tensor, None] = None, y0: Optional[Tensor] = None, return_info: bool = False
                 ) -> Union[Tensor, Tuple[Tensor, SolverInfo]]:
         """``y = f⁻¹(x)``: the minimiser of the convex ``ψ(y) − ⟨x, y⟩`` (``∇ψ(y) = x``).
 

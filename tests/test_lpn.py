@@ -390,7 +390,8 @@ def test_toy_benchmark_runs_in_its_smallest_mode(tmp_path, monkeypatch):
     spec.loader.exec_module(mod)
     threads = torch.get_num_threads()
     out, fig = tmp_path / "toy.json", tmp_path / "toy.png"
-    monkeypatch.setattr(sys, "argv", ["lpn_toy.py", "--scale", "0.0002", "--batch", "64", "--grid", "11", "--inverse-iters", "50",
+    monkeypatch.setattr(sys, "argv", ["lpn_toy.py", "--scale", "0.0002", "--batch", "64", "--grid", "11",
+                                      "--inverse-iters", "50",
                                       "--runs", str(tmp_path / "runs"), "--out", str(out), "--figure", str(fig)])
     try:
         mod.main()
