@@ -100,3 +100,129 @@ def test_center_crop_as_fastmri():
     assert torch.equal(center_crop(z, (8, 1)), z[..., 4:5])
     with pytest.raises(ValueError, match="shape"):
         center_crop(x, (8, 4))
+
+
+# ------------------------------------------------------------------------------ writer and reader
+import xml.etree.ElementTree as ET  # noqa: E402
+
+import h5py  # noqa: E402
+
+from unroll.data import (Batch, FastMRIDataModule, FastMRIFileError, FastMRISliceDataset, birdcage_maps,  # noqa: E402
+                         write_fastmri_file, write_fastmri_volume)
+from unroll.operators import SENSE, MaskFunc, fft2c, ifft2c, rss  # noqa: E402
+
+NS = {"m": "http://www.ismrm.org/ISMRMRD"}
+
+
+def _images(slices=3, h=32, w=24, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    img = torch.rand(slices, h, w, generator=g)
+    img[:, :4] = 0  # some background
+    return img
+
+
+def _header_value(xml: bytes, path: str) -> int:
+    return int(ET.fromstring(xml).find("/".join(f"m:{p}" for p in path.split("/")), NS).text)
+
+
+def test_writer_round_trip_layout(tmp_path):
+    """A written file holds fastMRI's datasets, dtypes, shapes, attributes and header fields, and
+    its target is the RSS of its k-space's coil images, cropped to the recon size."""
+    imgs = _images()
+    path = write_fastmri_volume(tmp_path / "file_brain_001.h5", imgs, num_coils=4, noise=0.01, readout_oversampling=2,
+                                kspace_width=28, seed=3, acquisition="AXT2", patient_id="p1")
+    with h5py.File(path, "r") as f:
+        assert sorted(f.keys()) == ["ismrmrd_header", "kspace", "reconstruction_rss"]
+        k, t = f["kspace"][()], f["reconstruction_rss"][()]
+        assert k.dtype == np.complex64 and k.shape == (3, 4, 64, 28)
+        assert t.dtype == np.float32 and t.shape == (3, 32, 24)
+        assert f.attrs["max"] == pytest.approx(float(t.max())) and f.attrs["acquisition"] == "AXT2"
+        assert f.attrs["norm"] == pytest.approx(float(np.linalg.norm(t.astype(np.float64))), rel=1e-6)
+        assert f.attrs["patient_id"] == "p1"
+        xml = f["ismrmrd_header"][()]
+    assert isinstance(xml, bytes)
+    assert [_header_value(xml, f"encoding/encodedSpace/matrixSize/{a}") for a in "xyz"] == [64, 28, 1]
+    assert [_header_value(xml, f"encoding/reconSpace/matrixSize/{a}") for a in "xyz"] == [32, 24, 1]
+    assert _header_value(xml, "encoding/encodingLimits/kspace_encoding_step_1/center") == 14
+    assert _header_value(xml, "encoding/encodingLimits/kspace_encoding_step_1/maximum") == 27
+    assert _header_value(xml, "acquisitionSystemInformation/receiverChannels") == 4
+    assert ET.fromstring(xml).find("m:encoding/m:trajectory", NS).text == "cartesian"
+    full = rss(ifft2c(torch.from_numpy(k)), dim=1)
+    np.testing.assert_allclose(full[:, 16:48, 2:26].numpy(), t, rtol=1e-5, atol=1e-6)
+    # the image is where the simulation put it: |RSS| ≈ the magnitudes (maps normalised, little noise)
+    assert float((full[:, 16:48, 2:26] - imgs).abs().mean()) < 0.02
+
+
+def test_writer_then_reader_reads_back_identically(tmp_path):
+    rng = np.random.default_rng(0)
+    k = (rng.standard_normal((2, 3, 16, 12)) + 1j * rng.standard_normal((2, 3, 16, 12))).astype(np.complex64)
+    target = rng.random((2, 8, 10)).astype(np.float32)
+    path = write_fastmri_file(tmp_path / "a.h5", k, reconstruction_rss=target)
+    ds = FastMRISliceDataset(path, mask_func=MaskFunc("random", center_fractions=[0.25], accelerations=[2.0]))
+    assert len(ds) == 2
+    s = ds[1]
+    m = s.operator["mask"]
+    assert isinstance(s, Batch) and m.shape == (1, 1, 12) and 0 < int(m.sum()) < 12
+    assert torch.equal(s.y, torch.from_numpy(k[1]) * m)  # the file's k-space, exactly, where sampled
+    assert torch.equal(s.x, torch.from_numpy(target[1]))
+    assert s.meta["fname"] == "a.h5" and int(s.meta["slice_num"]) == 1
+    assert float(s.meta["max"]) == pytest.approx(float(target.max()))
+    assert s.y.dtype == torch.complex64 and s.x.dtype == torch.float32
+    assert s.operator["sensitivities"].shape == (3, 16, 12)
+    ssq = (s.operator["sensitivities"].abs() ** 2).sum(0)
+    assert torch.allclose(ssq, torch.ones_like(ssq), atol=1e-5)
+
+
+def test_masks_per_slice_deterministic_and_padding_respected(tmp_path):
+    imgs = _images(slices=4, h=32, w=32)
+    path = write_fastmri_volume(tmp_path / "v.h5", imgs, num_coils=2, seed=1)
+    mf = MaskFunc("random", center_fractions=[0.08], accelerations=[4.0])
+    a, b = FastMRISliceDataset(path, mask_func=mf), FastMRISliceDataset(path, mask_func=mf)
+    masks = [a[i].operator["mask"] for i in range(4)]
+    assert all(torch.equal(m, b[i].operator["mask"]) for i, m in enumerate(masks))  # same in every run
+    assert len({tuple(m.flatten().tolist()) for m in masks}) > 1  # but one per slice
+    assert all(torch.equal(a[i].y, a[i].y) for i in range(2))
+    # unseeded (training) masks differ from call to call
+    c = FastMRISliceDataset(path, mask_func=mf, seeded=False)
+    assert len({tuple(c[0].operator["mask"].flatten().tolist()) for _ in range(6)}) > 1
+    # the masked k-space is zero where not sampled
+    s = a[0]
+    assert bool((s.y * (1 - s.operator["mask"])).abs().max() == 0)
+
+
+def test_header_padding_unsampled(tmp_path):
+    """Columns outside the header's phase-encoding limits are never marked as sampled."""
+    rng = np.random.default_rng(1)
+    k = (rng.standard_normal((1, 2, 16, 20)) + 1j * rng.standard_normal((1, 2, 16, 20))).astype(np.complex64)
+    k[..., :3] = 0
+    k[..., 17:] = 0
+    path = write_fastmri_file(tmp_path / "p.h5", k, reconstruction_rss=rng.random((1, 16, 16)).astype(np.float32),
+                              acquired=(3, 16))
+    for i in range(5):
+        dense = MaskFunc("random", center_fractions=[0.3], accelerations=[1.2])
+        m = FastMRISliceDataset(path, mask_func=dense, seeded=False)[0].operator["mask"].flatten()
+        assert m[:3].sum() == 0 and m[17:].sum() == 0 and m[3:17].sum() >= 8
+
+
+def test_builtin_datamodule_yields_contract_batches(tmp_path):
+    dm = FastMRIDataModule(cache_dir=str(tmp_path), eval_batch_size=2)
+    batch = next(iter(dm.val_dataloader()))
+    B = 2
+    assert batch.y.shape == (B, 8, 128, 128) and batch.y.dtype == torch.complex64
+    assert batch.x.shape == (B, 128, 128) and batch.x.dtype == torch.float32
+    assert batch.operator["mask"].shape == (B, 1, 1, 128) and batch.operator["mask"].dtype == torch.float32
+    assert batch.operator["sensitivities"].shape == (B, 8, 128, 128)
+    assert batch.meta["fname"] == ["colin27_slab3.h5"] * B and batch.meta["slice_num"].tolist() == [0, 1]
+    for key, dtype in (("slice_num", torch.long), ("max", torch.float32), ("data_range", torch.float32),
+                       ("num_low_freqs", torch.long)):
+        assert batch.meta[key].shape == (B,) and batch.meta[key].dtype == dtype
+    op = dm.build_operator(batch.operator)
+    assert isinstance(op, SENSE)
+    # the target is the RSS of the fully sampled data; the zero-filled SENSE image is close where sampled
+    zf = op.adjoint(batch.y).abs()
+    assert zf.shape == (B, 128, 128)
+    assert 0.3 < float(fastmri_ssim(batch.x, zf)) < 0.95
+    # splits are disjoint volumes
+    names = {s: {v.path.rsplit("/", 1)[-1] for v in dm.dataset(s).volumes} for s in ("train", "val", "test")}
+    assert not (names["train"] & names["val"]) and not (names["train"] & names["test"]) and len(names["test"]) == 2
+    assert len(dm.dataset("train")) == 40
