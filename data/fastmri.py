@@ -500,6 +500,10 @@ class FastMRIDataModule(lightning.LightningDataModule):
         on_error: ``"raise"`` or ``"skip"`` a bad file (named in the error or warning).
     """
 
+    #: ``unroll predict`` writes one ``reconstruction`` file per input volume
+    #: (:class:`unroll.train.FastMRIPredictionWriter`)
+    prediction_layout = "fastmri"
+
     def __init__(self, root: Optional[str] = None, challenge: Literal["multicoil", "singlecoil"] = "multicoil",
                  mask: Optional[MaskFunc] = None, batch_size: int = 1, eval_batch_size: int = 1,
                  num_workers: int = 0, train_dir: Optional[str] = None, val_dir: Optional[str] = None,

@@ -3,6 +3,8 @@ centre crop, the writer's files, the reader and data module, and the predictions
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -226,3 +228,185 @@ def test_builtin_datamodule_yields_contract_batches(tmp_path):
     names = {s: {v.path.rsplit("/", 1)[-1] for v in dm.dataset(s).volumes} for s in ("train", "val", "test")}
     assert not (names["train"] & names["val"]) and not (names["train"] & names["test"]) and len(names["test"]) == 2
     assert len(dm.dataset("train")) == 40
+
+
+# ------------------------------------------------------------------------------ bad input
+def _good_file(path, coils=3, width=12, maps=False):
+    rng = np.random.default_rng(5)
+    k = (rng.standard_normal((2, coils, 16, width)) + 1j * rng.standard_normal((2, coils, 16, width))).astype(np.complex64)
+    sm = (rng.standard_normal((coils, 16, width)) + 0j).astype(np.complex64) if maps else None
+    return write_fastmri_file(path, k, reconstruction_rss=rng.random((2, 8, 8)).astype(np.float32),
+                              sensitivity_maps=sm)
+
+
+def _edit(path, fn):
+    with h5py.File(path, "a") as f:
+        fn(f)
+    return path
+
+
+def test_missing_kspace_named(tmp_path):
+    p = _edit(_good_file(tmp_path / "nokspace.h5"), lambda f: f.__delitem__("kspace"))
+    with pytest.raises(FastMRIFileError, match=r"nokspace\.h5.*no 'kspace'"):
+        FastMRISliceDataset(p)
+
+
+def test_coil_mismatch_with_maps_named(tmp_path):
+    p = _good_file(tmp_path / "coils.h5", coils=3, maps=True)
+    _edit(p, lambda f: (f.__delitem__("sensitivity_maps"),
+                        f.create_dataset("sensitivity_maps", data=np.ones((4, 16, 12), np.complex64))))
+    with pytest.raises(FastMRIFileError, match=r"coils\.h5.*coil dimension.*3 coils"):
+        FastMRISliceDataset(p, sensitivities="file")
+    ok = FastMRISliceDataset(_good_file(tmp_path / "maps.h5", maps=True), sensitivities="file")[0]
+    assert ok.operator["sensitivities"].shape == (3, 16, 12)
+
+
+def test_mask_width_mismatch_named(tmp_path):
+    p = _edit(_good_file(tmp_path / "maskw.h5"), lambda f: f.create_dataset("mask", data=np.ones(10, bool)))
+    with pytest.raises(FastMRIFileError, match=r"maskw\.h5.*'mask'.*width must be the k-space width 12"):
+        FastMRISliceDataset(p)
+
+
+def test_truncated_file_named_and_skippable(tmp_path):
+    good = _good_file(tmp_path / "good.h5")
+    bad = tmp_path / "truncated.h5"
+    data = good.read_bytes()
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(FastMRIFileError, match=r"truncated\.h5.*cannot be read as HDF5"):
+        FastMRISliceDataset([good, bad])
+    with pytest.warns(UserWarning, match=r"truncated\.h5"):
+        ds = FastMRISliceDataset([good, bad], on_error="skip")
+    assert len(ds) == 2 and ds.skipped and "truncated.h5" in ds.skipped[0][0]
+
+
+def test_header_without_recon_size_named(tmp_path):
+    p = _good_file(tmp_path / "header.h5")
+
+    def drop_recon(f):
+        xml = f["ismrmrd_header"][()]
+        root = ET.fromstring(xml)
+        enc = root.find("m:encoding", NS)
+        enc.remove(enc.find("m:reconSpace", NS))
+        del f["ismrmrd_header"]
+        f.create_dataset("ismrmrd_header", data=np.bytes_(ET.tostring(root)))
+
+    _edit(p, drop_recon)
+    with pytest.raises(FastMRIFileError, match=r"header\.h5.*reconSpace/matrixSize.*recon size"):
+        FastMRISliceDataset(p)
+
+
+def test_wrong_challenge_and_missing_target_named(tmp_path):
+    p = _good_file(tmp_path / "multi.h5")
+    with pytest.raises(FastMRIFileError, match=r"multi\.h5.*singlecoil"):
+        FastMRISliceDataset(p, challenge="singlecoil")
+    q = _edit(_good_file(tmp_path / "notarget.h5"), lambda f: f.__delitem__("reconstruction_rss"))
+    with pytest.raises(FastMRIFileError, match=r"notarget\.h5.*no 'reconstruction_rss'"):
+        FastMRISliceDataset(q)
+
+
+# ------------------------------------------------------------------------------ batching, single coil
+def test_variable_widths_batched_by_shape(tmp_path):
+    from torch.utils.data import DataLoader, RandomSampler
+
+    from unroll.data import BucketBatchSampler, collate_fastmri
+
+    for i, width in enumerate([24, 28, 24]):
+        write_fastmri_volume(tmp_path / f"v{i}.h5", _images(slices=3, h=16, w=16, seed=i), num_coils=2,
+                             kspace_width=width, seed=i)
+    ds = FastMRISliceDataset(tmp_path)
+    loader = DataLoader(ds, batch_sampler=BucketBatchSampler(RandomSampler(ds), 4), collate_fn=collate_fastmri)
+    seen = []
+    for batch in loader:
+        widths = {"v0.h5": 24, "v1.h5": 28, "v2.h5": 24}
+        assert all(widths[f] == batch.y.shape[-1] for f in batch.meta["fname"])
+        seen += list(zip(batch.meta["fname"], batch.meta["slice_num"].tolist()))
+        op = SENSE(batch.operator["sensitivities"], batch.operator["mask"])
+        assert op.adjoint(batch.y).shape == (batch.y.shape[0], 16, batch.y.shape[-1])
+    assert sorted(seen) == sorted((f"v{i}.h5", s) for i in range(3) for s in range(3))
+    assert len(loader) == 3  # 6 of width 24 -> 4 + 2, 3 of width 28 -> 3
+    with pytest.raises(ValueError, match="differ within a batch"):
+        collate_fastmri([ds[0], ds[3]])
+
+
+def test_singlecoil_challenge(tmp_path):
+    write_fastmri_volume(tmp_path / "s.h5", _images(slices=2, h=16, w=16), challenge="singlecoil", seed=0)
+    with h5py.File(tmp_path / "s.h5", "r") as f:
+        assert f["kspace"].shape == (2, 16, 16) and "reconstruction_esc" in f
+    s = FastMRISliceDataset(tmp_path / "s.h5", challenge="singlecoil")[1]
+    assert s.y.shape == (1, 16, 16) and torch.equal(s.operator["sensitivities"], torch.ones(1, 16, 16,
+                                                                                           dtype=torch.complex64))
+    assert s.x.shape == (16, 16)
+
+
+# ------------------------------------------------------------------------------ predictions
+class ZeroFilled(torch.nn.Module):
+    """``Aᴴ y`` (the SENSE zero-filled image), a parameter-free model for the predict tests."""
+
+    num_layers = 1
+
+    def forward(self, y, op, **kwargs):
+        return op.adjoint(y)
+
+
+def _small_builtin(tmp_path):
+    from unroll.data import write_builtin_dataset
+
+    write_builtin_dataset(tmp_path / "files", slabs=[1, 5])
+    return tmp_path / "files"
+
+
+def test_predictions_in_fastmri_layout_readable(tmp_path):
+    """trainer.predict writes one `reconstruction` file per input volume, with its name; they are
+    read back and scored against the inputs, and equal the model's output cropped."""
+    import lightning as L
+
+    from unroll.train import FastMRIPredictionWriter, ReconstructionTask, read_reconstructions, score_reconstructions
+
+    files = _small_builtin(tmp_path)
+    dm = FastMRIDataModule(str(files), test_dir=".", eval_batch_size=3)
+    writer = FastMRIPredictionWriter(str(tmp_path / "pred"))
+    trainer = L.Trainer(callbacks=[writer], logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.predict(ReconstructionTask(ZeroFilled()), datamodule=dm, return_predictions=False)
+    recons = read_reconstructions(tmp_path / "pred")
+    assert sorted(recons) == ["colin27_slab1.h5", "colin27_slab5.h5"]
+    assert {p.name for p in writer.written} == set(recons)
+    for name, vol in recons.items():
+        assert vol.shape == (8, 128, 128) and vol.dtype == torch.float32
+    ds = dm.dataset("test")
+    s = ds[9]  # slab5, slice 1
+    op = SENSE(s.operator["sensitivities"][None], s.operator["mask"][None])
+    np.testing.assert_allclose(recons["colin27_slab5.h5"][1].numpy(), op.adjoint(s.y[None])[0].abs().numpy(),
+                               rtol=1e-5, atol=1e-6)
+    scores = score_reconstructions(tmp_path / "pred", files)
+    assert set(scores) == {"colin27_slab1.h5", "colin27_slab5.h5", "mean"}
+    target = torch.stack([ds[i].x for i in range(8, 16)]).double()
+    assert scores["colin27_slab5.h5"]["ssim"] == pytest.approx(
+        float(fastmri_ssim(target, recons["colin27_slab5.h5"].double())), abs=1e-6)
+    # no temporary files left behind
+    assert sorted(p.name for p in (tmp_path / "pred").iterdir()) == sorted(recons)
+
+
+def test_predict_on_test_files_with_masks_and_cli(tmp_path, monkeypatch):
+    """`unroll predict` on a folder of test files (undersampled k-space + mask, no target) writes
+    the fastMRI layout by default (the data module's prediction_layout)."""
+    from unroll.train.cli import main
+
+    from unroll.train import read_reconstructions
+
+    full = write_fastmri_volume(tmp_path / "full.h5", _images(slices=2, h=24, w=24), num_coils=2, seed=0)
+    with h5py.File(full, "r") as f:
+        k, header = f["kspace"][()], f["ismrmrd_header"][()]
+    mask = MaskFunc()(24, key="file_test.h5")
+    (tmp_path / "test").mkdir()
+    write_fastmri_file(tmp_path / "test" / "file_test.h5", k * mask.numpy(), mask=mask, acceleration=4.0,
+                       num_low_frequency=2, header=header)
+    ds = FastMRISliceDataset(tmp_path / "test", require_target=False)
+    assert ds[0].x is None and torch.equal(ds[0].operator["mask"].flatten(), mask.float())
+    with pytest.raises(FastMRIFileError, match="can only be predicted"):
+        FastMRISliceDataset(tmp_path / "test")
+    monkeypatch.chdir(tmp_path)  # without a checkpoint, predictions go to ./predictions
+    main(["predict", "--model", "unroll.train.ReconstructionTask", "--model.model", f"{__name__}.ZeroFilled",
+          "--data", "unroll.data.FastMRIDataModule", "--data.root", str(tmp_path), "--data.predict_dir", "test",
+          "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"])
+    recons = read_reconstructions(tmp_path / "predictions")
+    assert list(recons) == ["file_test.h5"] and recons["file_test.h5"].shape == (2, 24, 24)
