@@ -472,6 +472,22 @@ def write_builtin_dataset(folder: PathLike, challenge: Literal["multicoil", "sin
     return out
 
 
+class _TemporaryFolder:
+    """A temporary folder removed when the last object referring to it is collected (or at exit);
+    the data module and every dataset over the built-in files hold it, so a dataloader outlives the
+    data module safely. Copies made by pickling (spawned workers) never remove it."""
+
+    def __init__(self, prefix: str) -> None:
+        self.path = Path(tempfile.mkdtemp(prefix=prefix))
+        self._finalizer = weakref.finalize(self, shutil.rmtree, str(self.path), True)
+
+    def __getstate__(self):
+        return {"path": self.path}
+
+    def __setstate__(self, state) -> None:
+        self.path = state["path"]
+
+
 # ------------------------------------------------------------------ the data module
 class FastMRIDataModule(lightning.LightningDataModule):
     """fastMRI-layout data (or the built-in Colin27 brain data) for MRI reconstruction.
@@ -548,6 +564,7 @@ class FastMRIDataModule(lightning.LightningDataModule):
         self.scale_by_max, self.seed_train_masks, self.on_error = bool(scale_by_max), bool(seed_train_masks), on_error
         self._datasets: Dict[str, FastMRISliceDataset] = {}
         self._builtin_root: Optional[Path] = None
+        self._tmp: Optional[_TemporaryFolder] = None
         self.save_hyperparameters(ignore=["mask"])
 
     # -------------------------------------------------------------- files
@@ -557,8 +574,8 @@ class FastMRIDataModule(lightning.LightningDataModule):
             if self.cache_dir is not None:
                 folder = Path(self.cache_dir) / f"{self.challenge}_c{self.builtin_coils}_n{self.builtin_noise:g}"
             else:
-                folder = Path(tempfile.mkdtemp(prefix="unroll-fastmri-builtin-"))
-                weakref.finalize(self, shutil.rmtree, str(folder), True)
+                self._tmp = _TemporaryFolder("unroll-fastmri-builtin-")
+                folder = self._tmp.path
             missing = [k for k in range(BUILTIN_SLABS) if not (folder / f"colin27_slab{k}.h5").is_file()]
             if missing:
                 write_builtin_dataset(folder, self.challenge, self.builtin_coils, self.builtin_noise, missing)
@@ -593,6 +610,7 @@ class FastMRIDataModule(lightning.LightningDataModule):
                 self.files(stage), self.challenge, self.mask, seeded=stage != "train" or self.seed_train_masks,
                 sensitivities=self.sensitivities, maps_threshold=self.maps_threshold, scale_by_max=self.scale_by_max,
                 require_target=stage != "predict", on_error=self.on_error)
+            self._datasets[stage].keepalive = self._tmp  # the built-in temporary files live as long as it
         return self._datasets[stage]
 
     # -------------------------------------------------------------- loaders

@@ -407,6 +407,54 @@ def test_predict_on_test_files_with_masks_and_cli(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # without a checkpoint, predictions go to ./predictions
     main(["predict", "--model", "unroll.train.ReconstructionTask", "--model.model", f"{__name__}.ZeroFilled",
           "--data", "unroll.data.FastMRIDataModule", "--data.root", str(tmp_path), "--data.predict_dir", "test",
+          "--data.mask", '{"class_path": "unroll.operators.MaskFunc", "init_args": {"kind": "equispaced", '
+                         '"center_fractions": [0.04], "accelerations": [8]}}',
           "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"])
     recons = read_reconstructions(tmp_path / "predictions")
     assert list(recons) == ["file_test.h5"] and recons["file_test.h5"].shape == (2, 24, 24)
+
+
+def test_header_parses_with_the_ismrmrd_schema_bindings():
+    """The header is accepted by the ISMRMRD package's schema bindings (unknown elements refused)."""
+    ismrmrd_xsd = pytest.importorskip("ismrmrd.xsd")
+    from unroll.data import ismrmrd_header
+
+    h = ismrmrd_xsd.CreateFromDocument(ismrmrd_header((64, 28), (32, 24), 4, 3, acquired=(2, 25)))
+    enc = h.encoding[0]
+    assert (enc.encodedSpace.matrixSize.x, enc.encodedSpace.matrixSize.y) == (64, 28)
+    assert (enc.reconSpace.matrixSize.x, enc.reconSpace.matrixSize.y) == (32, 24)
+    lim = enc.encodingLimits.kspace_encoding_step_1
+    assert (lim.minimum, lim.maximum, lim.center) == (0, 23, 12)
+    assert h.acquisitionSystemInformation.receiverChannels == 4 and h.experimentalConditions.H1resonanceFrequency_Hz > 0
+
+
+def test_dataset_pickles_without_open_files_and_scales(tmp_path):
+    import pickle
+
+    from torch.utils.data import DataLoader
+
+    from unroll.data import collate_fastmri
+
+    path = write_fastmri_volume(tmp_path / "v.h5", 3.0 * _images(slices=2, h=16, w=16), num_coils=2, seed=0)
+    ds = FastMRISliceDataset(path)
+    first = ds[0]  # opens the file in this process
+    clone = pickle.loads(pickle.dumps(ds))  # an open h5py file cannot be pickled: the handles are not carried
+    assert torch.equal(clone[0].x, first.x)
+    batches = list(DataLoader(ds, batch_size=2, num_workers=1, collate_fn=collate_fastmri))
+    assert torch.equal(batches[0].x[0], first.x) and torch.equal(batches[0].y[0], first.y)
+    scaled = FastMRISliceDataset(path, scale_by_max=True)[0]
+    vmax = float(first.meta["max"])
+    assert float(scaled.meta["scale"]) == pytest.approx(vmax) and float(scaled.meta["max"]) == pytest.approx(1.0)
+    assert torch.allclose(scaled.x * vmax, first.x) and torch.allclose(scaled.y * vmax, first.y)
+
+
+def test_builtin_temporary_files_outlive_the_datamodule():
+    import gc
+
+    loader = FastMRIDataModule().test_dataloader()  # the data module itself is dropped at once
+    gc.collect()
+    folder = Path(loader.dataset.volumes[0].path).parent
+    assert next(iter(loader)).y.shape == (1, 8, 128, 128)
+    del loader
+    gc.collect()
+    assert not folder.exists()  # removed with the last dataset referring to it

@@ -488,10 +488,12 @@ class _FastMRIVolumeMetric(Metric):
         preds, target, data_range, fname, slice_num = self._parse(preds, target, data_range, meta, fname, slice_num)
         B = target.shape[0]
         if fname is None:
+            rank = torch.distributed.get_rank() if torch.distributed.is_available() and \
+                torch.distributed.is_initialized() else 0
             ids = []
-            for _ in range(B):
+            for _ in range(B):  # negative ids (never a hashed file name), distinct across processes
                 self._anonymous += 1
-                ids.append(-self._anonymous)  # negative ids: never a hashed file name
+                ids.append(-((rank << 40) + self._anonymous))
             slices = torch.zeros(B, dtype=torch.long)
         else:
             ids = [_volume_key(str(f)) for f in fname]
@@ -505,7 +507,8 @@ class _FastMRIVolumeMetric(Metric):
     def _grouped(self) -> Dict[int, Tensor]:
         from torchmetrics.utilities import dim_zero_cat
 
-        if not self.volume or (isinstance(self.volume, list) and len(self.volume) == 0):
+        empty = len(self.volume) == 0 if isinstance(self.volume, list) else self.volume.numel() == 0
+        if empty:
             raise RuntimeError(f"{type(self).__name__}.compute: no sample was scored")
         vol, sl, st = dim_zero_cat(self.volume), dim_zero_cat(self.slice), dim_zero_cat(self.stats)
         groups: Dict[int, Dict[int, Tensor]] = {}
@@ -514,7 +517,8 @@ class _FastMRIVolumeMetric(Metric):
         return {v: torch.stack([rows[s] for s in sorted(rows)]) for v, rows in groups.items()}
 
     def per_volume(self) -> Dict[str, float]:
-        """``{file name: value}`` of every volume scored (anonymous samples as ``"#k"``)."""
+        """``{file name: value}`` of every volume scored (anonymous samples as ``"#k"``; under DDP,
+        volumes only other processes saw are named by their hash id ``"#-id"``)."""
         return {self._names.get(v, f"#{-v}"): float(self._combine(rows)) for v, rows in self._grouped().items()}
 
     def compute(self) -> Tensor:
