@@ -458,3 +458,23 @@ def test_builtin_temporary_files_outlive_the_datamodule():
     del loader
     gc.collect()
     assert not folder.exists()  # removed with the last dataset referring to it
+
+
+def test_predict_variable_widths_in_buckets(tmp_path):
+    """Lightning's predict loop wraps the bucket sampler; every slice of every width is written."""
+    import lightning as L
+
+    from unroll.train import FastMRIPredictionWriter, ReconstructionTask, read_reconstructions
+
+    for i, width in enumerate([20, 24, 20]):
+        write_fastmri_volume(tmp_path / "data" / f"v{i}.h5", _images(slices=3, h=16, w=16, seed=i), num_coils=2,
+                             kspace_width=width, seed=i)
+    dm = FastMRIDataModule(str(tmp_path / "data"), test_dir=".", eval_batch_size=4)
+    loader = dm.predict_dataloader()
+    assert loader.batch_sampler.__class__.__name__ == "BucketBatchSampler"
+    writer = FastMRIPredictionWriter(str(tmp_path / "pred"))
+    trainer = L.Trainer(callbacks=[writer], logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.predict(ReconstructionTask(ZeroFilled()), datamodule=dm, return_predictions=False)
+    recons = read_reconstructions(tmp_path / "pred")
+    assert sorted(recons) == ["v0.h5", "v1.h5", "v2.h5"]
+    assert all(v.shape == (3, 16, 16) for v in recons.values())  # cropped to the recon size
