@@ -42,6 +42,19 @@ def test_ssim_equals_scikit_image(dtype, noise):
                - _skimage_ssim(gt.astype(np.float64), pred.astype(np.float64), 7.5)) < 1e-4
 
 
+def test_ssim_per_slice_batched():
+    from unroll.metrics import fastmri_ssim_per_slice
+
+    gt, pred = _volume_pair(seed=4)
+    g, p = torch.from_numpy(gt).double(), torch.from_numpy(pred).double()
+    per = fastmri_ssim_per_slice(g, p, torch.full((4,), float(g.max()), dtype=torch.float64))
+    assert per.shape == (4,) and float(per.mean()) == pytest.approx(float(fastmri_ssim(g, p)), abs=1e-12)
+    for s in range(4):
+        ref = skimage_metrics.structural_similarity(gt[s].astype(np.float64), pred[s].astype(np.float64),
+                                                    data_range=float(gt[s].max()))
+        assert float(fastmri_ssim_per_slice(g, p)[s]) == pytest.approx(ref, abs=1e-4)
+
+
 def test_ssim_of_identical_volumes_is_one_and_is_differentiable():
     gt, _ = _volume_pair()
     t = torch.from_numpy(gt).double()

@@ -24,7 +24,7 @@ from torchmetrics import Metric
 
 __all__ = ["NMSE", "PSNR", "SSIM", "Iterations", "nmse", "psnr", "ssim", "to_db",
            # fastMRI's conventions (issue 17)
-           "fastmri_nmse", "fastmri_psnr", "fastmri_ssim", "FastMRINMSE", "FastMRIPSNR", "FastMRISSIM"]
+           "fastmri_nmse", "fastmri_psnr", "fastmri_ssim", "fastmri_ssim_per_slice", "FastMRINMSE", "FastMRIPSNR", "FastMRISSIM"]
 
 
 def to_db(ratio: Tensor) -> Tensor:
@@ -396,6 +396,30 @@ def fastmri_ssim(target: Tensor, prediction: Tensor, maxval: Union[None, float, 
     target, prediction = _volume_pair(target, prediction, "fastmri_ssim", ndim=3)
     m = _maxval(target, maxval)
     return _ssim_slices(target, prediction, m.expand(target.shape[0])).mean()
+
+
+def fastmri_ssim_per_slice(target: Tensor, prediction: Tensor, maxval: Union[None, float, Tensor] = None) -> Tensor:
+    """The SSIM of each slice as :func:`fastmri_ssim` computes it, batched (one pooling call for
+    all slices; differentiable, e.g. for a ``1 − SSIM`` loss).
+
+    Args:
+        target, prediction: ``(B, H, W)`` real (complex: magnitudes), H, W >= 7.
+        maxval: the data range of each slice: a number, a ``(B,)`` tensor (e.g. ``meta["max"]``,
+            each slice's volume max) or ``None`` (each target slice's own max).
+
+    Returns:
+        ``(B,)`` SSIM; ``fastmri_ssim(t, p, m) == fastmri_ssim_per_slice(t, p, m).mean()``.
+    """
+    target, prediction = _volume_pair(target, prediction, "fastmri_ssim_per_slice", ndim=3)
+    B = target.shape[0]
+    if maxval is None:
+        d = target.detach().flatten(1).amax(1)
+    else:
+        d = torch.as_tensor(maxval, dtype=target.dtype, device=target.device)
+        d = d.expand(B) if d.dim() == 0 else d
+        if d.shape != (B,):
+            raise ValueError(f"maxval: expected a number or a ({B},) tensor, got shape {tuple(d.shape)}")
+    return _ssim_slices(target, prediction, d)
 
 
 def _volume_key(fname: str) -> int:
