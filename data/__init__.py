@@ -39,3 +39,8 @@ __all__ = [
     "measure",
     "STANDARD_SHAPE",
 ]
+
+# Poisson systems for learned conjugate directions (issue 14)
+from .poisson import OBSTACLE_SHAPES, PoissonDataModule, lanczos, make_poisson_systems, obstacle_mask, ritz_rhs  # noqa: E402,E501
+
+__all__ += ["PoissonDataModule", "OBSTACLE_SHAPES", "obstacle_mask", "lanczos", "ritz_rhs", "make_poisson_systems"]

@@ -9,3 +9,8 @@ from .task import ReconstructionTask
 __all__ = ["ReconstructionTask", "StageWise", "ReportPaths", "PredictionWriter", "Baseline", "SolverBaseline",
            "AdjointBaseline", "MetricTracker", "AtomicCheckpointIO", "CheckpointError", "load_checkpoint",
            "verify_checkpoint"]
+
+# learned conjugate directions (issue 14)
+from .dcdm import DCDMTask, KrylovBaseline, RelativeResidual, SolveTime, solve_trace  # noqa: E402
+
+__all__ += ["DCDMTask", "KrylovBaseline", "RelativeResidual", "SolveTime", "solve_trace"]
