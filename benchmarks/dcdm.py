@@ -60,7 +60,7 @@ def systems(n: int, obstacles: bool, count: int, m: int, seed: int):
     return A, ritz_rhs(V, count, g, dtype=torch.float32)
 
 
-def solve_all(task, A, B, max_iter: int):
+def solve_all(task, A, B, max_iter: int, pure: bool = False):
     import unroll
     from unroll.preconditioners import IncompleteCholesky, JacobiPreconditioner
 
@@ -86,7 +86,52 @@ def solve_all(task, A, B, max_iter: int):
         its.append(int(info.iterations[0]) if info.status == "converged" else None)
         fb.append(int(info.fallbacks[0]))
     out["DCDM"] = {"iterations": its, "seconds": secs, "fallbacks": fb}
+    if pure:  # the paper's method: every finite network direction is kept (safeguard 0)
+        its, secs = [], []
+        for b in B:
+            t = time.perf_counter()
+            _, info = unroll.conjugate_directions(A, b[None], direction=task.model, tol=1e-4, max_iter=max_iter,
+                                                  safeguard=0.0, on_failure="ignore")
+            secs.append(time.perf_counter() - t)
+            its.append(int(info.iterations[0]) if info.status == "converged" else None)
+        out["DCDM (safeguard 0)"] = {"iterations": its, "seconds": secs}
     return out
+
+
+def _mean(values):
+    vals = [v for v in values if v is not None]
+    if len(vals) < len(values):
+        return None  # some system did not reach the tolerance
+    return sum(vals) / len(vals)
+
+
+def report(results) -> str:
+    """The Markdown tables of a results dict (iterations; wall time per system; ratios)."""
+    methods = ["CG", "Jacobi-PCG", "IC-PCG", "DCDM"]
+    fmt = lambda v, d=1: "not reached" if v is None else f"{v:.{d}f}"  # noqa: E731
+    lines = ["| case | systems | " + " | ".join(methods) + " | DCDM fallbacks | CG / DCDM | IC-PCG / DCDM |",
+             "|---|---|" + "---|" * (len(methods) + 3)]
+    for key, r in results["cases"].items():
+        its = {m: _mean(r[m]["iterations"]) for m in methods}
+        ratio = lambda a, b: "—" if a is None or b in (None, 0) else f"{a / b:.2f}×"  # noqa: E731
+        fb = sum(r["DCDM"]["fallbacks"]) / len(r["DCDM"]["fallbacks"])
+        lines.append(f"| {key} | {len(r['CG']['iterations'])} | " + " | ".join(fmt(its[m]) for m in methods)
+                     + f" | {fb:.1f} | {ratio(its['CG'], its['DCDM'])} | {ratio(its['IC-PCG'], its['DCDM'])} |")
+    lines += ["", "| case | " + " | ".join(f"{m} ms" for m in methods) + " | IC(0) set-up ms | DCDM / CG time "
+              "| DCDM / IC-PCG time |", "|---|" + "---|" * (len(methods) + 3)]
+    for key, r in results["cases"].items():
+        ms = {m: 1000 * sum(r[m]["seconds"]) / len(r[m]["seconds"]) for m in methods}
+        lines.append(f"| {key} | " + " | ".join(f"{ms[m]:.0f}" for m in methods)
+                     + f" | {1000 * r['IC-PCG']['setup_seconds']:.0f} | {ms['DCDM'] / ms['CG']:.0f}× "
+                     f"| {ms['DCDM'] / ms['IC-PCG']:.0f}× |")
+    pure = [(k, r["DCDM (safeguard 0)"]) for k, r in results["cases"].items() if "DCDM (safeguard 0)" in r]
+    if pure:
+        lines += ["", "| case | DCDM iterations, safeguard 1 (default) | DCDM iterations, safeguard 0 (paper) |",
+                  "|---|---|---|"]
+        for key, p in pure:
+            lines.append(f"| {key} | {fmt(_mean(results['cases'][key]['DCDM']['iterations']))} "
+                         f"| {fmt(_mean(p['iterations']))} |")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> None:
@@ -98,10 +143,16 @@ def main(argv=None) -> None:
     p.add_argument("--eval-lanczos", type=int, default=200)
     p.add_argument("--max-iter", type=int, default=400)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--pure-sizes", type=int, nargs="*", default=[32], help="sizes where DCDM also runs with safeguard 0")
     p.add_argument("--root", type=str, default=str(ROOT / "benchmarks" / "runs"), help="runs and data cache")
-    p.add_argument("--extra", type=str, nargs="*", default=[], help="more `unroll fit` overrides (smoke tests)")
+    p.add_argument("--extra", type=str, action="append", default=[],
+                   help="one more `unroll fit` override, as --extra=--data.init_args.grid=[8,8,8] (repeatable)")
     p.add_argument("--out", type=str, default=str(ROOT / "benchmarks" / "results" / "dcdm.json"))
+    p.add_argument("--report-only", type=str, default=None, help="print the tables of a results JSON and stop")
     a = p.parse_args(argv)
+    if a.report_only:
+        print(report(json.loads(Path(a.report_only).read_text())))
+        return
     torch.set_num_threads(a.threads)
     root = Path(a.root)
     t0 = time.perf_counter()
@@ -119,12 +170,13 @@ def main(argv=None) -> None:
         for obstacles in (False, True):
             key = f"{n}^3 {'obstacles (box+blobs)' if obstacles else 'no obstacles'}"
             A, B = systems(n, obstacles, count, a.eval_lanczos, seed=1000 + n + int(obstacles))
-            results["cases"][key] = solve_all(task, A, B, a.max_iter)
+            results["cases"][key] = solve_all(task, A, B, a.max_iter, pure=n in a.pure_sizes)
             print(key, json.dumps(results["cases"][key]), flush=True)
             Path(a.out).parent.mkdir(parents=True, exist_ok=True)
             tmp = a.out + ".tmp"
             Path(tmp).write_text(json.dumps(results, indent=1))
             os.replace(tmp, a.out)
+    print(report(results))
     print(f"results: {a.out}")
 
 
