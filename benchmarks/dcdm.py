@@ -36,8 +36,8 @@ def train(minutes: float, root: Path, extra=()) -> Path:
     args = ["fit", "--config", str(ROOT / "configs" / "dcdm_poisson.yaml"),
             f"--trainer.default_root_dir={root}", "--trainer.enable_progress_bar=false",
             f"--trainer.max_time=00:00:{int(minutes):02d}:{int(round((minutes % 1) * 60)):02d}",
-            "--trainer.max_steps=100000", "--trainer.accelerator=cpu",
-            f"--data.init_args.cache={root / 'dcdm_poisson_32.h5'}", "--data.init_args.test_lanczos_vectors=200", *extra]
+            "--trainer.max_steps=100000", "--trainer.accelerator=cpu", f"--data.init_args.cache={root / 'dcdm_poisson_32.h5'}",
+            "--data.init_args.test_lanczos_vectors=200", *extra]
     cli = UnrollCLI(args=args)
     ckpt = Path(cli.trainer.log_dir) / "checkpoints" / "last.ckpt"
     print(f"trained {cli.trainer.global_step} steps; checkpoint {ckpt}", flush=True)
@@ -143,7 +143,8 @@ def main(argv=None) -> None:
     p.add_argument("--eval-lanczos", type=int, default=200)
     p.add_argument("--max-iter", type=int, default=400)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--pure-sizes", type=int, nargs="*", default=[32], help="sizes where DCDM also runs with safeguard 0")
+    p.add_argument("--pure-sizes", type=int, nargs="*", default=[32],
+                   help="sizes where DCDM also runs with safeguard 0")
     p.add_argument("--root", type=str, default=str(ROOT / "benchmarks" / "runs"), help="runs and data cache")
     p.add_argument("--extra", type=str, action="append", default=[],
                    help="one more `unroll fit` override, as --extra=--data.init_args.grid=[8,8,8] (repeatable)")

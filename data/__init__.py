@@ -41,6 +41,7 @@ __all__ = [
 ]
 
 # Poisson systems for learned conjugate directions (issue 14)
-from .poisson import OBSTACLE_SHAPES, PoissonDataModule, lanczos, make_poisson_systems, obstacle_mask, ritz_rhs  # noqa: E402,E501
+from .poisson import (  # noqa: E402
+    OBSTACLE_SHAPES, PoissonDataModule, lanczos, make_poisson_systems, obstacle_mask, ritz_rhs)
 
 __all__ += ["PoissonDataModule", "OBSTACLE_SHAPES", "obstacle_mask", "lanczos", "ritz_rhs", "make_poisson_systems"]
