@@ -36,7 +36,8 @@ def train(minutes: float, root: Path, extra=()) -> Path:
     args = ["fit", "--config", str(ROOT / "configs" / "dcdm_poisson.yaml"),
             f"--trainer.default_root_dir={root}", "--trainer.enable_progress_bar=false",
             f"--trainer.max_time=00:00:{int(minutes):02d}:{int(round((minutes % 1) * 60)):02d}",
-            "--trainer.max_steps=100000", "--trainer.accelerator=cpu", f"--data.init_args.cache={root / 'dcdm_poisson_32.h5'}",
+            "--trainer.max_steps=100000", "--trainer.accelerator=cpu",
+            f"--data.init_args.cache={root / 'dcdm_poisson_32.h5'}",
             "--data.init_args.test_lanczos_vectors=200", *extra]
     cli = UnrollCLI(args=args)
     ckpt = Path(cli.trainer.log_dir) / "checkpoints" / "last.ckpt"
