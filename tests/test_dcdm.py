@@ -224,6 +224,19 @@ def test_an_indefinite_operator_is_reported_as_breakdown_not_nan():
         conjugate_directions(negative, b, direction=DCDM().double(), on_failure="raise")
 
 
+def test_a_sample_that_breaks_down_leaves_the_others_solving():
+    """Per-sample operator: sample 0 sees −A (negative definite), sample 1 sees A."""
+    A, _, b = _system((6, 6, 6), "sphere", num=2, m=40)
+    sign = torch.tensor([-1.0, 1.0], dtype=torch.float64).view(2, 1, 1, 1)
+    with pytest.warns(unroll.linalg.SolverWarning):
+        x, info = conjugate_directions(lambda v: sign * A(v), b, direction=DCDM().double(), tol=1e-6,
+                                       max_iter=300)
+    assert info.breakdown.tolist() == [True, False] and info.converged.tolist() == [False, True]
+    assert info.status == Status.BREAKDOWN and bool(torch.isfinite(x).all())
+    xc, _ = unroll.cg(A, b[1:], tol=1e-10)
+    assert torch.allclose(x[1:], xc, atol=1e-5)
+
+
 def test_bad_shapes_get_clear_errors():
     A = Laplacian((6, 6, 6))
     with pytest.raises(ValueError, match=r"b: expected shape \(B, 6, 6, 6\)"):

@@ -321,8 +321,9 @@ def conjugate_directions(A, b: Tensor, direction: Callable[[Tensor], Tensor], to
             step = active & ~bad & (pAp > 0)
             alpha = torch.where(step, batch_dot(p, r) / torch.where(pAp > 0, pAp, torch.ones_like(pAp)),
                                 torch.zeros_like(pAp))
-            x = x + per_sample(alpha, x) * p
-            r = r - per_sample(alpha, r) * Ap
+            upd = per_sample(step, x)  # where, not a product: a frozen sample's p may be non-finite
+            x = torch.where(upd, x + per_sample(alpha, x) * p, x)
+            r = torch.where(upd, r - per_sample(alpha, r) * Ap, r)
             iterations = iterations + active.long()
             fallbacks = fallbacks + (active & ~use_net & ~bad).long()
             rnorm = batch_norm(r)
