@@ -11,3 +11,8 @@ from .tilista import TiLISTA
 
 __all__ = ["UnrolledModel", "CNNProx", "LearnedISTA", "LearnedIHT", "LISTA", "LISTASS", "LISTACP", "LISTACPSS",
            "TiLISTA", "ALISTA", "LearnedPGD", "analytic_weight", "support_selection_schedule"]
+
+# learned conjugate directions (issue 14)
+from .dcdm import DCDM  # noqa: E402
+
+__all__ += ["DCDM"]

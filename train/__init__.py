@@ -14,3 +14,8 @@ __all__ = ["ReconstructionTask", "StageWise", "ReportPaths", "PredictionWriter",
 from .fastmri_predictions import FastMRIPredictionWriter, read_reconstructions, score_reconstructions
 
 __all__ += ["FastMRIPredictionWriter", "read_reconstructions", "score_reconstructions"]
+
+# learned conjugate directions (issue 14)
+from .dcdm import DCDMTask, KrylovBaseline, RelativeResidual, SolveTime, solve_trace  # noqa: E402
+
+__all__ += ["DCDMTask", "KrylovBaseline", "RelativeResidual", "SolveTime", "solve_trace"]
