@@ -40,6 +40,21 @@ __all__ = [
     "STANDARD_SHAPE",
 ]
 
+# fastMRI data (issue 17)
+from .fastmri import (BUILTIN_SPLIT, BucketBatchSampler, FastMRIDataModule, FastMRIFileError, FastMRISliceDataset,
+                      collate_fastmri, load_builtin_images, scan_fastmri_file, write_builtin_dataset)
+from .fastmri_writer import birdcage_maps, ismrmrd_header, simulate_multicoil, write_fastmri_file, write_fastmri_volume
+
+__all__ += ["FastMRIDataModule", "FastMRISliceDataset", "FastMRIFileError", "BucketBatchSampler", "collate_fastmri",
+            "scan_fastmri_file", "load_builtin_images", "write_builtin_dataset", "BUILTIN_SPLIT", "birdcage_maps",
+            "ismrmrd_header", "simulate_multicoil", "write_fastmri_file", "write_fastmri_volume"]
+
+# Poisson systems for learned conjugate directions (issue 14)
+from .poisson import (  # noqa: E402
+    OBSTACLE_SHAPES, PoissonDataModule, lanczos, make_poisson_systems, obstacle_mask, ritz_rhs)
+
+__all__ += ["PoissonDataModule", "OBSTACLE_SHAPES", "obstacle_mask", "lanczos", "ritz_rhs", "make_poisson_systems"]
+
 # Denoising data for learned proximal networks (issue 15)
 from .denoising import (SHIPPED_IMAGES, LaplaceDenoisingDataModule, PatchDenoisingDataModule,  # noqa: E402
                         load_shipped_image, make_laplace_batch, make_patch_batch)

@@ -12,6 +12,11 @@ from .tilista import TiLISTA
 __all__ = ["UnrolledModel", "CNNProx", "LearnedISTA", "LearnedIHT", "LISTA", "LISTASS", "LISTACP", "LISTACPSS",
            "TiLISTA", "ALISTA", "LearnedPGD", "analytic_weight", "support_selection_schedule"]
 
+# learned conjugate directions (issue 14)
+from .dcdm import DCDM  # noqa: E402
+
+__all__ += ["DCDM"]
+
 # Learned proximal networks (issue 15)
 from .lpn import LPN, ConvLPN, LearnedProxNet  # noqa: E402
 

@@ -10,6 +10,16 @@ __all__ = ["ReconstructionTask", "StageWise", "ReportPaths", "PredictionWriter",
            "AdjointBaseline", "MetricTracker", "AtomicCheckpointIO", "CheckpointError", "load_checkpoint",
            "verify_checkpoint"]
 
+# fastMRI predictions (issue 17)
+from .fastmri_predictions import FastMRIPredictionWriter, read_reconstructions, score_reconstructions
+
+__all__ += ["FastMRIPredictionWriter", "read_reconstructions", "score_reconstructions"]
+
+# learned conjugate directions (issue 14)
+from .dcdm import DCDMTask, KrylovBaseline, RelativeResidual, SolveTime, solve_trace  # noqa: E402
+
+__all__ += ["DCDMTask", "KrylovBaseline", "RelativeResidual", "SolveTime", "solve_trace"]
+
 # Learned proximal networks (issue 15): projection, proximal-matching schedule, denoising task
 from .lpn import DenoisingTask, ProjectLPN, ProximalMatchingSchedule  # noqa: E402
 
