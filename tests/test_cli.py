@@ -353,6 +353,8 @@ def tiny_any(name: str, root: Path, cache: Path, steps: int = 2):
 
 
 TINY_EXTRA = {
+    "lpn": lambda cache: ["--data.init_args.val_size=16", "--data.init_args.test_size=16",
+                          "--data.init_args.batch_size=8", "--trainer.val_check_interval=1"],
     "dcdm": lambda cache: ["--data.init_args.grid=[12,12]", "--data.init_args.lanczos_vectors=40",
                            f"--data.init_args.cache={cache / 'poisson.h5'}",
                            "--data.init_args.val_systems=2", "--model.init_args.model.init_args.dim=2",
