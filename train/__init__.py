@@ -9,3 +9,8 @@ from .task import ReconstructionTask
 __all__ = ["ReconstructionTask", "StageWise", "ReportPaths", "PredictionWriter", "Baseline", "SolverBaseline",
            "AdjointBaseline", "MetricTracker", "AtomicCheckpointIO", "CheckpointError", "load_checkpoint",
            "verify_checkpoint"]
+
+# MRI (issue 17): the MRI task, its loss, fastMRI evaluation and baselines
+from .mri import FastMRITracker, MRIBaseline, MRILoss, MRIReconstructionTask  # noqa: E402
+
+__all__ += ["MRIReconstructionTask", "MRILoss", "FastMRITracker", "MRIBaseline"]
