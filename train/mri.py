@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -29,38 +28,21 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
+from torchmetrics import Metric
 
 from unroll.losses import Loss
-from unroll.metrics import NMSE, PSNR, SSIM
-from unroll.metrics import ssim as _ssim
-from unroll.operators import LinearOperator
+from unroll.metrics import FastMRINMSE, FastMRIPSNR, FastMRISSIM, fastmri_ssim
+from unroll.operators import LinearOperator, center_crop
 
 from .io import atomic_write, atomic_write_json, atomic_write_text
-from .scoring import Baseline, BaselineRun, check_baselines
+from .scoring import Baseline, BaselineRun, MetricTracker, check_baselines
 from .task import ReconstructionTask
 
-__all__ = ["MRIReconstructionTask", "MRILoss", "FastMRITracker", "MRIBaseline", "magnitude_crop",
+__all__ = ["MRIReconstructionTask", "MRILoss", "FastMRITracker", "MRIBaseline", "fastmri_metrics", "magnitude_crop",
            "volume_data_range", "tune_baseline_lam"]
 
 
 # ---------------------------------------------------------------------------------- helpers
-def _center_crop(x: Tensor, shape: Tuple[int, int]) -> Tensor:
-    """The centre ``(h, w)`` of ``x`` ``(..., H, W)`` (fastMRI's ``center_crop``: offset
-    ``(H − h) // 2``)."""
-    h, w = int(shape[0]), int(shape[1])
-    H, W = x.shape[-2:]
-    if h > H or w > W:
-        raise ValueError(f"shape: cannot crop an image of size {(H, W)} to the larger {(h, w)}")
-    top, left = (H - h) // 2, (W - w) // 2
-    return x[..., top:top + h, left:left + w]
-
-
-try:  # the shared helper (unroll.operators.mri.center_crop) once the data branch provides it
-    from unroll.operators.mri import center_crop as _shared_center_crop  # type: ignore[attr-defined]
-except ImportError:  # pragma: no cover - depends on the merge order
-    _shared_center_crop = None
-
-
 def magnitude_crop(estimate: Tensor, target_shape: Sequence[int]) -> Tensor:
     """``|estimate|`` centre-cropped to the target's image size.
 
@@ -78,8 +60,7 @@ def magnitude_crop(estimate: Tensor, target_shape: Sequence[int]) -> Tensor:
     mag = estimate.abs() if estimate.is_complex() else estimate
     if tuple(mag.shape[-2:]) == hw:
         return mag
-    crop = _shared_center_crop if _shared_center_crop is not None else _center_crop
-    return crop(mag, hw)
+    return center_crop(mag, hw)
 
 
 def volume_data_range(meta: Optional[Mapping], target: Tensor) -> Tensor:
@@ -97,9 +78,9 @@ def volume_data_range(meta: Optional[Mapping], target: Tensor) -> Tensor:
 
 
 def _slice_ssim(pred: Tensor, target: Tensor, data_range: Tensor) -> Tensor:
-    """``(B,)`` SSIM of each slice with fastMRI's conventions (7×7 uniform window, k1 = 0.01,
-    k2 = 0.03, the given data range)."""
-    return _ssim(pred, target, data_range=data_range, kernel_size=7)
+    """``(B,)`` SSIM of each slice with fastMRI's conventions (:func:`unroll.metrics.fastmri_ssim`
+    on the slice alone with its volume's data range ``(B,)``); differentiable."""
+    return torch.stack([fastmri_ssim(target[i:i + 1], pred[i:i + 1], data_range[i]) for i in range(target.shape[0])])
 
 
 class MRILoss(Loss):
@@ -145,95 +126,72 @@ class MRILoss(Loss):
 
 
 # ---------------------------------------------------------------------------------- metrics
-class FastMRITracker:
-    """fastMRI's evaluation over a test set, one method: NMSE, PSNR and SSIM per volume, averaged
-    over volumes.
+def fastmri_metrics() -> Dict[str, Metric]:
+    """The MRI task's metrics: fastMRI's NMSE, PSNR and SSIM per volume, averaged over volumes
+    (:class:`unroll.metrics.FastMRINMSE`, :class:`~unroll.metrics.FastMRIPSNR`,
+    :class:`~unroll.metrics.FastMRISSIM`)."""
+    return {"nmse": FastMRINMSE(), "psnr": FastMRIPSNR(), "ssim": FastMRISSIM()}
 
-    Slices are grouped into volumes by ``meta["fname"]``; each slice keeps its sufficient
-    statistics, so nothing of the size of a volume is stored: per volume
-    ``NMSE = Σ‖x̂ − x‖² / Σ‖x‖²``, ``PSNR = 10 log10(d² / mean((x̂ − x)²))`` over all its pixels and
-    ``SSIM`` = the mean over its slices of the slice SSIM, all with ``d`` the volume's target
-    maximum (``meta["max"]``): exactly fastMRI's ``evaluate.py`` on the volume. The images of the
-    first ``num_panels`` slices are kept for the panels of :meth:`MRIReconstructionTask.write_evaluation`.
 
-    Same interface as :class:`unroll.train.MetricTracker` (``update``/``compute``/``per_sample``),
-    so ``unroll evaluate`` scores models and baselines alike.
+class FastMRITracker(MetricTracker):
+    """A :class:`~unroll.train.MetricTracker` for MRI models: each estimate ``(B, H, W)`` (complex
+    or magnitude) is turned into its magnitude centre-cropped to the target ``(B, h, w)``
+    (:func:`magnitude_crop`) before it is scored, so models and baselines that return full-size
+    complex images are scored alike by fastMRI's per-volume metrics (the batch's ``meta`` gives
+    the file, slice and volume max). It also remembers each slice's ``(fname, slice)`` for the
+    per-slice table and keeps the images of the first ``num_panels`` slices for the panels of
+    :meth:`MRIReconstructionTask.write_evaluation`.
+
+    Args:
+        metrics: ``{key: Metric}`` (default :func:`fastmri_metrics`).
+        num_panels: slices whose images are kept.
     """
 
-    #: the metrics, in report order: key → (label, higher is better)
-    KEYS = OrderedDict([("nmse", ("NMSE", False)), ("psnr", ("PSNR (dB)", True)), ("ssim", ("SSIM", True))])
-
-    def __init__(self, num_panels: int = 0) -> None:
+    def __init__(self, metrics: Optional[Mapping[str, Metric]] = None, num_panels: int = 0) -> None:
+        super().__init__(metrics if metrics is not None else fastmri_metrics())
         self.num_panels = int(num_panels)
-        #: one row per slice, in test order: fname, slice, sse, ref, numel, max, ssim
-        self.slices: List[Dict[str, Any]] = []
+        #: ``(fname, slice)`` of every slice scored, in order
+        self.keys: List[Tuple[str, int]] = []
         #: ``{(fname, slice): (estimate (h, w), target (h, w))}`` of the first ``num_panels`` slices
         self.panels: "OrderedDict[Tuple[str, int], Tuple[Tensor, Tensor]]" = OrderedDict()
 
     def update(self, trajectory: Sequence[Tensor], target: Optional[Tensor], *, iterations: Optional[Tensor] = None,
                meta: Optional[Mapping] = None) -> None:
-        """Score one batch: ``trajectory[-1]`` is the estimate ``(B, H, W)`` (complex or magnitude),
-        ``target`` ``(B, h, w)``; ``meta`` gives ``fname``, ``slice_num`` and ``max``."""
+        """As :meth:`MetricTracker.update`, with ``trajectory`` the model's estimates ``(B, H, W)``."""
         if target is None:
             raise ValueError("batch.x: the fastMRI metrics need the target images, but the batch has none")
-        est = magnitude_crop(trajectory[-1].detach(), target.shape).to(torch.float64)
-        tgt = target.detach().to(torch.float64)
+        trajectory = [magnitude_crop(t.detach(), target.shape).to(target.dtype) for t in trajectory]
+        super().update(trajectory, target, iterations=iterations, meta=meta)
         meta = meta or {}
-        b = tgt.shape[0]
-        d = volume_data_range(meta, tgt)
-        names = list(meta["fname"]) if "fname" in meta else [f"volume{len(self.slices) + i}" for i in range(b)]
-        nums = meta.get("slice_num", meta.get("slice"))
-        nums = [int(s) for s in torch.as_tensor(nums).reshape(-1)] if nums is not None else [0] * b
-        ssim = _slice_ssim(est, tgt, d)
-        sse = (est - tgt).square().flatten(1).sum(1)
-        ref = tgt.square().flatten(1).sum(1)
+        b = target.shape[0]
+        names = [str(f) for f in meta["fname"]] if "fname" in meta else [f"#{len(self.keys) + i + 1}" for i in range(b)]
+        nums = meta.get("slice_num")
+        nums = [int(v) for v in torch.as_tensor(nums).reshape(-1)] if nums is not None else [0] * b
         for i in range(b):
-            self.slices.append({"fname": str(names[i]), "slice": nums[i], "sse": float(sse[i]), "ref": float(ref[i]),
-                                "numel": int(tgt[i].numel()), "max": float(d[i]), "ssim": float(ssim[i])})
+            self.keys.append((names[i], nums[i]))
             if len(self.panels) < self.num_panels:
-                self.panels[(str(names[i]), nums[i])] = (est[i].float().cpu(), tgt[i].float().cpu())
-
-    @staticmethod
-    def _scores(sse: float, ref: float, numel: int, d: float) -> Dict[str, float]:
-        mse = sse / numel
-        return {"nmse": sse / ref if ref > 0 else float("nan"),
-                "psnr": 10.0 * math.log10(d * d / mse) if mse > 0 else float("inf")}
+                self.panels[(names[i], nums[i])] = (trajectory[-1][i].detach().float().cpu(),
+                                                    target[i].detach().float().cpu())
 
     def slice_rows(self) -> List[Dict[str, Any]]:
-        """One row per slice: ``fname``, ``slice``, ``nmse``, ``psnr``, ``ssim`` (PSNR with the volume's max)."""
-        return [{"fname": s["fname"], "slice": s["slice"], **self._scores(s["sse"], s["ref"], s["numel"], s["max"]),
-                 "ssim": s["ssim"]} for s in self.slices]
+        """One row per slice: ``fname``, ``slice`` and each metric of the slice alone (with its
+        volume's data range)."""
+        values = self.per_sample()
+        return [{"fname": f, "slice": s, **{k: v[i] for k, v in values.items()}} for i, (f, s) in enumerate(self.keys)]
 
     def volume_rows(self) -> List[Dict[str, Any]]:
-        """One row per volume (in order of first appearance): ``fname``, ``slices``, ``nmse``,
-        ``psnr``, ``ssim`` with fastMRI's per-volume conventions."""
-        groups: "OrderedDict[str, List[Dict[str, Any]]]" = OrderedDict()
-        for s in self.slices:
-            groups.setdefault(s["fname"], []).append(s)
-        rows = []
-        for fname, ss in groups.items():
-            d = max(s["max"] for s in ss)
-            rows.append({"fname": fname, "slices": len(ss),
-                         **self._scores(sum(s["sse"] for s in ss), sum(s["ref"] for s in ss),
-                                        sum(s["numel"] for s in ss), d),
-                         "ssim": sum(s["ssim"] for s in ss) / len(ss)})
-        return rows
-
-    def compute(self) -> Dict[str, List[float]]:
-        """``{"nmse": [mean over volumes], "psnr": [...], "ssim": [...]}`` (one value each, the
-        shape of :meth:`unroll.train.MetricTracker.compute`)."""
-        rows = self.volume_rows()
-        if not rows:
-            raise RuntimeError("FastMRITracker.compute: no slice was scored")
-        return {k: [sum(r[k] for r in rows) / len(rows)] for k in self.KEYS}
-
-    def per_sample(self) -> Dict[str, List[float]]:
-        """``{key: [value of each slice]}``."""
-        rows = self.slice_rows()
-        return {k: [r[k] for r in rows] for k in self.KEYS}
+        """One row per volume (in order of first appearance): ``fname``, ``slices`` and each metric
+        with fastMRI's per-volume conventions."""
+        per_volume = {k: clones[-1].per_volume() for k, clones in (self._per_iter or {}).items()
+                      if hasattr(clones[-1], "per_volume")}
+        counts: "OrderedDict[str, int]" = OrderedDict()
+        for f, _ in self.keys:
+            counts[f] = counts.get(f, 0) + 1
+        return [{"fname": f, "slices": n, **{k: v[f] for k, v in per_volume.items() if f in v}}
+                for f, n in counts.items()]
 
 
-def _rows_csv(rows: List[Dict[str, Any]], methods_first: bool = True) -> str:
+def _rows_csv(rows: List[Dict[str, Any]]) -> str:
     buf = io.StringIO()
     if rows:
         writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
@@ -351,8 +309,8 @@ class MRIReconstructionTask(ReconstructionTask):
             batch's operator (the data module's ``build_operator(batch.operator)``).
         ssim_weight, l1_weight: the training loss :class:`MRILoss` (``1 − SSIM`` by default, as
             fastMRI's VarNet; ``l1_weight`` adds the normalised ℓ1 error).
-        optimizer, lr_scheduler: as :class:`~unroll.train.ReconstructionTask` (the scheduler
-            monitors ``val/ssim``... through ``val/nmse_db``, which is logged too).
+        optimizer, lr_scheduler: as :class:`~unroll.train.ReconstructionTask` (a scheduler
+            monitors ``val/nmse_db``, which is logged too).
         baselines: what ``unroll evaluate`` scores next to the model (:class:`MRIBaseline`s);
             default zero-filled SENSE and RSS and wavelet compressed sensing with λ tuned on the
             validation split.
@@ -371,7 +329,7 @@ class MRIReconstructionTask(ReconstructionTask):
         if isinstance(num_panels, bool) or not isinstance(num_panels, int) or num_panels < 0:
             raise ValueError(f"num_panels: expected an int >= 0, got {num_panels!r}")
         super().__init__(model, loss=MRILoss(ssim_weight, l1_weight), optimizer=optimizer, lr_scheduler=lr_scheduler,
-                         metrics={"nmse": NMSE(db=False), "psnr": PSNR(), "ssim": SSIM()},
+                         metrics=fastmri_metrics(),
                          baselines=check_baselines(baselines) if baselines is not None else _default_baselines(),
                          compile=compile, compile_mode=compile_mode)
         self.save_hyperparameters(ignore=["model", "optimizer", "lr_scheduler", "baselines"])
@@ -411,7 +369,7 @@ class MRIReconstructionTask(ReconstructionTask):
 
     def make_tracker(self) -> FastMRITracker:
         """What ``unroll evaluate`` scores each method with (the model and every baseline)."""
-        return FastMRITracker(num_panels=self.num_panels)
+        return FastMRITracker(self.metrics, num_panels=self.num_panels)
 
     def on_test_epoch_start(self) -> None:
         self._test_tracker = self.make_tracker()
