@@ -397,7 +397,9 @@ class MRIReconstructionTask(ReconstructionTask):
                 ``zero_filled``, else the first whose name starts with ``zero_filled``).
 
         Returns:
-            ``{"per_slice_csv", "per_slice_json", "per_volume_csv", "per_volume_json", "panel_1", ...}``.
+            ``{"per_slice_csv", "per_slice_json", "per_volume_csv", "per_volume_json", "panel_1", ...}``,
+            and ``baselines_json`` (each tuned baseline's λ and its validation SSIM per candidate)
+            when a baseline was tuned.
         """
         out = Path(output_dir)
         paths: Dict[str, str] = {}
@@ -406,6 +408,10 @@ class MRIReconstructionTask(ReconstructionTask):
             rows = [{"method": m, **r} for m, t in trackers.items() for r in rows_of(t)]
             paths[f"{what}_csv"] = str(atomic_write_text(out / f"{what}.csv", _rows_csv(rows)))
             paths[f"{what}_json"] = str(atomic_write_json(out / f"{what}.json", rows))
+        tuned = {b.name: {"lam": float(b.model.lam), "val_ssim": {str(k): v for k, v in b.tuning.items()}}
+                 for b in self.baselines if isinstance(b, MRIBaseline) and b.tuning}
+        if tuned:
+            paths["baselines_json"] = str(atomic_write_json(out / "baselines.json", tuned))
         zf_name = "zero_filled" if "zero_filled" in trackers else next(
             (k for k in trackers if k.startswith("zero_filled")), None)
         recon = [k for k in trackers if k != zf_name and not k.startswith("zero_filled")]
