@@ -24,7 +24,7 @@ from torchmetrics import Metric
 
 __all__ = ["NMSE", "PSNR", "SSIM", "Iterations", "nmse", "psnr", "ssim", "to_db",
            # fastMRI's conventions (issue 17)
-           "fastmri_nmse", "fastmri_psnr", "fastmri_ssim", "FastMRINMSE", "FastMRIPSNR", "FastMRISSIM"]
+           "fastmri_nmse", "fastmri_psnr", "fastmri_ssim", "fastmri_ssim_per_slice", "FastMRINMSE", "FastMRIPSNR", "FastMRISSIM"]
 
 
 def to_db(ratio: Tensor) -> Tensor:
@@ -398,6 +398,30 @@ def fastmri_ssim(target: Tensor, prediction: Tensor, maxval: Union[None, float, 
     return _ssim_slices(target, prediction, m.expand(target.shape[0])).mean()
 
 
+def fastmri_ssim_per_slice(target: Tensor, prediction: Tensor, maxval: Union[None, float, Tensor] = None) -> Tensor:
+    """The SSIM of each slice as :func:`fastmri_ssim` computes it, batched (one pooling call for
+    all slices; differentiable, e.g. for a ``1 − SSIM`` loss).
+
+    Args:
+        target, prediction: ``(B, H, W)`` real (complex: magnitudes), H, W >= 7.
+        maxval: the data range of each slice: a number, a ``(B,)`` tensor (e.g. ``meta["max"]``,
+            each slice's volume max) or ``None`` (each target slice's own max).
+
+    Returns:
+        ``(B,)`` SSIM; ``fastmri_ssim(t, p, m) == fastmri_ssim_per_slice(t, p, m).mean()``.
+    """
+    target, prediction = _volume_pair(target, prediction, "fastmri_ssim_per_slice", ndim=3)
+    B = target.shape[0]
+    if maxval is None:
+        d = target.detach().flatten(1).amax(1)
+    else:
+        d = torch.as_tensor(maxval, dtype=target.dtype, device=target.device)
+        d = d.expand(B) if d.dim() == 0 else d
+        if d.shape != (B,):
+            raise ValueError(f"maxval: expected a number or a ({B},) tensor, got shape {tuple(d.shape)}")
+    return _ssim_slices(target, prediction, d)
+
+
 def _volume_key(fname: str) -> int:
     """A stable 63-bit integer id of a file name (tensor states must be numbers to sync across processes)."""
     import hashlib
@@ -488,10 +512,12 @@ class _FastMRIVolumeMetric(Metric):
         preds, target, data_range, fname, slice_num = self._parse(preds, target, data_range, meta, fname, slice_num)
         B = target.shape[0]
         if fname is None:
+            rank = torch.distributed.get_rank() if torch.distributed.is_available() and \
+                torch.distributed.is_initialized() else 0
             ids = []
-            for _ in range(B):
+            for _ in range(B):  # negative ids (never a hashed file name), distinct across processes
                 self._anonymous += 1
-                ids.append(-self._anonymous)  # negative ids: never a hashed file name
+                ids.append(-((rank << 40) + self._anonymous))
             slices = torch.zeros(B, dtype=torch.long)
         else:
             ids = [_volume_key(str(f)) for f in fname]
@@ -505,7 +531,8 @@ class _FastMRIVolumeMetric(Metric):
     def _grouped(self) -> Dict[int, Tensor]:
         from torchmetrics.utilities import dim_zero_cat
 
-        if not self.volume or (isinstance(self.volume, list) and len(self.volume) == 0):
+        empty = len(self.volume) == 0 if isinstance(self.volume, list) else self.volume.numel() == 0
+        if empty:
             raise RuntimeError(f"{type(self).__name__}.compute: no sample was scored")
         vol, sl, st = dim_zero_cat(self.volume), dim_zero_cat(self.slice), dim_zero_cat(self.stats)
         groups: Dict[int, Dict[int, Tensor]] = {}
@@ -514,7 +541,8 @@ class _FastMRIVolumeMetric(Metric):
         return {v: torch.stack([rows[s] for s in sorted(rows)]) for v, rows in groups.items()}
 
     def per_volume(self) -> Dict[str, float]:
-        """``{file name: value}`` of every volume scored (anonymous samples as ``"#k"``)."""
+        """``{file name: value}`` of every volume scored (anonymous samples as ``"#k"``; under DDP,
+        volumes only other processes saw are named by their hash id ``"#-id"``)."""
         return {self._names.get(v, f"#{-v}"): float(self._combine(rows)) for v, rows in self._grouped().items()}
 
     def compute(self) -> Tensor:
