@@ -393,3 +393,33 @@ def test_cli_fit_then_evaluate_writes_tables_and_panels(tmp_path, monkeypatch, c
     volumes = json.loads((out / "per_volume.json").read_text())
     assert len(volumes) == 3 * 2 and {"fname", "slices", "nmse", "psnr", "ssim", "method"} <= set(volumes[0])
     assert (out / "per_slice.csv").exists() and len(list((out / "panels").glob("*.png"))) == 2
+
+
+# ---------------------------------------------------------------------------------- the configs
+CONFIGS = __import__("pathlib").Path(__file__).resolve().parents[1] / "configs"
+_SMALL_SPLIT = "--data.init_args.builtin_split={train: [0], val: [3], test: [1]}"
+
+
+def test_modl_config_fits_on_the_builtin_data(tmp_path, monkeypatch):
+    from unroll.train.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "--config", str(CONFIGS / "modl.yaml"), f"--trainer.default_root_dir={tmp_path}",
+          "--trainer.max_steps=2", "--trainer.max_time=null", "--trainer.limit_val_batches=1",
+          "--trainer.val_check_interval=2", "--model.init_args.model.init_args.num_layers=1",
+          "--model.init_args.model.init_args.features=8", _SMALL_SPLIT])
+    ckpt = sorted(tmp_path.rglob("last.ckpt"))
+    assert ckpt
+    state = torch.load(ckpt[-1], map_location="cpu", weights_only=True)
+    assert state["global_step"] == 2 and state["unroll"]["model_class"] == "unroll.models.modl.MoDL"
+
+
+@pytest.mark.parametrize("name", ["mri_zero_filled", "mri_cs"])
+def test_baseline_configs_score_the_test_split(name, tmp_path, monkeypatch, capsys):
+    from unroll.train.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    extra = ["--model.init_args.model.init_args.max_iter=5"] if name == "mri_cs" else []
+    main(["test", "--config", str(CONFIGS / f"{name}.yaml"), "--trainer.enable_progress_bar=false", _SMALL_SPLIT, *extra])
+    out = capsys.readouterr().out
+    assert "test/ssim" in out and "test/psnr" in out and "test/nmse" in out
