@@ -437,7 +437,8 @@ def _write_panel(folder: Path, key: Tuple[str, int], trackers: Mapping[str, Fast
     for m in methods:
         if key in trackers[m].panels:
             columns.append((m, trackers[m].panels[key][0], False))
-    errors = [(f"|{m} − target|", trackers[m].panels[key][0] - target, True) for m in methods if key in trackers[m].panels]
+    errors = [(f"|{m} − target|", trackers[m].panels[key][0] - target, True) for m in methods
+              if key in trackers[m].panels]
     columns += errors
     vmax = float(target.max()) or 1.0
     emax = max([float(e.abs().max()) for _, e, _ in errors] + [1e-12])
