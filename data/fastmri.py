@@ -415,7 +415,9 @@ class BucketBatchSampler(Sampler[List[int]]):
 
     def __init__(self, sampler: Sampler[int], batch_size: int, drop_last: bool = False) -> None:
         self.sampler, self.batch_size, self.drop_last = sampler, check_int("batch_size", batch_size, 1), bool(drop_last)
-        dataset = getattr(sampler, "dataset", None) or getattr(sampler, "data_source", None)
+        dataset = getattr(sampler, "dataset", None)
+        if dataset is None:
+            dataset = getattr(sampler, "data_source", None)
         if dataset is None or not hasattr(dataset, "shape_key"):
             raise TypeError("sampler: expected a sampler over a dataset with shape_key(i) (e.g. RandomSampler("
                             "FastMRISliceDataset))")
