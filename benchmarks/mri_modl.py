@@ -32,6 +32,10 @@ from pathlib import Path
 from machine import cpu_name  # benchmarks/machine.py
 
 ROOT = Path(__file__).resolve().parents[1]
+SMOKE_BASELINES = ("[{class_path: unroll.train.MRIBaseline, init_args: {model: {class_path: unroll.models.ZeroFilled}, "
+                   "name: zero_filled}}, {class_path: unroll.train.MRIBaseline, init_args: {model: {class_path: "
+                   "unroll.models.CompressedSensing, init_args: {max_iter: 3}}, name: cs_wavelet, "
+                   "tune_lams: [0.001, 0.01], tune_batches: 1}}]")
 METHODS = [("zero_filled_rss", "zero-filled (RSS)"), ("zero_filled", "zero-filled (SENSE)"),
            ("cs_wavelet", "CS, Haar wavelet ℓ1 (FISTA, λ tuned on val)"), ("MoDL", "MoDL")]
 
@@ -54,6 +58,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the runs")
     parser.add_argument("--max_steps", type=int, default=None, help="override trainer.max_steps")
     parser.add_argument("--workdir", default=None)
+    parser.add_argument("--smoke", action="store_true",
+                        help="seconds-long check of the script: 2 steps of a tiny MoDL on one volume per split, "
+                             "cheap baselines (numbers meaningless)")
     args = parser.parse_args()
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="unroll-mri-modl-"))
@@ -63,6 +70,11 @@ def main() -> None:
     fit = [*unroll.split(), "fit", "--config", args.config]
     if args.max_steps is not None:
         fit.append(f"--trainer.max_steps={args.max_steps}")
+    if args.smoke:
+        fit += ["--trainer.max_steps=2", "--trainer.max_time=null", "--trainer.val_check_interval=2",
+                "--trainer.limit_val_batches=1", "--data.init_args.builtin_split={train: [0], val: [3], test: [1]}",
+                "--model.init_args.model.init_args.num_layers=1", "--model.init_args.model.init_args.features=8",
+                "--model.init_args.num_panels=1", "--model.init_args.baselines=" + SMOKE_BASELINES]
     load_before = os.getloadavg()
     proc, wall, cpu = _run(fit, work, env)
     load_after = os.getloadavg()
