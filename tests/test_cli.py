@@ -364,7 +364,8 @@ def test_every_config_runs_without_bar_in_root_dir_twice(name, tmp_path, capsys)
     config's), checkpoints land under `--trainer.default_root_dir`, and a second run of the same
     config gets its own folder and leaves the first run's files as they were."""
     root = tmp_path / "root"
-    args = ["fit", "--config", str(CONFIGS / f"{name}.yaml"), *_tiny_any(name, root), "--trainer.enable_progress_bar=false"]
+    args = ["fit", "--config", str(CONFIGS / f"{name}.yaml"), *_tiny_any(name, root),
+            "--trainer.enable_progress_bar=false"]
     main(args)
     first = root / "runs" / name / "version_0"
     assert (first / "checkpoints" / "last.ckpt").is_file()
