@@ -19,3 +19,7 @@ __all__ += ["FastMRIPredictionWriter", "read_reconstructions", "score_reconstruc
 from .dcdm import DCDMTask, KrylovBaseline, RelativeResidual, SolveTime, solve_trace  # noqa: E402
 
 __all__ += ["DCDMTask", "KrylovBaseline", "RelativeResidual", "SolveTime", "solve_trace"]
+# MRI (issue 17): the MRI task, its loss, fastMRI evaluation and baselines
+from .mri import FastMRITracker, MRIBaseline, MRILoss, MRIReconstructionTask  # noqa: E402
+
+__all__ += ["MRIReconstructionTask", "MRILoss", "FastMRITracker", "MRIBaseline"]
