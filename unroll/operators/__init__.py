@@ -30,3 +30,8 @@ __all__ = [
     "FFT2c", "fft2c", "ifft2c", "Mask", "MaskFunc", "mask_seed", "center_mask", "random_mask", "equispaced_mask",
     "poisson_disc_mask", "SENSE", "MultiCoilMRI", "CoilSensitivities", "rss", "sense_combine", "estimate_sensitivities",
 ]
+
+# Deblurring (issue 15)
+from .blur import Blur, BoxBlur, GaussianBlur, MotionBlur, box_kernel, motion_kernel  # noqa: E402
+
+__all__ += ["Blur", "GaussianBlur", "BoxBlur", "MotionBlur", "box_kernel", "motion_kernel"]
