@@ -39,3 +39,8 @@ __all__ = [
     "measure",
     "STANDARD_SHAPE",
 ]
+
+# Deblurring / denoising of scikit-image's bundled images (issue 15)
+from .deblurring import TEST_IMAGES, TRAIN_IMAGES, DeblurringDataModule, load_image, make_blur  # noqa: E402
+
+__all__ += ["DeblurringDataModule", "load_image", "make_blur", "TRAIN_IMAGES", "TEST_IMAGES"]
