@@ -56,7 +56,8 @@ def _project_discs(p: Tensor) -> Tensor:
     return p / torch.sqrt(p.square().sum(2, keepdim=True)).clamp_min(1.0)
 
 
-def tv_prox(x: Tensor, t: Tensor, max_iter: int = 200, tol: float = 1e-5, check_every: int = 10):
+def tv_prox(x: Tensor, t: Tensor, max_iter: int = 200, tol: float = 1e-5, check_every: int = 10,
+            p0: Optional[Tensor] = None):
     """``prox_{t·TV}(x)`` by FGP on the dual (see the module docstring).
 
     Args:
@@ -64,18 +65,19 @@ def tv_prox(x: Tensor, t: Tensor, max_iter: int = 200, tol: float = 1e-5, check_
         t: ``≥ 0``, a 0-dim tensor or ``(B, 1, 1, 1)`` (``t = 0`` returns ``x``).
         max_iter: iteration budget; tol: per-sample relative change of ``z`` to stop at;
         check_every: test for an early stop every this many iterations (one host sync).
+        p0: a dual start ``(B, C, 2, H, W)`` (a warm start; zeros by default).
 
     Returns:
-        ``(z, iterations)``: ``z`` ``(B, C, H, W)`` and ``iterations`` ``(B,)`` int64.
+        ``(z, iterations, p)``: ``z`` ``(B, C, H, W)``, ``iterations`` ``(B,)`` int64 and the dual ``p``.
     """
     t = t.to(dtype=x.dtype, device=x.device)
     t_b = t if t.dim() > 0 else t.expand(x.shape[0]).reshape(-1, 1, 1, 1)
     active = flat(t_b).amax(1) > 0  # (B,)
     t_safe = torch.where(t_b > 0, t_b, torch.ones_like(t_b))
-    p = x.new_zeros(x.shape[0], x.shape[1], 2, *x.shape[2:])
+    p = x.new_zeros(x.shape[0], x.shape[1], 2, *x.shape[2:]) if p0 is None else _project_discs(p0)
     r = p
     s = 1.0
-    z = x
+    z = x if p0 is None else x - t_safe * tv_grad_adjoint(p)
     done = ~active
     iters = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
     t5 = t_safe.unsqueeze(2)
@@ -95,7 +97,7 @@ def tv_prox(x: Tensor, t: Tensor, max_iter: int = 200, tol: float = 1e-5, check_
         if check_every and (k + 1) % check_every == 0 and not torch.compiler.is_compiling() and bool(done.all()):
             break
     z = torch.where(per_sample(active, z), z, x)
-    return z, iters
+    return z, iters, p
 
 
 class TotalVariation(_WeightedRegularizer):
@@ -108,20 +110,27 @@ class TotalVariation(_WeightedRegularizer):
         max_iter, tol, check_every: the inner solver's budget, per-sample relative-change
             tolerance and early-stop test period.
 
+        warm_start: start the dual from the previous call's solution when the shapes match and no
+            graph is being recorded (plug-and-play loops call the prox on slowly changing inputs:
+            this cuts the inner iterations several-fold). Stateful, so off by default; with
+            gradients enabled it is never used.
+
     After each :meth:`prox` call ``last_iterations`` ``(B,)`` holds the inner iterations run.
 
     Shapes: ``value``: ``(B, C, H, W) → (B,)``; ``prox``: ``(B, C, H, W) → (B, C, H, W)``.
     """
 
     def __init__(self, lam: Scalar = 1.0, learnable: bool = False, max_iter: int = 200, tol: float = 1e-5,
-                 check_every: int = 10) -> None:
+                 check_every: int = 10, warm_start: bool = False) -> None:
         super().__init__(lam, learnable)
         if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
             raise ValueError(f"max_iter: expected an int >= 1, got {max_iter!r}")
         if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 <= tol < float("inf"):
             raise ValueError(f"tol: expected a finite number >= 0, got {tol!r}")
         self.max_iter, self.tol, self.check_every = max_iter, float(tol), int(check_every)
+        self.warm_start = bool(warm_start)
         self.last_iterations: Optional[Tensor] = None
+        self._dual: Optional[Tensor] = None
 
     def value(self, x: Tensor) -> Tensor:
         """``lam · TV(x)`` per sample: ``(B, C, H, W) → (B,)``."""
@@ -134,7 +143,13 @@ class TotalVariation(_WeightedRegularizer):
         check_image(x, who="TotalVariation.prox")
         check_step(step, x, who="TotalVariation.prox")
         t = torch.as_tensor(step, dtype=x.dtype, device=x.device) * self._lam_like(x)
-        z, self.last_iterations = tv_prox(x, t, self.max_iter, self.tol, self.check_every)
+        p0 = None
+        warm = self.warm_start and not torch.is_grad_enabled()
+        if warm and self._dual is not None and self._dual.shape[:2] == x.shape[:2] \
+                and self._dual.shape[3:] == x.shape[2:] and self._dual.dtype == x.dtype:
+            p0 = self._dual.to(x.device)
+        z, self.last_iterations, p = tv_prox(x, t, self.max_iter, self.tol, self.check_every, p0)
+        self._dual = p.detach() if warm else None
         return z
 
     def extra_repr(self) -> str:
