@@ -44,3 +44,10 @@ __all__ = [
 from .deblurring import TEST_IMAGES, TRAIN_IMAGES, DeblurringDataModule, load_image, make_blur  # noqa: E402
 
 __all__ += ["DeblurringDataModule", "load_image", "make_blur", "TRAIN_IMAGES", "TEST_IMAGES"]
+
+# Denoising data for learned proximal networks (issue 15)
+from .denoising import (SHIPPED_IMAGES, LaplaceDenoisingDataModule, PatchDenoisingDataModule,  # noqa: E402
+                        load_shipped_image, make_laplace_batch, make_patch_batch)
+
+__all__ += ["PatchDenoisingDataModule", "LaplaceDenoisingDataModule", "load_shipped_image", "SHIPPED_IMAGES",
+            "make_patch_batch", "make_laplace_batch"]

@@ -11,3 +11,8 @@ from .tilista import TiLISTA
 
 __all__ = ["UnrolledModel", "CNNProx", "LearnedISTA", "LearnedIHT", "LISTA", "LISTASS", "LISTACP", "LISTACPSS",
            "TiLISTA", "ALISTA", "LearnedPGD", "analytic_weight", "support_selection_schedule"]
+
+# Learned proximal networks (issue 15)
+from .lpn import LPN, ConvLPN, LearnedProxNet  # noqa: E402
+
+__all__ += ["LPN", "ConvLPN", "LearnedProxNet"]

@@ -9,3 +9,8 @@ from .task import ReconstructionTask
 __all__ = ["ReconstructionTask", "StageWise", "ReportPaths", "PredictionWriter", "Baseline", "SolverBaseline",
            "AdjointBaseline", "MetricTracker", "AtomicCheckpointIO", "CheckpointError", "load_checkpoint",
            "verify_checkpoint"]
+
+# Learned proximal networks (issue 15): projection, proximal-matching schedule, denoising task
+from .lpn import DenoisingTask, ProjectLPN, ProximalMatchingSchedule  # noqa: E402
+
+__all__ += ["DenoisingTask", "ProjectLPN", "ProximalMatchingSchedule"]

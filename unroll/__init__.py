@@ -41,3 +41,8 @@ __all__ = [
     "check_finite", "check_measurements",
     "FFT2c", "SENSE", "MultiCoilMRI", "Mask", "fft2c", "ifft2c", "rss", "sense_combine",
 ]
+
+# Learned proximal networks (issue 15): the losses they are trained with
+from .losses import L1Loss, L2Loss, ProximalMatchingLoss, proximal_matching  # noqa: E402
+
+__all__ += ["L1Loss", "L2Loss", "ProximalMatchingLoss", "proximal_matching"]
