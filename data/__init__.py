@@ -41,9 +41,9 @@ __all__ = [
 ]
 
 # Deblurring / denoising of scikit-image's bundled images (issue 15)
-from .deblurring import TEST_IMAGES, TRAIN_IMAGES, DeblurringDataModule, load_image, make_blur  # noqa: E402
+from .deblurring import DeblurringDataModule, load_image, make_blur  # noqa: E402
 
-__all__ += ["DeblurringDataModule", "load_image", "make_blur", "TRAIN_IMAGES", "TEST_IMAGES"]
+__all__ += ["DeblurringDataModule", "load_image", "make_blur"]
 
 # Denoising data for learned proximal networks (issue 15)
 from .denoising import (SHIPPED_IMAGES, LaplaceDenoisingDataModule, PatchDenoisingDataModule,  # noqa: E402

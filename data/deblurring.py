@@ -6,11 +6,13 @@
 set (the data module's global operator), and ``e ~ N(0, I)``. With ``noise_std_max`` each sample
 draws its own ``σ`` uniformly in ``[noise_std, noise_std_max]`` (blind denoisers, DnCNN-B style).
 
-Images: the test images that ship inside scikit-image (no download), made grey-scale
-(``skimage.color.rgb2gray``), scaled to ``[0, 1]`` and down-sampled by averaging ``scale × scale``
-blocks. They are split by image: the **training** stream and the validation split cut random
-``image_size`` crops (random flips and 90° rotations) from ``train_images``; the **test** split is the
-centre crop of each of the held-out ``test_images``. Nothing of a test image is ever seen in training.
+Images: the images that ship inside scikit-image (no download), grey-scale in ``[0, 1]``
+(:func:`~unroll.data.denoising.load_shipped_image`, the loader and the split of the denoising data,
+so that the denoisers and learned proximal networks trained there never saw a test image), optionally
+down-sampled by averaging ``scale × scale`` blocks. They are split by image: the **training** stream
+cuts random ``image_size`` crops (random flips and 90° rotations) from ``train_images`` (those at
+least ``image_size`` on both sides), the **validation** split from ``val_images``, and the **test**
+split takes ``test_crops`` fixed (seeded) crops of each held-out ``test_images``.
 
 Batches: :class:`~unroll.data.Batch` ``(y (B, 1, S, S), x (B, 1, S, S), {}, meta={"data_range": (B,),
 "noise_std": (B,)})``; the operator is global (``get_operator()``).
@@ -30,59 +32,41 @@ from unroll.operators import BoxBlur, GaussianBlur, Identity, LinearOperator, Mo
 from .base import SplitData, SyntheticDataModule
 from .batch import Batch
 from .checks import as_dtype, check_finite_number, check_int
+from .denoising import TEST_IMAGES, TRAIN_IMAGES, VAL_IMAGES, _check_names, load_shipped_image
 from .stream import make_generator
 
-__all__ = ["TRAIN_IMAGES", "TEST_IMAGES", "load_image", "load_images", "make_blur", "make_deblur_batch",
+__all__ = ["TRAIN_IMAGES", "VAL_IMAGES", "TEST_IMAGES", "load_image", "load_images", "make_blur", "make_deblur_batch",
            "DeblurringDataModule"]
-
-#: scikit-image's bundled images the training stream and validation split are cut from
-TRAIN_IMAGES: Tuple[str, ...] = ("brick", "grass", "gravel", "moon", "chelsea", "coffee", "rocket", "cell",
-                                 "immunohistochemistry")
-#: the held-out test images (centre crops)
-TEST_IMAGES: Tuple[str, ...] = ("camera", "astronaut", "coins", "clock")
 
 _STREAM_VAL, _STREAM_TEST = 1, 2
 _BLURS = ("gaussian", "box", "motion", "none")
 
 
-def load_image(name: str, scale: int = 2, dtype: torch.dtype = torch.float32) -> Tensor:
-    """One of scikit-image's bundled images as a grey-scale ``(H, W)`` tensor in ``[0, 1]``,
-    down-sampled by averaging ``scale × scale`` blocks (``scale = 1``: full size).
-
-    Raises a ``ValueError`` naming the image when scikit-image does not ship it.
-    """
-    try:
-        import skimage.color
-        import skimage.data
-        import skimage.util
-    except ImportError as e:  # pragma: no cover - a declared dependency
-        raise ImportError("the deblurring data need scikit-image (pip install scikit-image)") from e
+def load_image(name: str, scale: int = 1, dtype: torch.dtype = torch.float32) -> Tensor:
+    """One of scikit-image's bundled images (:func:`~unroll.data.denoising.load_shipped_image`:
+    grey-scale, ``[0, 1]``) as ``(H, W)``, down-sampled by averaging ``scale × scale`` blocks."""
     check_int("scale", scale, 1)
-    fn = getattr(skimage.data, name, None)
-    if not callable(fn) or name.startswith("_") or name in ("data_dir", "download_all", "file_hash"):
-        raise ValueError(f"image: {name!r} is not an image of skimage.data")
-    try:
-        img = fn()
-    except Exception as e:  # images that would need a download
-        raise ValueError(f"image: skimage.data.{name} could not be loaded without a download ({e})") from None
-    if img.ndim == 3:
-        img = skimage.color.rgb2gray(img[..., :3])
-    img = skimage.util.img_as_float64(img)
-    t = torch.as_tensor(img, dtype=torch.float64)
+    t = load_shipped_image(name, torch.float64)
     if scale > 1:
         t = F.avg_pool2d(t[None, None], scale)[0, 0]
     return t.clamp(0, 1).to(dtype)
 
 
-def load_images(names: Sequence[str], scale: int, min_size: int, dtype: torch.dtype) -> List[Tensor]:
-    """:func:`load_image` for each name; each must be at least ``min_size`` on both sides."""
+def load_images(names: Sequence[str], scale: int, min_size: int, dtype: torch.dtype, skip_small: bool = False,
+                what: str = "images") -> List[Tensor]:
+    """:func:`load_image` for each name; each must be at least ``min_size`` on both sides (with
+    ``skip_small`` smaller ones are left out, but at least one must remain)."""
     out = []
     for name in names:
         img = load_image(name, scale, dtype)
         if min(img.shape) < min_size:
-            raise ValueError(f"image_size: {min_size} is larger than image {name!r} at scale {scale} "
+            if skip_small:
+                continue
+            raise ValueError(f"image_size: {min_size} is larger than image {name!r} of the {what} at scale {scale} "
                              f"({tuple(img.shape)}); lower image_size or scale, or leave the image out")
         out.append(img)
+    if not out:
+        raise ValueError(f"image_size: {min_size} is larger than every image of the {what} at scale {scale}")
     return out
 
 
@@ -156,8 +140,10 @@ class DeblurringDataModule(SyntheticDataModule):
             fixed ``σ``).
         image_size: side ``S`` of the crops (training, validation, test).
         scale: down-sampling factor of the images before cropping.
-        train_images, test_images: names in ``skimage.data`` (disjoint).
-        val_size: validation crops (from the training images, fixed).
+        train_images, val_images, test_images: names from
+            :data:`~unroll.data.denoising.SHIPPED_IMAGES` (the test images disjoint from the others).
+        val_size: validation crops (fixed).
+        test_crops: fixed crops per test image.
         batch_size, train_batches, eval_batch_size, seed, num_workers: as
             :class:`~unroll.data.SyntheticDataModule`.
         dtype: ``"float32"`` or ``"float64"``.
@@ -166,8 +152,9 @@ class DeblurringDataModule(SyntheticDataModule):
     def __init__(self, blur: str = "gaussian", blur_sigma: float = 1.0, box_size: int = 5,
                  motion_length: float = 9.0, motion_angle: float = 0.0, padding_mode: str = "circular",
                  noise_std: float = 0.02, noise_std_max: Optional[float] = None, image_size: int = 128,
-                 scale: int = 2, train_images: Sequence[str] = TRAIN_IMAGES, test_images: Sequence[str] = TEST_IMAGES,
-                 val_size: int = 16, batch_size: int = 8, train_batches: int = 100, eval_batch_size: int = 16,
+                 scale: int = 1, train_images: Sequence[str] = TRAIN_IMAGES, val_images: Sequence[str] = VAL_IMAGES,
+                 test_images: Sequence[str] = TEST_IMAGES, test_crops: int = 2, val_size: int = 8, batch_size: int = 8,
+                 train_batches: int = 100, eval_batch_size: int = 16,
                  seed: int = 0, dtype: str = "float32", num_workers: int = 0) -> None:
         super().__init__(batch_size=batch_size, train_batches=train_batches, eval_batch_size=eval_batch_size,
                          seed=seed, num_workers=num_workers)
@@ -188,13 +175,15 @@ class DeblurringDataModule(SyntheticDataModule):
         self.noise_std_max = noise_std_max
         self.image_size = check_int("image_size", image_size, 8)
         self.scale = check_int("scale", scale, 1)
-        self.train_images, self.test_images = tuple(train_images), tuple(test_images)
-        if not self.train_images or not self.test_images:
-            raise ValueError("train_images, test_images: expected at least one image in each")
-        common = set(self.train_images) & set(self.test_images)
+        self.train_images = tuple(_check_names("train_images", train_images))
+        self.val_images = tuple(_check_names("val_images", val_images))
+        self.test_images = tuple(_check_names("test_images", test_images))
+        common = set(self.test_images) & (set(self.train_images) | set(self.val_images))
         if common:
-            raise ValueError(f"test_images: must be held out, but {sorted(common)} are also in train_images")
+            raise ValueError(f"test_images: must be held out, but {sorted(common)} are also training or validation "
+                             "images")
         self.val_size = check_int("val_size", val_size, 1)
+        self.test_crops = check_int("test_crops", test_crops, 1)
         self.torch_dtype = as_dtype(dtype)
         self.dtype = dtype
         self.save_hyperparameters()
@@ -206,18 +195,20 @@ class DeblurringDataModule(SyntheticDataModule):
 
     def build(self) -> SplitData:
         op = self.make_operator()
-        self._train = load_images(self.train_images, self.scale, self.image_size, self.torch_dtype)
-        test = load_images(self.test_images, self.scale, self.image_size, self.torch_dtype)
         S = self.image_size
+        self._train = load_images(self.train_images, self.scale, S, self.torch_dtype, skip_small=True,
+                                  what="training images")
+        val = load_images(self.val_images, self.scale, S, self.torch_dtype, what="validation images")
+        test = load_images(self.test_images, self.scale, S, self.torch_dtype, what="test images")
         g_val = make_generator(self.seed, _STREAM_VAL)
-        x_val = _random_crops(self._train, self.val_size, S, g_val)
+        x_val = _random_crops(val, self.val_size, S, g_val)
         y_val, s_val = _measure(x_val, op, self.noise_std, self.noise_std_max, g_val)
-        x_test = torch.stack([img[(img.shape[0] - S) // 2:(img.shape[0] - S) // 2 + S,
-                                  (img.shape[1] - S) // 2:(img.shape[1] - S) // 2 + S] for img in test])[:, None]
-        y_test, s_test = _measure(x_test, op, self.noise_std, self.noise_std_max, make_generator(self.seed, _STREAM_TEST))
+        g_test = make_generator(self.seed, _STREAM_TEST)
+        x_test = torch.cat([_random_crops([img], self.test_crops, S, g_test, augment=False) for img in test])
+        y_test, s_test = _measure(x_test, op, self.noise_std, self.noise_std_max, g_test)
         ones = lambda n: torch.ones(n, dtype=self.torch_dtype)  # noqa: E731
         return SplitData(op, Batch(y_val, x_val, {}, {"data_range": ones(self.val_size), "noise_std": s_val}),
-                         Batch(y_test, x_test.contiguous(), {}, {"data_range": ones(len(test)), "noise_std": s_test}))
+                         Batch(y_test, x_test, {}, {"data_range": ones(x_test.shape[0]), "noise_std": s_test}))
 
     def batch_maker(self) -> Callable[[int, torch.Generator], Batch]:
         self.data
@@ -230,4 +221,5 @@ class DeblurringDataModule(SyntheticDataModule):
                 "motion_length": self.motion_length, "motion_angle": self.motion_angle,
                 "padding_mode": self.padding_mode, "noise_std": self.noise_std, "noise_std_max": self.noise_std_max,
                 "image_size": self.image_size, "scale": self.scale, "test_images": list(self.test_images),
+                "test_crops": self.test_crops,
                 "seed": self.seed, "dtype": self.dtype}

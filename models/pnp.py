@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from unroll.autodiff import GradMode
+from unroll.checks import check_tol
 from unroll.info import SolverInfo
 from unroll.operators import LinearOperator, as_operator
 from unroll.problem import LeastSquares, Problem
@@ -145,6 +146,8 @@ class UnrolledPnP(UnrolledModel):
         tied: one prior and one ``ρ``/step shared by all iterations (``False``: ``K`` copies).
         grad_mode: gradient mode of the iterations (:mod:`unroll.autodiff`).
         closed_form, cg_tol, cg_max_iter: ADMM's data step (see :class:`PnPADMMStep`).
+        tol: default tolerance on the fixed-point residual when the model is in eval mode and a
+            call gives none (each sample then stops there, within ``num_iters``); ``None``: run all.
 
     Shapes: ``y`` ``(B, *out_shape)`` → ``x`` ``(B, *in_shape)`` (images ``(B, C, H, W)``).
     """
@@ -152,8 +155,9 @@ class UnrolledPnP(UnrolledModel):
     def __init__(self, prior: nn.Module, num_layers: int = 10, algorithm: str = "admm", rho: float = 1.0,
                  learn_rho: bool = True, step: float = 1.0, learn_step: bool = True, tied: bool = True,
                  grad_mode: Union[str, GradMode] = "full", closed_form: bool = True, cg_tol: float = 1e-6,
-                 cg_max_iter: int = 50) -> None:
+                 cg_max_iter: int = 50, tol: Optional[float] = None) -> None:
         super().__init__(num_layers, grad_mode)
+        self.tol = check_tol(tol, "tol")
         if algorithm not in ("admm", "pgd"):
             raise ValueError(f"algorithm: expected 'admm' or 'pgd', got {algorithm!r}")
         self.algorithm = algorithm
@@ -173,6 +177,8 @@ class UnrolledPnP(UnrolledModel):
             op = self._operator(A)
             if op.out_shape is None or tuple(y.shape[1:]) == tuple(op.out_shape):
                 x0 = op.adjoint(y)
+        if tol is None and not self.training:
+            tol = self.tol
         return super().forward(y, A, num_iters=num_iters, tol=tol, return_trajectory=return_trajectory, x0=x0,
                                grad_mode=grad_mode)
 
