@@ -2,7 +2,8 @@
 network (LPN) vs DnCNN vs a small U-Net vs TV vs wavelet-ℓ1 (and the blurred input), then unrolled
 PnP (K = 10, trained end to end) next to plug-and-play at the same depth.
 
-    nice -n 5 python benchmarks/pnp_deblur.py              # the numbers in BENCHMARKS.md
+    nice -n 5 python benchmarks/pnp_deblur.py --steps 1000 --lpn-steps 3000 --iters 100 --unrolled-steps 120
+                                                           # the numbers in BENCHMARKS.md (about 35 min, 1 thread)
     python benchmarks/pnp_deblur.py --short                # a smoke run (tiny budgets, 1 setting)
 
 Task: 128×128 grey-scale crops (centre crops) of the held-out scikit-image images ``camera`` and
@@ -25,8 +26,8 @@ Every PnP run does ``--iters`` iterations from ``x0 = Aᴴy`` and records the fi
 data range 1) of the final estimate, and the first iteration at which the residual is ≤ 1e-3.
 
 Unrolled PnP: ``unroll.models.UnrolledPnP`` (ADMM, K = 10, tied), starting from the trained DnCNN and
-its ρ, trained end to end (MSE, full backprop, ρ learned) on 64×64 crops of the training images at
-σ_b = 1, σ_n = 0.02 for ``--unrolled-steps`` Adam steps; evaluated on the test images next to
+its ρ, trained end to end (MSE, full backprop, ρ learned) on 64×64 crops (batch 2) of the training
+images at σ_b = 1, σ_n = 0.02 for ``--unrolled-steps`` Adam steps (``--unrolled-lr``); evaluated on the test images next to
 PnP-ADMM with the same DnCNN at 10 iterations and at ``--iters``.
 
 Writes ``benchmarks/results/pnp_deblur.json`` and ``benchmarks/figures/pnp_deblur_{panel,residuals}.png``.
@@ -37,7 +38,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import platform
 import sys
 import tempfile
@@ -158,6 +158,7 @@ def run(args):
             print(f"{key} {name:10s} PSNR {p:6.2f} SSIM {s:.3f} residual {float(hist[:, -1].max()):.2e} "
                   f"({time.time() - t0:.0f} s)", flush=True)
         results["settings"][key] = rows
+        out_json.write_text(json.dumps(results, indent=1))  # partial results, in case a later part fails
         if (sb, sn) == (2.0, 0.02) or (args.short and panel is None):
             panel = (key, {k: v[0, 0].clamp(0, 1) for k, v in estimates.items()})
 
@@ -173,7 +174,7 @@ def run(args):
         prm.requires_grad_(True)
     rho0 = (sn / SIGMA_D) ** 2
     model = UnrolledPnP(dncnn, num_layers=10, rho=rho0, learn_rho=True, grad_mode="full")
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    opt = torch.optim.Adam(model.parameters(), lr=args.unrolled_lr)
     op_train = dm_train.get_operator()
     t0 = time.time()
     losses = []
@@ -184,14 +185,14 @@ def run(args):
         loss = (model(batch.y, op_train) - batch.x).square().mean()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     secs = time.time() - t0
     model.eval()
     op, y, x = dm_test.get_operator(), dm_test.test_split.y, dm_test.test_split.x
     with torch.no_grad():
         x_unrolled = model(y, op)
         x_pnp10, _ = pnp_admm(op, y, priors_learned["DnCNN"], rho=rho0, max_iter=10, tol=None)
-    unrolled = {"K": 10, "train_steps": args.unrolled_steps, "train_seconds": round(secs, 1),
+    unrolled = {"K": 10, "train_steps": args.unrolled_steps, "lr": args.unrolled_lr, "train_seconds": round(secs, 1),
                 "rho_learned": float(model.unrolled.steps[0].rho()), "rho_start": rho0,
                 "loss_first_10": sum(losses[:10]) / max(1, len(losses[:10])),
                 "loss_last_10": sum(losses[-10:]) / max(1, len(losses[-10:]))}
@@ -246,11 +247,13 @@ def run(args):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--short", action="store_true", help="smoke run: tiny budgets, one setting")
-    ap.add_argument("--steps", type=int, default=600, help="Adam steps of DnCNN and U-Net")
-    ap.add_argument("--lpn-steps", type=int, default=600, help="Adam steps of the LPN (half l1, half prox. matching)")
-    ap.add_argument("--iters", type=int, default=60, help="PnP-ADMM iterations")
-    ap.add_argument("--unrolled-steps", type=int, default=60, help="Adam steps of the unrolled PnP")
-    ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 2)))
+    ap.add_argument("--steps", type=int, default=1000, help="Adam steps of DnCNN and U-Net")
+    ap.add_argument("--lpn-steps", type=int, default=3000, help="Adam steps of the LPN (half l1, half prox. matching)")
+    ap.add_argument("--iters", type=int, default=100, help="PnP-ADMM iterations")
+    ap.add_argument("--unrolled-steps", type=int, default=120, help="Adam steps of the unrolled PnP")
+    ap.add_argument("--unrolled-lr", type=float, default=2e-4, help="Adam learning rate of the unrolled PnP")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (1: on a shared machine more threads slow the small FFTs down by 100x)")
     args = ap.parse_args()
     if args.short:
         args.steps, args.lpn_steps, args.iters, args.unrolled_steps = 4, 4, 5, 2
