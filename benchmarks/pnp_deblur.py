@@ -27,8 +27,8 @@ data range 1) of the final estimate, and the first iteration at which the residu
 
 Unrolled PnP: ``unroll.models.UnrolledPnP`` (ADMM, K = 10, tied), starting from the trained DnCNN and
 its ρ, trained end to end (MSE, full backprop, ρ learned) on 64×64 crops (batch 2) of the training
-images at σ_b = 1, σ_n = 0.02 for ``--unrolled-steps`` Adam steps (``--unrolled-lr``); evaluated on the test images next to
-PnP-ADMM with the same DnCNN at 10 iterations and at ``--iters``.
+images at σ_b = 1, σ_n = 0.02 for ``--unrolled-steps`` Adam steps (``--unrolled-lr``); evaluated on the test
+images next to PnP-ADMM with the same DnCNN at 10 iterations and at ``--iters``.
 
 Writes ``benchmarks/results/pnp_deblur.json`` and ``benchmarks/figures/pnp_deblur_{panel,residuals}.png``.
 """

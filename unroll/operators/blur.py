@@ -44,7 +44,8 @@ def _check_odd(name: str, v) -> int:
 
 
 def _check_positive(name: str, v, allow_zero: bool = False) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+    bad_type = isinstance(v, bool) or not isinstance(v, (int, float))
+    if bad_type or not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
         raise ValueError(f"{name}: expected a finite number {'>=' if allow_zero else '>'} 0, got {v!r}")
     return float(v)
 
@@ -181,10 +182,11 @@ class Blur(Convolution2d):
                 differentiable (a learned ρ gets its gradient).
 
         Returns:
-            ``(B, C, H, W)``, differentiable in ``b``, ``rho`` (and the kernel's transfer function).
+            ``(B, C, H, W)``, differentiable in ``b`` and ``rho``.
         """
         if self.padding_mode != "circular":
-            raise ValueError("solve_shifted_normal: (AᴴA + ρI)⁻¹ has a closed form only with padding_mode='circular' "
+            raise ValueError("solve_shifted_normal: (AᴴA + ρI)⁻¹ has a closed form only with "
+                             "padding_mode='circular' "
                              "(a zero boundary makes AᴴA non-circulant); solve it with unroll.cg instead")
         self._check(b, self.in_shape, "b", "domain")
         if isinstance(rho, (int, float)):
