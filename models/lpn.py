@@ -142,8 +142,19 @@ class LearnedProxNet(nn.Module):
 
     def gradient(self, x: Tensor) -> Tensor:
         """``∇ψ(x)`` without input checks (``torch.func.grad`` of ``Σ_b ψ(x_b)``; the samples are
-        independent): ``(B, *shape) → (B, *shape)``."""
-        return torch.func.grad(lambda z: self._potential(z).sum())(x)
+        independent): ``(B, *shape) → (B, *shape)``.
+
+        Inside ``torch.utils.checkpoint`` (the ``checkpoint`` gradient mode), whose saved-tensor
+        hooks ``torch.func`` does not support, the same gradient is taken by
+        ``torch.autograd.grad(..., create_graph=True)``."""
+        try:
+            return torch.func.grad(lambda z: self._potential(z).sum())(x)
+        except RuntimeError as e:
+            if "saved tensor hooks" not in str(e):
+                raise
+        with torch.enable_grad():
+            z = x if x.requires_grad else x.detach().requires_grad_(True)
+            return torch.autograd.grad(self._potential(z).sum(), z, create_graph=True)[0]
 
     def forward(self, x: Tensor) -> Tensor:
         """``f(x) = ∇ψ(x)``, the learned proximal operator: ``(B, *shape) → (B, *shape)``."""
@@ -353,8 +364,9 @@ class ConvLPN(LearnedProxNet):
         for _ in range(layers):
             conv = nn.Conv2d(hidden, hidden, k, bias=False)  # for its default initialisation
             self.weights.append(nn.Parameter(conv.weight.detach().clone()))
-        w = torch.empty(1, hidden)
-        nn.init.kaiming_uniform_(w, a=math.sqrt(5))
+        # small output weights, so that f = ∇ψ starts at the scale of the images rather than ~100×
+        # it (the sum over the last map adds up hidden · 4^downsample contributions per pixel)
+        w = torch.rand(1, hidden) / (hidden * 4 ** downsample)
         self.out_weight = nn.Parameter(w)
         if nonneg == "softplus":
             with torch.no_grad():
