@@ -23,3 +23,7 @@ __all__ += ["DCDMTask", "KrylovBaseline", "RelativeResidual", "SolveTime", "solv
 from .mri import FastMRITracker, MRIBaseline, MRILoss, MRIReconstructionTask  # noqa: E402
 
 __all__ += ["MRIReconstructionTask", "MRILoss", "FastMRITracker", "MRIBaseline"]
+# Learned proximal networks (issue 15): projection, proximal-matching schedule, denoising task
+from .lpn import DenoisingTask, ProjectLPN, ProximalMatchingSchedule  # noqa: E402
+
+__all__ += ["DenoisingTask", "ProjectLPN", "ProximalMatchingSchedule"]

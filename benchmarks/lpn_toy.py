@@ -1,0 +1,216 @@
+"""Reproduction 1 of issue 15: the 1-D Laplace toy of Learned Proximal Networks (Fang, Buchanan &
+Sulam, ICLR 2024, Sec. 4.1).
+
+x ~ Laplace(0, 1), y = x + N(0, 1). The MAP denoiser (the prox of −σ² log p = |x|) is soft
+thresholding at 1; the MMSE denoiser (posterior mean, what ℓ2 training learns) and the posterior
+median (ℓ1) are not. An LPN (hidden 50, 4 layers, softplus β = 10, α = 0) is trained with ℓ2, with
+ℓ1, and with proximal matching from the ℓ1 model (γ = 0.5, 0.4, 0.3, 0.2, 0.1), batches of 2000,
+with the paper's step counts and learning rates (its notebook): ℓ2 and ℓ1 10k steps at 1e-3 then
+10k at 1e-4; proximal matching 2k+2k (γ 0.5, lr 1e-3 then 1e-4), 4k (0.4, 1e-4), 4k (0.3, 1e-4),
+4k (0.2, 1e-5), 4k+4k (0.1, 1e-5 then 1e-6): 24k steps.
+
+Reports max |f(x) − soft_threshold(x, 1)| on [−4, 4] for each (target ≤ 0.05 for proximal
+matching), and the distance of the ℓ2 / ℓ1 maps to the posterior mean / median computed by
+quadrature; plots the three maps and the learned regularisers R (``LPN.regularizer``: the inverse
+by the core's implicit-gradient solve) against |x|.
+
+    nice -n 5 python benchmarks/lpn_toy.py                 # full budget (64k steps), one process
+    python benchmarks/lpn_toy.py --scale 0.01 --grid 21 --inverse-iters 100  # a smoke run
+    # or the two trainings in parallel, then the evaluation:
+    nice -n 5 python benchmarks/lpn_toy.py --part l2 --scale S & nice -n 5 python benchmarks/lpn_toy.py --part l1pm --scale S
+    python benchmarks/lpn_toy.py --eval-only
+
+Writes benchmarks/figures/lpn_toy.png and benchmarks/results/lpn_toy.json; the trained models in
+benchmarks/runs/lpn_toy/ (git-ignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from unroll.data.denoising import make_laplace_batch
+from unroll.losses import L1Loss, MSELoss, ProximalMatchingLoss
+from unroll.models import LPN
+from unroll.prox import soft_threshold
+
+HERE = Path(__file__).resolve().parent
+
+#: (steps, lr) of the ℓ2 and ℓ1 runs; (steps, gamma, lr) of proximal matching (the paper's notebook)
+BASE_PHASES = [(10000, 1e-3), (10000, 1e-4)]
+PM_PHASES = [(2000, 0.5, 1e-3), (2000, 0.5, 1e-4), (4000, 0.4, 1e-4), (4000, 0.3, 1e-4), (4000, 0.2, 1e-5),
+             (4000, 0.1, 1e-5), (4000, 0.1, 1e-6)]
+
+
+def train(model: LPN, loss_fn, phases, gen: torch.Generator, batch: int, scale: float, log: str) -> int:
+    """Adam over ``phases`` ``[(steps, lr, gamma or None)]`` with fresh Laplace batches; the
+    weights are projected after every step. Returns the number of steps run."""
+    opt = torch.optim.Adam(model.parameters(), lr=phases[0][1])
+    done, t0 = 0, time.time()
+    for steps, lr, gamma in phases:
+        n = max(1, int(round(steps * scale)))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        if gamma is not None:
+            loss_fn.gamma = gamma
+        for _ in range(n):
+            b = make_laplace_batch(done, gen, batch, 1, 1.0, 1.0, torch.float32)
+            loss = loss_fn(model.gradient(b.y), b.x)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            model.project_()
+            done += 1
+        print(f"  {log}: {done} steps (lr {lr:g}{'' if gamma is None else f', gamma {gamma:g}'}) "
+              f"loss {float(loss.detach()):.4f}  [{time.time() - t0:.0f} s]", flush=True)
+    return done
+
+
+def posterior_stats(y: torch.Tensor) -> tuple:
+    """Posterior mean and median of x given y for x ~ Laplace(0, 1), y = x + N(0, 1), by quadrature."""
+    t = torch.linspace(-15, 15, 6001, dtype=torch.float64)  # the posterior has Gaussian tails
+    logw = -t.abs()[None, :] - 0.5 * (y[:, None] - t[None, :]) ** 2
+    w = torch.softmax(logw, dim=1)
+    mean = (w * t).sum(1)
+    cdf = torch.cumsum(w, dim=1)
+    median = t[(cdf < 0.5).sum(1).clamp(max=t.numel() - 1)]
+    return mean, median
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scale", type=float, default=1.0, help="fraction of the paper's step counts (default 1)")
+    ap.add_argument("--batch", type=int, default=2000)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--no-plot", action="store_true")
+    ap.add_argument("--grid", type=int, default=801, help="evaluation points on [-4, 4]")
+    ap.add_argument("--inverse-iters", type=int, default=3000, help="iteration budget of f^-1 (for R)")
+    ap.add_argument("--eval-only", action="store_true", help="evaluate the models saved by earlier runs")
+    ap.add_argument("--part", choices=["all", "l2", "l1pm"], default="all",
+                    help="train only the l2 model, or only l1 then proximal matching (two processes in parallel; "
+                         "then --eval-only)")
+    ap.add_argument("--runs", default=str(HERE / "runs" / "lpn_toy"), help="where the trained models are saved")
+    ap.add_argument("--out", default=str(HERE / "results" / "lpn_toy.json"))
+    ap.add_argument("--figure", default=str(HERE / "figures" / "lpn_toy.png"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(args.seed)
+    runs = Path(args.runs)
+    runs.mkdir(parents=True, exist_ok=True)
+
+    def new_model() -> LPN:
+        return LPN(1, hidden=50, layers=4, beta=10.0, alpha=0.0)
+
+    models, steps, t_start = {}, {}, time.time()
+    base = [(s, lr, None) for s, lr in BASE_PHASES]
+    if args.part == "l2":
+        gen = torch.Generator().manual_seed(args.seed + 1)  # its own stream: the two parts run apart
+    if not args.eval_only:
+        if args.part in ("all", "l2"):
+            print("training l2", flush=True)
+            m = new_model()
+            steps["l2"] = train(m, MSELoss(), base, gen, args.batch, args.scale, "l2")
+            torch.save(m.state_dict(), runs / "l2.pt")
+            (runs / "budget_l2.json").write_text(json.dumps({"steps": steps, "seconds": time.time() - t_start,
+                                                             "scale": args.scale}))
+        if args.part in ("all", "l1pm"):
+            print("training l1", flush=True)
+            m = new_model()
+            steps["l1"] = train(m, L1Loss(), base, gen, args.batch, args.scale, "l1")
+            torch.save(m.state_dict(), runs / "l1.pt")
+            print("training proximal matching (from the l1 model)", flush=True)
+            steps["pm"] = steps["l1"] + train(m, ProximalMatchingLoss(0.5), [(s, lr, g) for s, g, lr in PM_PHASES],
+                                              gen, args.batch, args.scale, "pm")
+            torch.save(m.state_dict(), runs / "pm.pt")
+            (runs / "budget_l1pm.json").write_text(json.dumps({"steps": steps, "seconds": time.time() - t_start,
+                                                               "scale": args.scale}))
+        if args.part != "all":
+            return
+    steps, seconds = {}, {}
+    for part in ("l2", "l1pm"):
+        saved = json.loads((runs / f"budget_{part}.json").read_text())
+        steps.update(saved["steps"])
+        seconds[part] = round(saved["seconds"], 1)
+    for name in ("l2", "l1", "pm"):
+        models[name] = new_model()
+        models[name].load_state_dict(torch.load(runs / f"{name}.pt", weights_only=True))
+    train_seconds = seconds
+
+    # ---- evaluation on [-4, 4], in float64
+    x = torch.linspace(-4, 4, args.grid, dtype=torch.float64)
+    soft = soft_threshold(x, 1.0)
+    mean, median = posterior_stats(x)
+    from machine import cpu_name  # benchmarks/machine.py
+
+    results = {"budget_steps": steps, "cpu": cpu_name(), "torch_threads": args.threads, "batch": args.batch, "seed": args.seed,
+               "train_seconds": train_seconds, "maps": {}}
+    curves, priors = {}, {}
+    for name, m in models.items():
+        m = copy.deepcopy(m).double().eval()
+        f = m(x[:, None]).detach()[:, 0]
+        curves[name] = f
+        err = (f - soft).abs()
+        results["maps"][name] = {
+            "max_err_soft_threshold": float(err.max()),
+            "max_err_soft_threshold_where": float(x[err.argmax()]),
+            "mean_err_soft_threshold": float(err.mean()),
+            "max_err_posterior_mean": float((f - mean).abs().max()),
+            "max_err_posterior_median": float((f - median).abs().max()),
+        }
+        with torch.no_grad():
+            y, info = m.inverse(x[:, None], max_iter=args.inverse_iters, tol=1e-9, return_info=True)
+        with torch.no_grad():
+            R = (y[:, 0] * x - 0.5 * x ** 2 - m._potential(y)).detach()
+        R = R - R[x.abs().argmin()]
+        priors[name] = R
+        results["maps"][name]["inverse_converged"] = float(info.converged.double().mean())
+        results["maps"][name]["inverse_max_residual_f"] = float((m(y).detach()[:, 0] - x).abs().max())
+        results["maps"][name]["inverse_iterations_max"] = int(info.iterations.max())
+        results["maps"][name]["max_err_R_vs_abs_x_on_[-3,3]"] = float((R - x.abs())[x.abs() <= 3].abs().max())
+        print(f"{name}: max |f - soft| = {results['maps'][name]['max_err_soft_threshold']:.4f} at x = "
+              f"{results['maps'][name]['max_err_soft_threshold_where']:+.2f}; max |f - posterior mean| = "
+              f"{results['maps'][name]['max_err_posterior_mean']:.4f}; max |f - posterior median| = "
+              f"{results['maps'][name]['max_err_posterior_median']:.4f}", flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    with open(args.out, "w") as fh:
+        json.dump(results, fh, indent=2)
+    print(f"wrote {args.out}")
+
+    if not args.no_plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        labels = {"l2": "LPN, ℓ2 loss", "l1": "LPN, ℓ1 loss", "pm": "LPN, proximal matching"}
+        fig, ax = plt.subplots(1, 2, figsize=(10, 4))
+        for name, f in curves.items():
+            ax[0].plot(x, f, label=f"{labels[name]} (max err {results['maps'][name]['max_err_soft_threshold']:.3f})")
+        ax[0].plot(x, soft, "k--", lw=1, label="soft threshold (MAP)")
+        ax[0].plot(x, mean, ":", color="grey", lw=1, label="posterior mean")
+        ax[0].set(title="learned proximal maps f(y)", xlabel="y", ylabel="f(y)")
+        ax[0].legend(fontsize=7)
+        ax[0].grid(alpha=0.3)
+        for name, R in priors.items():
+            ax[1].plot(x, R, label=labels[name])
+        ax[1].plot(x, x.abs(), "k--", lw=1, label="|x| (−log p, up to a constant)")
+        ax[1].set(title="learned regulariser R(x) − R(0)", xlabel="x", ylim=(-0.5, 4.5))
+        ax[1].legend(fontsize=7)
+        ax[1].grid(alpha=0.3)
+        fig.tight_layout()
+        Path(args.figure).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(args.figure, dpi=120)
+        print(f"wrote {args.figure}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,403 @@
+"""Learned proximal networks (issue 15): ψ convex (convexity inequality on random pairs, PSD
+Hessian), f = ∇ψ equal to autograd's gradient (values and training gradients), the learned prox
+monotone and non-expansive, f⁻¹(f(x)) = x with implicit gradients equal to ∇²ψ⁻¹, R the function
+f is the prox of (global minimality), proximal matching moving the toy's map toward soft
+thresholding, the losses and the γ schedule against closed forms, the data modules, the configs
+through the CLI, and the errors on bad input."""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from unroll import ProxGradStep, Problem, Unrolled
+from unroll.losses import L1Loss, L2Loss, MSELoss, ProximalMatchingLoss, proximal_matching
+from unroll.models import LPN, ConvLPN
+from unroll.operators import MatrixOperator
+from unroll.prox import soft_threshold
+
+DT = torch.float64
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def lpn(dim=3, seed=0, **kw):
+    torch.manual_seed(seed)
+    kw = {"hidden": 16, "layers": 3, "beta": 3.0, "alpha": 0.05, **kw}
+    return LPN(dim, **kw).to(DT)
+
+
+def conv_lpn(seed=0, **kw):
+    torch.manual_seed(seed)
+    kw = {"hidden": 6, "layers": 3, "downsample": 1, "beta": 5.0, "alpha": 0.05, **kw}
+    return ConvLPN(1, **kw).to(DT)
+
+
+def randn(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=DT)
+
+
+# ---------------------------------------------------------------------- convexity
+@pytest.mark.parametrize("kind", ["lpn", "lpn_softplus", "conv", "conv_softplus"])
+def test_potential_satisfies_the_convexity_inequality_on_random_pairs(kind):
+    net = (lpn(nonneg="softplus") if kind == "lpn_softplus" else lpn() if kind == "lpn"
+           else conv_lpn(nonneg="softplus") if kind == "conv_softplus" else conv_lpn())
+    shape = (64, 3) if kind.startswith("lpn") else (16, 1, 9, 7)
+    x, y = 2 * randn(*shape, seed=1), 2 * randn(*shape, seed=2)
+    t = torch.rand(shape[0], generator=torch.Generator().manual_seed(3), dtype=DT)
+    tb = t.view(-1, *[1] * (len(shape) - 1))
+    with torch.no_grad():
+        lhs = net.potential(tb * x + (1 - tb) * y)
+        rhs = t * net.potential(x) + (1 - t) * net.potential(y)
+    gap = rhs - lhs
+    assert bool((gap >= -1e-10).all()), gap.min()
+    # α‖x‖² makes ψ 2α-strongly convex: the gap is at least α t(1−t)‖x − y‖²
+    strong = net.alpha * t * (1 - t) * (x - y).reshape(shape[0], -1).square().sum(1)
+    assert bool((gap >= strong - 1e-9).all())
+
+
+def test_hessian_is_psd_and_a_negative_weight_breaks_convexity():
+    net = lpn(dim=4, beta=2.0)
+    x = 1.5 * randn(6, 4, seed=4)
+    for xi in x:
+        h = torch.autograd.functional.hessian(lambda v: net.potential(v[None])[0], xi)
+        assert torch.allclose(h, h.T, atol=1e-12)
+        assert float(torch.linalg.eigvalsh(h).min()) >= 2 * net.alpha - 1e-9  # strongly convex
+    assert net.is_convex()
+    # the projection is what keeps ψ convex: a negative hidden weight breaks it, project_() restores it
+    broken = copy.deepcopy(net)
+    with torch.no_grad():
+        for w in broken.constrained_weights():
+            w.copy_(-w.abs() - 0.5)
+    assert not broken.is_convex()
+    mins = [float(torch.linalg.eigvalsh(torch.autograd.functional.hessian(
+        lambda v: broken.potential(v[None])[0], xi)).min()) for xi in 3 * randn(20, 4, seed=5)]
+    assert min(mins) < 2 * net.alpha - 1e-6
+    broken.project_()
+    assert broken.is_convex()
+
+
+# ---------------------------------------------------------------------- f = ∇ψ
+@pytest.mark.parametrize("kind", ["lpn", "conv"])
+def test_output_is_the_autograd_gradient_of_the_potential_and_trains_like_it(kind):
+    net = lpn() if kind == "lpn" else conv_lpn()
+    x = randn(*((5, 3) if kind == "lpn" else (2, 1, 8, 10)), seed=6).requires_grad_(True)
+    f = net(x)
+    ref = torch.autograd.grad(net.potential(x).sum(), x, create_graph=True)[0]
+    assert f.shape == x.shape
+    assert torch.allclose(f, ref, atol=1e-12, rtol=1e-10)
+    assert torch.allclose(net.prox(x, 0.3), ref, atol=1e-12, rtol=1e-10)
+    # training through f: the parameters' gradients equal those of the double-backprop reference
+    params = [p for p in net.parameters()]
+    g1 = torch.autograd.grad(f.square().sum(), params, allow_unused=True, retain_graph=True)
+    g2 = torch.autograd.grad(ref.square().sum(), params, allow_unused=True, retain_graph=True)
+    for a, b in zip(g1, g2):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert torch.allclose(a, b, atol=1e-10, rtol=1e-8)
+    # and gradients w.r.t. the input (Hessian-vector products) too
+    assert torch.allclose(torch.autograd.grad(f.sum(), x)[0], torch.autograd.grad(ref.sum(), x)[0], atol=1e-10)
+
+
+def test_works_under_vmap_and_as_the_prox_of_an_unrolled_solver_in_every_grad_mode():
+    net = lpn(dim=6, alpha=0.2)
+    x = randn(4, 6, seed=7)
+    per_sample = torch.func.vmap(lambda v: net(v[None])[0])(x)
+    assert torch.allclose(per_sample, net(x), atol=1e-12)
+    # plug-and-play proximal gradient, x ← f(x − α Aᵀ(Ax − y)): the same gradients in full and
+    # checkpointed modes, and finite ones through the implicit mode
+    torch.manual_seed(0)
+    A = MatrixOperator(torch.eye(6, dtype=DT) + 0.1 * randn(6, 6, seed=8))
+    y = randn(4, 6, seed=9)
+    grads = {}
+    for mode in ("full", "checkpoint", "implicit"):
+        net.zero_grad()
+        solver = Unrolled(ProxGradStep(net, step=0.5), num_iters=30, grad_mode=mode)
+        out = solver(Problem.create(A, y), tol=1e-10 if mode == "implicit" else None)
+        out.x.square().sum().backward()
+        grads[mode] = torch.cat([p.grad.flatten() for p in net.parameters() if p.grad is not None])
+        assert bool(torch.isfinite(grads[mode]).all())
+    assert torch.allclose(grads["full"], grads["checkpoint"], atol=1e-10)
+
+
+# ---------------------------------------------------------------------- the prox: monotone, non-expansive
+def test_learned_prox_is_monotone_at_random_pairs():
+    for net, shape in ((lpn(beta=8.0), (200, 3)), (conv_lpn(), (20, 1, 8, 8))):
+        x, y = 2 * randn(*shape, seed=10), 2 * randn(*shape, seed=11)
+        with torch.no_grad():
+            d = (net(x) - net(y)).reshape(shape[0], -1)
+        inner = (d * (x - y).reshape(shape[0], -1)).sum(1)
+        # monotone, in fact 2α-strongly: ⟨f(x) − f(y), x − y⟩ ≥ 2α‖x − y‖²
+        assert bool((inner >= 2 * net.alpha * (x - y).reshape(shape[0], -1).square().sum(1) - 1e-9).all())
+
+
+@pytest.fixture(scope="module")
+def toy_models():
+    """A small LPN trained on the Laplace toy: ℓ1 warm start, then proximal matching (γ 0.5 → 0.2)
+    with the library's schedule; the two stages' models."""
+    from unroll.data.denoising import make_laplace_batch
+    from unroll.train import ProximalMatchingSchedule
+
+    torch.manual_seed(0)
+    net = LPN(1, hidden=32, layers=3, beta=10.0, alpha=0.0)
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    loss = ProximalMatchingLoss(0.5)
+    sched = ProximalMatchingSchedule(warmup_steps=300, gamma_start=0.5, gamma_end=0.2, decay_steps=400, stages=3,
+                                     warmup_lr=3e-3, lr=1e-3)
+    gen = torch.Generator().manual_seed(0)
+    stages = {}
+    for step in range(700):
+        if step == 300:
+            stages["l1"] = copy.deepcopy(net)
+        sched.apply(loss, step, [opt])
+        b = make_laplace_batch(step, gen, 1000, 1, 1.0, 1.0, torch.float32)
+        opt.zero_grad()
+        loss(net(b.y), b.x).backward()
+        opt.step()
+        net.project_()
+    stages["pm"] = net
+    return {k: v.double() for k, v in stages.items()}
+
+
+def test_proximal_matching_moves_the_toy_map_toward_soft_thresholding(toy_models):
+    x = torch.linspace(-4, 4, 801, dtype=DT)[:, None]
+    soft = soft_threshold(x, 1.0)
+    maps = {k: m(x).detach() for k, m in toy_models.items()}
+    # the ℓ1 map (≈ the posterior median) shrinks but does not threshold; within the dead zone of
+    # soft thresholding (|x| < 1, where it is 0) proximal matching flattens the map toward 0
+    dead = x.abs() < 0.8
+    flat = {k: float(f[dead].abs().max()) for k, f in maps.items()}
+    assert flat["pm"] < 0.6 * flat["l1"], flat
+    core = x.abs() <= 2.5  # where a short run has seen enough samples
+    err = {k: float((f - soft)[core].abs().mean()) for k, f in maps.items()}
+    assert err["pm"] < 0.8 * err["l1"], err
+
+
+def test_learned_prox_of_a_true_prox_is_non_expansive_within_tolerance():
+    """An LPN fitted to soft thresholding (a true, firmly non-expansive prox) is monotone and
+    non-expansive at random pairs, up to the overshoot of a finite-β softplus at the kinks."""
+    torch.manual_seed(0)
+    net = LPN(1, hidden=16, layers=2, beta=10.0)
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(400):
+        y = 8 * torch.rand(512, 1, generator=gen) - 4
+        loss = (net(y) - soft_threshold(y, 1.0)).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        net.project_()
+    net = net.double()
+    x = 4 * randn(4000, 1, seed=12)
+    y = x + 0.3 * randn(4000, 1, seed=13)
+    with torch.no_grad():
+        ratio = ((net(x) - net(y)) / (x - y)).squeeze(1)
+    assert float(ratio.min()) >= 0.0  # monotone
+    assert float(ratio.max()) <= 1.25, float(ratio.max())  # non-expansive within tolerance
+    assert float(ratio.mean()) <= 0.8  # and contracting on average (slope 0 on the dead zone)
+
+
+# ---------------------------------------------------------------------- inverse and regulariser
+@pytest.mark.parametrize("kind", ["lpn", "conv"])
+def test_inverse_recovers_x_from_f_of_x(kind):
+    net = lpn(alpha=0.2) if kind == "lpn" else conv_lpn(alpha=0.2)
+    x = randn(*((6, 3) if kind == "lpn" else (2, 1, 8, 8)), seed=14)
+    with torch.no_grad():
+        y, info = net.inverse(net(x), tol=1e-10, max_iter=5000, return_info=True)
+    assert info.status == "converged", info
+    assert torch.allclose(y, x, atol=1e-6), (y - x).abs().max()
+
+
+def test_inverse_is_differentiable_with_the_inverse_hessian_as_jacobian():
+    net = lpn(dim=3, alpha=0.3)
+    x = randn(1, 3, seed=15)
+    target = net(x).detach().requires_grad_(True)
+    jac = []
+    for i in range(3):
+        y = net.inverse(target, tol=1e-12, max_iter=20000)
+        (g,) = torch.autograd.grad(y[0, i], target)
+        jac.append(g[0])
+    jac = torch.stack(jac)
+    h = torch.autograd.functional.hessian(lambda v: net.potential(v[None])[0], x[0])
+    assert torch.allclose(jac, torch.linalg.inv(h), atol=1e-5), (jac, torch.linalg.inv(h))
+
+
+def test_f_is_the_prox_of_the_learned_regulariser():
+    """f(x) = argmin_z ½‖z − x‖² + R(z): the objective at f(x) is below its value at random z."""
+    net = lpn(dim=2, alpha=0.3, beta=2.0)
+    x = randn(8, 2, seed=16)
+    with torch.no_grad():
+        fx = net(x)
+        best = 0.5 * (fx - x).square().sum(1) + net.regularizer(fx, tol=1e-12, max_iter=20000)
+        for seed in range(5):
+            z = fx + 0.5 * randn(8, 2, seed=100 + seed)
+            other = 0.5 * (z - x).square().sum(1) + net.regularizer(z, tol=1e-12, max_iter=20000)
+            assert bool((best <= other + 1e-7).all()), (best, other)
+    # and R is differentiable with ∇R(x) = f⁻¹(x) − x
+    z = randn(3, 2, seed=17).requires_grad_(True)
+    (g,) = torch.autograd.grad(net.regularizer(z, tol=1e-12, max_iter=20000).sum(), z)
+    assert torch.allclose(g, net.inverse(z.detach(), tol=1e-12, max_iter=20000) - z.detach(), atol=1e-6)
+
+
+# ---------------------------------------------------------------------- losses and the schedule
+def test_losses_match_closed_forms():
+    a, b = randn(4, 1, 3, 3, seed=18), randn(4, 1, 3, 3, seed=19)
+    assert float(L1Loss()(a, b)) == pytest.approx(float(torch.nn.functional.l1_loss(a, b)))
+    assert L2Loss is MSELoss
+    d = (a - b).reshape(4, -1).norm(dim=1) / 3.0  # ‖·‖ / √N, N = 9
+    for gamma in (0.1, 0.5, 2.0):
+        expected = (1 - torch.exp(-(d / gamma) ** 2)).mean()
+        assert float(ProximalMatchingLoss(gamma)(a, b)) == pytest.approx(float(expected), rel=1e-12)
+    plain = proximal_matching(a, b, 0.5, normalize=False)
+    assert torch.allclose(plain, 1 - torch.exp(-((a - b).reshape(4, -1).norm(dim=1) / 0.5) ** 2))
+    pm = ProximalMatchingLoss(0.5, l1_warmup=True)
+    assert float(pm(a, b)) == pytest.approx(float(L1Loss()(a, b)))
+    with pytest.raises(ValueError, match="gamma"):
+        ProximalMatchingLoss(0.0)
+    with pytest.raises(ValueError, match="target"):
+        ProximalMatchingLoss(0.5)(a, None)
+
+
+def test_gamma_schedule():
+    from unroll.train import ProximalMatchingSchedule
+
+    s = ProximalMatchingSchedule(warmup_steps=100, gamma_start=0.5, gamma_end=0.1, decay_steps=1000, stages=5)
+    assert s.in_warmup(99) and not s.in_warmup(100)
+    assert [round(s.gamma_at(k), 10) for k in (0, 100, 299, 300, 500, 900, 1099, 5000)] == \
+        [0.5, 0.5, 0.5, 0.4, 0.3, 0.1, 0.1, 0.1]
+    lin = ProximalMatchingSchedule(warmup_steps=0, gamma_start=0.5, gamma_end=0.1, decay_steps=100)
+    assert lin.gamma_at(50) == pytest.approx(0.3) and lin.gamma_at(100) == pytest.approx(0.1)
+    loss, opt = ProximalMatchingLoss(0.9), torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    s2 = ProximalMatchingSchedule(warmup_steps=10, decay_steps=10, warmup_lr=1e-3, lr=1e-4)
+    s2.apply(loss, 3, [opt])
+    assert loss.l1_warmup and opt.param_groups[0]["lr"] == 1e-3
+    s2.apply(loss, 10, [opt])
+    assert not loss.l1_warmup and loss.gamma == 0.5 and opt.param_groups[0]["lr"] == 1e-4
+    for kwargs, name in (({"gamma_end": 0.6}, "gamma_end"), ({"stages": 1}, "stages"),
+                         ({"warmup_steps": -1}, "warmup_steps"), ({"lr": -1.0}, "lr")):
+        with pytest.raises(ValueError, match=name):
+            ProximalMatchingSchedule(**kwargs)
+
+
+# ---------------------------------------------------------------------- data
+def test_patch_data_module_holds_out_its_test_images_and_adds_the_noise_asked_for():
+    from unroll.data import PatchDenoisingDataModule, load_shipped_image
+    from unroll.data.denoising import TEST_IMAGES, TRAIN_IMAGES, VAL_IMAGES
+
+    assert not set(TEST_IMAGES) & set(TRAIN_IMAGES) and not set(VAL_IMAGES) & set(TRAIN_IMAGES)
+    dm = PatchDenoisingDataModule(patch_size=24, noise_std=0.05, batch_size=16, val_size=8, test_size=8)
+    dm.setup()
+    b = next(iter(dm.train_dataloader()))
+    assert b.y.shape == b.x.shape == (16, 1, 24, 24)
+    assert float(b.x.min()) >= 0 and float(b.x.max()) <= 1
+    assert float((b.y - b.x).std()) == pytest.approx(0.05, rel=0.1)
+    # test patches are cut from the held-out images: each one occurs in camera or coins
+    cams = {n: load_shipped_image(n, torch.float32) for n in TEST_IMAGES}
+    patch = dm.test_split.x[0, 0]
+    found = any(bool((im.unfold(0, 24, 1).unfold(1, 24, 1) - patch).abs().amax((-1, -2)).min() < 1e-6)
+                for im in cams.values())
+    assert found
+    assert set(dm.test_images()) == set(TEST_IMAGES)
+    with pytest.raises(ValueError, match="train_images"):
+        PatchDenoisingDataModule(train_images=["nope"])
+    with pytest.raises(ValueError, match="patch_size"):
+        PatchDenoisingDataModule(patch_size=5000)
+
+
+def test_laplace_data_module_draws_the_toy():
+    from unroll.data import LaplaceDenoisingDataModule
+
+    dm = LaplaceDenoisingDataModule(val_size=20000, test_size=10)
+    dm.setup()
+    v = dm.val_split
+    assert v.x.shape == (20000, 1)
+    assert float(v.x.abs().mean()) == pytest.approx(1.0, abs=0.03)  # E|x| = b
+    assert float(v.x.median()) == pytest.approx(0.0, abs=0.03)
+    assert float((v.y - v.x).std()) == pytest.approx(1.0, abs=0.03)
+
+
+# ---------------------------------------------------------------------- configs through the CLI
+@pytest.mark.parametrize("name", ["lpn_laplace_toy", "lpn_patches"])
+def test_configs_run_through_the_cli(name, tmp_path, monkeypatch):
+    from unroll.train.cli import main
+    from unroll.train.unroll_cli import UnrollCLI  # noqa: F401 - the CLI the command uses
+
+    monkeypatch.chdir(tmp_path)
+    small = ["--data.init_args.val_size=16", "--data.init_args.test_size=16", "--data.init_args.batch_size=8"]
+    if name == "lpn_patches":
+        small += ["--model.init_args.model.init_args.hidden=4"]
+    main(["fit", "--config", str(CONFIGS / f"{name}.yaml"), f"--trainer.default_root_dir={tmp_path}",
+          "--trainer.max_steps=3", "--trainer.val_check_interval=3", "--trainer.enable_progress_bar=false", *small])
+    ckpts = list(tmp_path.glob(f"runs/{name}/version_0/checkpoints/last.ckpt"))
+    assert ckpts, list(tmp_path.rglob("*"))
+    state = torch.load(ckpts[0], weights_only=True)["state_dict"]
+    weights = [v for k, v in state.items() if k.startswith("model.weights.")]
+    assert weights and all(bool((w >= 0).all()) for w in weights)  # projected: ψ convex
+
+
+# ---------------------------------------------------------------------- bad input
+def test_bad_input_gets_a_clear_error():
+    net, conv = lpn(dim=3), conv_lpn(downsample=1)  # conv: min size 3·2 = 6
+    with pytest.raises(ValueError, match=r"x: expected shape \(B, 3\)"):
+        net(randn(4, 5))
+    with pytest.raises(ValueError, match="channel"):
+        conv(randn(2, 3, 16, 16))
+    with pytest.raises(ValueError, match=r"at least 6×6.*got 5×16"):
+        conv(randn(2, 1, 5, 16))
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+        conv(randn(16, 16))
+    bad = randn(4, 3)
+    bad[1, 2] = float("nan")
+    with pytest.raises(ValueError, match="1 NaN"):
+        net(bad)
+    with pytest.raises(ValueError, match="NaN"):
+        net.prox(bad, 1.0)
+    img = randn(1, 1, 8, 8)
+    img[0, 0, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match="Inf"):
+        conv.potential(img)
+    with pytest.raises(ValueError, match="step"):
+        net.prox(randn(4, 3), -0.5)
+    with pytest.raises(ValueError, match="step"):
+        net.prox(randn(4, 3), torch.tensor([[1.0], [-1.0], [1.0], [1.0]], dtype=DT))
+    with pytest.raises(ValueError, match="step"):
+        net.prox(randn(4, 3), float("nan"))
+    with pytest.raises(ValueError, match="beta"):
+        LPN(2, beta=0.0)
+    with pytest.raises(ValueError, match="alpha"):
+        LPN(2, alpha=-1.0)
+    with pytest.raises(ValueError, match="nonneg"):
+        LPN(2, nonneg="clip")
+    with pytest.raises(ValueError, match="downsample"):
+        ConvLPN(1, layers=2, downsample=3)
+    with pytest.raises(ValueError, match="kernel_size"):
+        ConvLPN(1, kernel_size=4)
+    assert conv.min_size == 6 and conv(randn(1, 1, 6, 9)).shape == (1, 1, 6, 9)  # any size from min_size
+
+
+def test_toy_benchmark_runs_in_its_smallest_mode(tmp_path, monkeypatch):
+    import importlib.util
+    import json
+    import sys
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(bench))
+    spec = importlib.util.spec_from_file_location("_bench_lpn_toy", bench / "lpn_toy.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    threads = torch.get_num_threads()
+    out, fig = tmp_path / "toy.json", tmp_path / "toy.png"
+    monkeypatch.setattr(sys, "argv", ["lpn_toy.py", "--scale", "0.0002", "--batch", "64", "--grid", "11", "--inverse-iters", "50",
+                                      "--runs", str(tmp_path / "runs"), "--out", str(out), "--figure", str(fig)])
+    try:
+        mod.main()
+    finally:
+        torch.set_num_threads(threads)
+    res = json.loads(out.read_text())
+    assert set(res["maps"]) == {"l2", "l1", "pm"}
+    assert res["budget_steps"]["pm"] > res["budget_steps"]["l1"] > 0
+    assert all(math.isfinite(v["max_err_soft_threshold"]) for v in res["maps"].values())
+    assert fig.read_bytes()[:4] == b"\x89PNG"
