@@ -71,7 +71,8 @@ def _tensor_xy(est, X, y, classifier: bool):
         return Xt.to(dev, dt), yt.to(dev)
     X, y = validate_data(est, X, y, y_numeric=not classifier, dtype=[np.float64, np.float32])
     dev, dt = _resolve(est.device, est.dtype, X)
-    return torch.as_tensor(X).to(dev, dt), torch.as_tensor(np.asarray(y))
+    y = np.asarray(y)
+    return torch.as_tensor(X).to(dev, dt), (torch.as_tensor(y) if y.dtype.kind in "biuf" else y)
 
 
 def _tensor_x(est, X):
@@ -82,6 +83,26 @@ def _tensor_x(est, X):
         return X.to(est.coef_t_.device, est.coef_t_.dtype), True
     X = validate_data(est, X, reset=False, dtype=[np.float64, np.float32])
     return torch.as_tensor(X).to(est.coef_t_.device, est.coef_t_.dtype), False
+
+
+class _threads:
+    """Run with ``n`` torch CPU threads (restored on exit); ``None`` leaves the setting alone.
+    The front ends' tensors are small: one thread avoids the synchronisation cost of a thread
+    pool on every one of their many small operations."""
+
+    def __init__(self, n: Optional[int]) -> None:
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise ValueError(f"n_threads: expected None or an int >= 1, got {n!r}")
+        self.n = n
+
+    def __enter__(self):
+        self.old = torch.get_num_threads()
+        if self.n is not None:
+            torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc):
+        if self.n is not None:
+            torch.set_num_threads(self.old)
 
 
 def kfold_indices(n: int, cv: int) -> List[Tuple[np.ndarray, np.ndarray]]:
@@ -243,7 +264,7 @@ class _EnetFolds:
                 M = XAT @ XAT.transpose(1, 2) / n[:, None, None]
                 vv = valid[:, :, None] & valid[:, None, :]
                 M = torch.where(vv, M, torch.zeros_like(M))
-                M.diagonal(dim1=1, dim2=2).add_(torch.where(valid, a2, 1.0))
+                M.diagonal(dim1=1, dim2=2).add_(torch.where(valid, M.new_tensor(a2), M.new_tensor(1.0)))
                 sA = torch.where(valid, torch.gather(sg, 1, idx), 0.0)
                 rhs = torch.where(valid, torch.gather(Xty, 1, idx) - a1 * sA, 0.0)
                 lu = torch.linalg.lu_factor(M)
@@ -302,6 +323,16 @@ class _LinearRegressorCV(RegressorMixin, BaseEstimator):
         return [1.0]
 
     def fit(self, X, y):
+        """Choose ``alpha`` by hypergradient on the K-fold CV MSE, then refit on all the data.
+
+        Args:
+            X: ``(n_samples, n_features)`` NumPy array or torch tensor.
+            y: ``(n_samples,)`` targets.
+        Returns ``self``."""
+        with _threads(self.n_threads):
+            return self._fit(X, y)
+
+    def _fit(self, X, y):
         """Choose ``alpha`` by hypergradient on the K-fold CV MSE, then refit on all the data.
 
         Args:
@@ -370,6 +401,8 @@ class LassoCV(_LinearRegressorCV):
         max_rounds: the active-set rounds allowed per inner solve.
         device, dtype: where and in what precision to compute (default: ``X``'s device;
             float64, or ``X``'s floating dtype for a tensor).
+        n_threads: torch CPU threads during ``fit`` (default 1, fastest for these small
+            problems; ``None``: torch's setting).
 
     Attributes (after ``fit``): ``alpha_``, ``coef_`` ``(n_features,)``, ``intercept_``,
     ``cv_mse_`` (the CV MSE at ``alpha_``), ``history_`` (one dict per outer step: ``alpha``,
@@ -378,7 +411,8 @@ class LassoCV(_LinearRegressorCV):
 
     def __init__(self, cv: int = 5, fit_intercept: bool = True, alpha: Optional[float] = None,
                  alpha_init: float = 0.1, max_iter: int = 30, xtol: float = 1e-3, tol: float = 1e-7,
-                 max_rounds: int = 200, device=None, dtype=None) -> None:
+                 max_rounds: int = 200, device=None, dtype=None,
+                 n_threads: Optional[int] = 1) -> None:
         self.cv = cv
         self.fit_intercept = fit_intercept
         self.alpha = alpha
@@ -389,6 +423,7 @@ class LassoCV(_LinearRegressorCV):
         self.max_rounds = max_rounds
         self.device = device
         self.dtype = dtype
+        self.n_threads = n_threads
 
 
 class ElasticNetCV(_LinearRegressorCV):
@@ -402,7 +437,8 @@ class ElasticNetCV(_LinearRegressorCV):
 
     def __init__(self, l1_ratio: Union[float, Sequence[float]] = 0.5, cv: int = 5, fit_intercept: bool = True,
                  alpha: Optional[float] = None, alpha_init: float = 0.1, max_iter: int = 30, xtol: float = 1e-3,
-                 tol: float = 1e-7, max_rounds: int = 200, device=None, dtype=None) -> None:
+                 tol: float = 1e-7, max_rounds: int = 200, device=None, dtype=None,
+                 n_threads: Optional[int] = 1) -> None:
         self.l1_ratio = l1_ratio
         self.cv = cv
         self.fit_intercept = fit_intercept
@@ -414,6 +450,7 @@ class ElasticNetCV(_LinearRegressorCV):
         self.max_rounds = max_rounds
         self.device = device
         self.dtype = dtype
+        self.n_threads = n_threads
 
     def _l1_ratios(self) -> List[float]:
         ratios = [self.l1_ratio] if np.isscalar(self.l1_ratio) else list(self.l1_ratio)
@@ -450,8 +487,12 @@ class _LogisticFolds:
     (``(K, d, C)``), padded to a common row count with zero weights; Newton–CG solves and the
     implicit hypergradient w.r.t. per-feature log-penalties."""
 
-    def __init__(self, X: Tensor, Y: Tensor, folds, n_classes: int) -> None:
+    def __init__(self, X: Tensor, Y: Tensor, folds, n_classes: int, intercept: bool = False) -> None:
         self.binary = n_classes == 2
+        # the softmax is unchanged by a constant added to every class's intercept: with an
+        # unpenalised intercept that direction is a null space of the Hessian, removed by keeping
+        # the intercepts' mean over classes at zero (directions projected onto that subspace)
+        self.project = intercept and not self.binary
         K = len(folds)
         m = max(len(tr) for tr, _ in folds)
         mv = max(max(len(va) for _, va in folds), 1)
@@ -486,14 +527,21 @@ class _LogisticFolds:
             per = torch.logsumexp(Z, -1) - (T * Z).sum(-1)
         return (s * per).sum(-1)
 
+    def _proj(self, V: Tensor) -> Tensor:
+        if not self.project:
+            return V
+        last = V[:, -1:, :]
+        return torch.cat([V[:, :-1, :], last - last.mean(-1, keepdim=True)], 1)
+
     def _hvp(self, P: Tensor, lam: Tensor, V: Tensor) -> Tensor:
+        V = self._proj(V)
         U = torch.einsum("knd,kdc->knc", self.X, V)
         if self.binary:
             HU = P * (1 - P) * U
         else:
             PU = P * U
             HU = PU - P * PU.sum(-1, keepdim=True)
-        return torch.einsum("knd,knc->kdc", self.X, self.s.unsqueeze(-1) * HU) + lam * V
+        return self._proj(torch.einsum("knd,knc->kdc", self.X, self.s.unsqueeze(-1) * HU) + lam * V)
 
     def _newton_dir(self, P: Tensor, lam: Tensor, B: Tensor, tol: float) -> Tensor:
         """``H⁻¹B`` at probabilities ``P``: a Cholesky solve of the explicit ``(d, d)`` Hessian
@@ -506,7 +554,23 @@ class _LogisticFolds:
             if not bool((info == 0).all()):
                 return _cg(lambda V: self._hvp(P, lam, V), B, tol, 500)
             return torch.cholesky_solve(B, L)
-        return _cg(lambda V: self._hvp(P, lam, V), B, tol, 500)
+        K, d, C = B.shape
+        if d * C <= 400:  # small: the explicit (dC, dC) Hessian, index (j, c) -> j*C + c
+            sP = self.s.unsqueeze(-1) * P  # (K, n, C)
+            H = torch.einsum("kni,knj,knc->kicj", self.X, self.X, sP)
+            H = H.unsqueeze(-1) * torch.eye(C, dtype=H.dtype, device=H.device)[None, None, :, None, :]
+            Z = torch.einsum("knc,kni->knic", P, self.X).reshape(K, -1, d * C)
+            H = H.reshape(K, d * C, d * C) - Z.transpose(1, 2) @ (self.s.unsqueeze(-1) * Z)
+            H = H + torch.diag_embed(lam.expand(d, C).reshape(1, -1).expand(K, -1))
+            if self.project:  # + u uᵀ on the null direction (equal intercepts): B is orthogonal to it
+                u = torch.zeros(d, C, dtype=H.dtype, device=H.device)
+                u[-1] = C ** -0.5
+                u = u.reshape(-1)
+                H = H + torch.outer(u, u)
+            L, info = torch.linalg.cholesky_ex(H)
+            if bool((info == 0).all()):
+                return torch.cholesky_solve(self._proj(B).reshape(K, -1, 1), L).reshape(K, d, C)
+        return _cg(lambda V: self._hvp(P, lam, V), self._proj(B), tol, 500)
 
     def solve(self, lam: Tensor, tol: float, max_newton: int) -> Tuple[Tensor, bool]:
         """Newton–CG from the current ``W``; ``lam`` ``(d, 1)`` penalties. Returns
@@ -576,7 +640,7 @@ class LogisticRegressionCV(ClassifierMixin, BaseEstimator):
         xtol: stop when the bracket on ``log α`` is narrower than this.
         tol: Newton tolerance on the gradient's largest entry.
         max_newton: Newton iterations per inner solve.
-        device, dtype: as :class:`LassoCV`.
+        device, dtype, n_threads: as :class:`LassoCV`.
 
     Attributes (after ``fit``): ``classes_``, ``coef_`` ``(1 or n_classes, n_features)``,
     ``intercept_``, ``C_`` (``(1,)``, or ``(n_features,)`` per feature: the penalty on feature
@@ -585,7 +649,8 @@ class LogisticRegressionCV(ClassifierMixin, BaseEstimator):
 
     def __init__(self, per_feature: bool = False, cv: int = 5, fit_intercept: bool = True, C: float = 1.0,
                  max_iter: int = 30, per_feature_iter: int = 50, lr: float = 0.2, xtol: float = 1e-2,
-                 tol: float = 1e-8, max_newton: int = 50, device=None, dtype=None) -> None:
+                 tol: float = 1e-8, max_newton: int = 50, device=None, dtype=None,
+                 n_threads: Optional[int] = 1) -> None:
         self.per_feature = per_feature
         self.cv = cv
         self.fit_intercept = fit_intercept
@@ -598,11 +663,19 @@ class LogisticRegressionCV(ClassifierMixin, BaseEstimator):
         self.max_newton = max_newton
         self.device = device
         self.dtype = dtype
+        self.n_threads = n_threads
 
     def _design(self, X: Tensor) -> Tensor:
         return torch.cat([X, X.new_ones(X.shape[0], 1)], 1) if self.fit_intercept else X
 
     def fit(self, X, y):
+        """Choose the penalty (or penalties) by hypergradient on the K-fold CV log-loss, then
+        refit on all the data. ``X`` ``(n_samples, n_features)``, ``y`` ``(n_samples,)`` class
+        labels (any values). Returns ``self``."""
+        with _threads(self.n_threads):
+            return self._fit(X, y)
+
+    def _fit(self, X, y):
         """Choose the penalty (or penalties) by hypergradient on the K-fold CV log-loss, then
         refit on all the data. ``X`` ``(n_samples, n_features)``, ``y`` ``(n_samples,)`` class
         labels (any values). Returns ``self``."""
@@ -620,7 +693,7 @@ class LogisticRegressionCV(ClassifierMixin, BaseEstimator):
         d = Xd.shape[1]
         nc = len(self.classes_)
         folds = kfold_indices(n, self.cv)
-        prob = _LogisticFolds(Xd, codes_t, folds, nc)
+        prob = _LogisticFolds(Xd, codes_t, folds, nc, self.fit_intercept)
         n_tr = n - n / self.cv
         free = torch.ones(d, 1, dtype=Xt.dtype, device=Xt.device)
         if self.fit_intercept:
@@ -643,7 +716,8 @@ class LogisticRegressionCV(ClassifierMixin, BaseEstimator):
             return v, float(g.sum())
 
         t0 = math.log(1.0 / (n_tr * self.C))
-        hist = _search_log(vg, t0, self.max_iter, self.xtol)
+        # C within scikit-learn's default Cs range 1e-4 … 1e4 (separable data push C to infinity)
+        hist = _search_log(vg, t0, self.max_iter, self.xtol, lo=math.log(1e-4 / n_tr), hi=math.log(1e4 / n_tr))
         t_best, v_best, _ = min(hist, key=lambda h: h[1])
         best_log = torch.full((d, 1), t_best, dtype=Xt.dtype, device=Xt.device)
         if self.per_feature:
@@ -658,11 +732,11 @@ class LogisticRegressionCV(ClassifierMixin, BaseEstimator):
                 m = b1 * m + (1 - b1) * g
                 v2 = b2 * v2 + (1 - b2) * g * g
                 loglam = loglam - self.lr * (m / (1 - b1 ** it)) / ((v2 / (1 - b2 ** it)).sqrt() + 1e-12)
-                loglam = loglam.clamp(-30, 30)
+                loglam = loglam.clamp(math.log(1e-4 / n_tr), math.log(1e4 / n_tr))
         lam = best_log.exp() * free
         self.cv_loss_ = v_best
         # refit on all the data (warm start: the fold solutions' mean)
-        full = _LogisticFolds(Xd, codes_t, [(np.arange(n), np.arange(0))], nc)
+        full = _LogisticFolds(Xd, codes_t, [(np.arange(n), np.arange(0))], nc, self.fit_intercept)
         full.W = prob.W.mean(0, keepdim=True)
         W, ok = full.solve(lam, self.tol, self.max_newton * 4)
         W = W[0]  # (d, C)
