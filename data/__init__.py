@@ -39,3 +39,8 @@ __all__ = [
     "measure",
     "STANDARD_SHAPE",
 ]
+
+# bilevel (issue 16)
+from .tabular import TabularBatch, TabularDataModule  # noqa: E402
+
+__all__ += ["TabularBatch", "TabularDataModule"]

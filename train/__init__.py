@@ -9,3 +9,8 @@ from .task import ReconstructionTask
 __all__ = ["ReconstructionTask", "StageWise", "ReportPaths", "PredictionWriter", "Baseline", "SolverBaseline",
            "AdjointBaseline", "MetricTracker", "AtomicCheckpointIO", "CheckpointError", "load_checkpoint",
            "verify_checkpoint"]
+
+# bilevel (issue 16)
+from .bilevel import BilevelTask  # noqa: E402
+
+__all__ += ["BilevelTask"]

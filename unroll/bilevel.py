@@ -61,6 +61,7 @@ class BilevelInfo:
             its ``backward`` holds the adjoint solve's (``implicit``).
         penalized: the penalised inner solve's info (``penalty`` only).
         penalty: the penalty ``ρ`` (``penalty`` only).
+        x: the inner solution ``(B, *shape)``, detached (a warm start for the next outer step).
     """
 
     method: str
@@ -68,6 +69,7 @@ class BilevelInfo:
     inner: SolverInfo
     penalized: Optional[SolverInfo] = None
     penalty: Optional[float] = None
+    x: Optional[Tensor] = None
 
     @property
     def backward(self) -> Optional[SolverInfo]:
@@ -188,7 +190,7 @@ def hypergrad(inner: Callable[..., Problem], outer: Callable[..., Tensor], hpara
         out = Unrolled(st, num_iters=num_iters)(problem, x0, grad_mode=mode)
         loss = outer(out.x, *hparams)
         grads = torch.autograd.grad(loss, hparams, allow_unused=True)
-        return _fill(grads, hparams), BilevelInfo("unrolled", float(loss.detach()), out.info)
+        return _fill(grads, hparams), BilevelInfo("unrolled", float(loss.detach()), out.info, x=out.x.detach())
 
     if method == "implicit":
         mode = GradMode("implicit", forward_tol=tol, backward_solver=as_linear_solver(
@@ -197,7 +199,7 @@ def hypergrad(inner: Callable[..., Problem], outer: Callable[..., Tensor], hpara
         out = Unrolled(st, num_iters=num_iters)(problem, x0, check_every=check_every, grad_mode=mode)
         loss = outer(out.x, *hparams)
         grads = torch.autograd.grad(loss, hparams, allow_unused=True)
-        return _fill(grads, hparams), BilevelInfo("implicit", float(loss.detach()), out.info)
+        return _fill(grads, hparams), BilevelInfo("implicit", float(loss.detach()), out.info, x=out.x.detach())
 
     # penalty: two inner solves without a graph, then first-order terms only
     problem, st = build()
@@ -218,7 +220,8 @@ def hypergrad(inner: Callable[..., Problem], outer: Callable[..., Tensor], hpara
     grads = torch.autograd.grad(value, hparams, allow_unused=True)
     with torch.no_grad():
         loss = float(outer(x_star, *hparams))
-    return _fill(grads, hparams), BilevelInfo("penalty", loss, star.info, penalized=pen.info, penalty=float(penalty))
+    return _fill(grads, hparams), BilevelInfo("penalty", loss, star.info, penalized=pen.info, penalty=float(penalty),
+                                         x=x_star)
 
 
 def _fill(grads, hparams) -> Tuple[Tensor, ...]:
