@@ -19,14 +19,14 @@
 from __future__ import annotations
 
 import argparse
-import math
+
 import sys
 import time
 
 import numpy as np
 import torch
 
-from unroll import Problem, SquaredL2, L1
+from unroll import Problem, SquaredL2
 from unroll.bilevel import LassoCV, hypergrad, lasso, logistic, ridge
 from unroll.bilevel_cv import _EnetFolds, _LogisticFolds, kfold_indices
 

@@ -127,3 +127,26 @@ def test_ista_lambda_config_learns_through_unrolled_iterations(tmp_path):
     task = cli.model
     assert cli.trainer.global_step == 3 and float(task.hparams_value()) != pytest.approx(0.1)
     assert "train/outer" in cli.trainer.logged_metrics and "inner/iterations" in cli.trainer.logged_metrics
+
+
+def test_benchmark_script_runs_its_smallest_mode(monkeypatch, capsys):
+    """benchmarks/bilevel.py --quick: the CV Lasso section reaches the grid's best CV MSE and the
+    penalty method's error falls with its penalty (the relations BENCHMARKS.md reports)."""
+    import importlib.util
+    import re
+    import sys
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bilevel.py"
+    spec = importlib.util.spec_from_file_location("_bench_bilevel", path)
+    mod = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, mod)
+    spec.loader.exec_module(mod)
+    threads = torch.get_num_threads()
+    try:
+        mod.main(["--quick", "--only", "cv_lasso,penalty"])
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert "time to reach CV MSE <=" in out and "did NOT reach" not in out
+    errors = [float(e) for e in re.findall(r"\| \de\+0\d \| ([0-9.e+-]+) \|", out)]
+    assert len(errors) == 5 and all(b < a for a, b in zip(errors, errors[1:]))
