@@ -341,7 +341,7 @@ class _LinearRegressorCV(RegressorMixin, BaseEstimator):
         Returns ``self``."""
         t_start = time.perf_counter()
         Xt, yt = _tensor_xy(self, X, y, classifier=False)
-        yt = yt.to(Xt.dtype)
+        yt = yt.to(Xt.device, Xt.dtype)
         n = Xt.shape[0]
         if self.max_iter < 1:
             raise ValueError(f"max_iter: expected an int >= 1 (outer steps), got {self.max_iter!r}")
