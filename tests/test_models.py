@@ -434,3 +434,59 @@ def test_models_run_in_low_precision(dtype, tol):
         out = cls(3, operator=a.to(dtype), **kw).to(dtype)(y.to(dtype), a.to(dtype)).detach()
         assert out.dtype == dtype
         assert float((out.float() - ref).norm() / ref.norm()) < tol
+
+
+def test_packed_scalars_train_bit_identically_to_per_layer_ones():
+    """LearnedISTA keeps its 2K learned scalars in two (K,) vectors: the same outputs, gradients
+    and Adam trajectory as per-layer 0-dim parameters (bit for bit), two tensors in the optimiser."""
+    import copy
+
+    torch.manual_seed(0)
+    a = torch.randn(20, 40) / 20 ** 0.5
+    x = (torch.rand(8, 40) < 0.2) * torch.randn(8, 40)
+    y = x @ a.T
+    packed, single = LearnedISTA(5, lam=0.05), LearnedISTA(5, lam=0.05, packed=False)
+    assert [n for n, _ in packed.named_parameters()] == ["step_values.raw", "lam_values.raw"]
+    assert len(list(single.parameters())) == 10
+    opts = [torch.optim.Adam(m.parameters(), lr=0.05, foreach=True) for m in (packed, single)]
+    for _ in range(5):
+        for m, opt in zip((packed, single), opts):
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(m(y, a), x).backward()
+            opt.step()
+    assert packed.steps_and_weights() == single.steps_and_weights()
+    assert torch.equal(packed(y, a), single(y, a))
+    assert packed.steps_and_weights()[0] != (1.0, 0.05)  # training moved them
+    # either storage loads the other's checkpoint
+    for src, dst in ((packed, LearnedISTA(5, packed=False)), (single, LearnedISTA(5))):
+        dst.load_state_dict(src.state_dict())
+        assert dst.steps_and_weights() == src.steps_and_weights()
+    # copies and dtype casts keep the layers reading their own model's vectors
+    twin = copy.deepcopy(packed).double()
+    with torch.no_grad():
+        twin.step_values.raw.add_(1.0)
+    assert twin.steps_and_weights() != packed.steps_and_weights()
+    assert twin(y.double(), a.double()).dtype == torch.float64
+    # unpacking keeps the values and gives per-layer parameters
+    values = packed.steps_and_weights()
+    packed.unpack_scalars()
+    assert not packed.packed and len(list(packed.parameters())) == 10 and packed.steps_and_weights() == values
+    with pytest.raises(RuntimeError, match="unpack_scalars"):
+        LearnedISTA(3).layer_parameters(0)
+
+
+def test_positive_entry_checks_its_arguments():
+    from unroll.parametrize import PositiveEntry, PositiveScalar
+
+    bank = PositiveScalar([1.0, 2.0], learnable=True)
+    assert torch.allclose(PositiveEntry(bank, 1)(), torch.tensor(2.0))
+    PositiveEntry(bank, 0).set_(3.0)
+    assert torch.allclose(bank()[0], torch.tensor(3.0)) and list(PositiveEntry(bank, 0).parameters()) == []
+    with pytest.raises(IndexError, match="index"):
+        PositiveEntry(bank, 2)
+    with pytest.raises(ValueError, match="bank"):
+        PositiveEntry(PositiveScalar(1.0), 0)
+    with pytest.raises(ValueError, match="learn_step"):
+        from unroll.steps import ProxGradStep
+        from unroll.prox import L1
+        ProxGradStep(L1(0.1), step=PositiveEntry(bank, 0), learn_step=True)

@@ -10,6 +10,11 @@ __all__ = ["ReconstructionTask", "StageWise", "ReportPaths", "PredictionWriter",
            "AdjointBaseline", "MetricTracker", "AtomicCheckpointIO", "CheckpointError", "load_checkpoint",
            "verify_checkpoint"]
 
+# fastMRI predictions (issue 17)
+from .fastmri_predictions import FastMRIPredictionWriter, read_reconstructions, score_reconstructions
+
+__all__ += ["FastMRIPredictionWriter", "read_reconstructions", "score_reconstructions"]
+
 # bilevel (issue 16)
 from .bilevel import BilevelTask  # noqa: E402
 
