@@ -150,3 +150,20 @@ def test_benchmark_script_runs_its_smallest_mode(monkeypatch, capsys):
     assert "time to reach CV MSE <=" in out and "did NOT reach" not in out
     errors = [float(e) for e in re.findall(r"\| \de\+0\d \| ([0-9.e+-]+) \|", out)]
     assert len(errors) == 5 and all(b < a for a, b in zip(errors, errors[1:]))
+
+
+@pytest.mark.parametrize("name", ["bilevel_lasso_heldout", "bilevel_lasso_diabetes", "bilevel_logistic_breast_cancer"])
+def test_bilevel_configs_run(name, tmp_path):
+    cli = _fit([f"{name}.yaml", "--trainer.max_steps=2", "--trainer.limit_val_batches=0"], tmp_path)
+    assert cli.trainer.global_step == 2 and isinstance(cli.model, BilevelTask)
+    assert (next((tmp_path / "runs").rglob("last.ckpt"))).is_file()
+
+
+def test_hypercleaning_config_builds():
+    """The hyper-cleaning config (slow to train: a multinomial inner problem per outer step)
+    builds its task and data: one sigmoid weight per training row, half the labels corrupted."""
+    cli = UnrollCLI(args=["--config", str(CONFIGS / "bilevel_hypercleaning_digits.yaml")], run=False)
+    task, dm = cli.model, cli.datamodule
+    assert task.inner_kind == "multinomial" and task.hparam_kind == "sample_weights"
+    b = dm.batch
+    assert b.X.shape[0] == 1 and 0.4 < float(b.corrupted.float().mean()) < 0.6

@@ -330,7 +330,9 @@ def test_load_from_checkpoint_of_a_task_trained_from_python(tmp_path):
 
 
 # ---------------------------------------------------------------------- usability (issue 13)
-ALL_CONFIGS = sorted(p.stem for p in CONFIGS.glob("*.yaml"))
+# the bilevel configs (issue 16) train a BilevelTask on tabular data: the reconstruction overrides of
+# tiny() do not apply to them; tests/test_bilevel_task.py runs each of them
+ALL_CONFIGS = sorted(p.stem for p in CONFIGS.glob("*.yaml") if not p.stem.startswith("bilevel_"))
 
 
 def _files(folder: Path):
