@@ -49,6 +49,12 @@ __all__ += ["FastMRIDataModule", "FastMRISliceDataset", "FastMRIFileError", "Buc
             "scan_fastmri_file", "load_builtin_images", "write_builtin_dataset", "BUILTIN_SPLIT", "birdcage_maps",
             "ismrmrd_header", "simulate_multicoil", "write_fastmri_file", "write_fastmri_volume"]
 
+# Poisson systems for learned conjugate directions (issue 14)
+from .poisson import (  # noqa: E402
+    OBSTACLE_SHAPES, PoissonDataModule, lanczos, make_poisson_systems, obstacle_mask, ritz_rhs)
+
+__all__ += ["PoissonDataModule", "OBSTACLE_SHAPES", "obstacle_mask", "lanczos", "ritz_rhs", "make_poisson_systems"]
+
 # bilevel (issue 16)
 from .tabular import TabularBatch, TabularDataModule  # noqa: E402
 

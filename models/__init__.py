@@ -11,3 +11,13 @@ from .tilista import TiLISTA
 
 __all__ = ["UnrolledModel", "CNNProx", "LearnedISTA", "LearnedIHT", "LISTA", "LISTASS", "LISTACP", "LISTACPSS",
            "TiLISTA", "ALISTA", "LearnedPGD", "analytic_weight", "support_selection_schedule"]
+
+# learned conjugate directions (issue 14)
+from .dcdm import DCDM  # noqa: E402
+
+__all__ += ["DCDM"]
+# MRI (issue 17): MoDL and the classical baselines
+from .modl import MoDL, MoDLDenoiser  # noqa: E402
+from .mri_baselines import CompressedSensing, HaarWaveletL1, ZeroFilled  # noqa: E402
+
+__all__ += ["MoDL", "MoDLDenoiser", "ZeroFilled", "CompressedSensing", "HaarWaveletL1"]

@@ -330,9 +330,10 @@ def test_load_from_checkpoint_of_a_task_trained_from_python(tmp_path):
 
 
 # ---------------------------------------------------------------------- usability (issue 13)
-# the bilevel configs (issue 16) train a BilevelTask on tabular data: the reconstruction overrides of
-# tiny() do not apply to them; tests/test_bilevel_task.py runs each of them
-ALL_CONFIGS = sorted(p.stem for p in CONFIGS.glob("*.yaml") if not p.stem.startswith("bilevel_"))
+# configs/mri_*.yaml are classical MRI baselines with nothing to train (scored by `unroll test`,
+# tests/test_modl.py); configs/bilevel_*.yaml train a BilevelTask on tabular data, which takes none of
+# tiny()'s reconstruction overrides (tests/test_bilevel_task.py runs each of them); every other config must train
+ALL_CONFIGS = sorted(p.stem for p in CONFIGS.glob("*.yaml") if not p.stem.startswith(("mri_", "bilevel_")))
 
 
 def _files(folder: Path):
@@ -341,13 +342,47 @@ def _files(folder: Path):
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def tiny_any(name: str, root: Path, cache: Path, steps: int = 2):
+    """Overrides that shrink config ``name`` of configs/ to a seconds-long run under ``root``: the
+    sparse-recovery ones by :func:`tiny`, the others by the entry of their data module in
+    ``TINY_EXTRA`` (a config on a new data module needs one, or this fails and says so)."""
+    import yaml
+
+    cfg = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
+    data = str(cfg["data"]["class_path"]).rsplit(".", 1)[-1]
+    if data == "SparseRecoveryDataModule":
+        return tiny(root, steps=steps, layers=2, batches=2)
+    assert data in TINY_EXTRA, f"configs/{name}.yaml: add tiny overrides for {data} to TINY_EXTRA in tests/test_cli.py"
+    return [f"--trainer.default_root_dir={root}", "--trainer.max_time=null", f"--trainer.max_steps={steps}",
+            *TINY_EXTRA[data](cfg, cache)]
+
+
+def _tiny_mri(cfg, cache):
+    """One built-in volume per split (FastMRIDataModule, issue 17); MoDL made small (the other
+    MRI models are small already)."""
+    model = cfg["model"]["init_args"]["model"]
+    small = {"num_layers": 1, "features": 8} if model["class_path"] == "unroll.models.MoDL" else {}
+    return ["--trainer.val_check_interval=2", "--trainer.limit_val_batches=1",
+            "--data.init_args.builtin_split={train: [0], val: [3], test: [1]}",
+            *[f"--model.init_args.model.init_args.{k}={v}" for k, v in small.items()]]
+
+
+TINY_EXTRA = {
+    "PoissonDataModule": lambda cfg, cache: [
+        "--data.init_args.grid=[12,12]", "--data.init_args.lanczos_vectors=40",
+        f"--data.init_args.cache={cache / 'poisson.h5'}", "--data.init_args.val_systems=2",
+        "--model.init_args.model.init_args.dim=2", "--trainer.val_check_interval=1"],
+    "FastMRIDataModule": _tiny_mri,
+}
+
+
 @pytest.mark.parametrize("name", ALL_CONFIGS)
 def test_every_config_runs_without_bar_in_root_dir_twice(name, tmp_path, capsys):
     """Every config: `--trainer.enable_progress_bar=false` works (the bar is the CLI's, not the
     config's), checkpoints land under `--trainer.default_root_dir`, and a second run of the same
     config gets its own folder and leaves the first run's files as they were."""
     root = tmp_path / "root"
-    args = ["fit", "--config", str(CONFIGS / f"{name}.yaml"), *tiny(root, steps=2, layers=2, batches=2),
+    args = ["fit", "--config", str(CONFIGS / f"{name}.yaml"), *tiny_any(name, root, tmp_path),
             "--trainer.enable_progress_bar=false"]
     main(args)
     first = root / "runs" / name / "version_0"

@@ -15,6 +15,15 @@ from .fastmri_predictions import FastMRIPredictionWriter, read_reconstructions, 
 
 __all__ += ["FastMRIPredictionWriter", "read_reconstructions", "score_reconstructions"]
 
+# learned conjugate directions (issue 14)
+from .dcdm import DCDMTask, KrylovBaseline, RelativeResidual, SolveTime, solve_trace  # noqa: E402
+
+__all__ += ["DCDMTask", "KrylovBaseline", "RelativeResidual", "SolveTime", "solve_trace"]
+# MRI (issue 17): the MRI task, its loss, fastMRI evaluation and baselines
+from .mri import FastMRITracker, MRIBaseline, MRILoss, MRIReconstructionTask  # noqa: E402
+
+__all__ += ["MRIReconstructionTask", "MRILoss", "FastMRITracker", "MRIBaseline"]
+
 # bilevel (issue 16)
 from .bilevel import BilevelTask  # noqa: E402
 

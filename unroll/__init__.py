@@ -41,3 +41,9 @@ __all__ = [
     "check_finite", "check_measurements",
     "FFT2c", "SENSE", "MultiCoilMRI", "Mask", "fft2c", "ifft2c", "rss", "sense_combine",
 ]
+
+# learned conjugate directions (issue 14)
+from .losses import ScaleInvariantLoss  # noqa: E402
+from .solvers import ConjugateDirectionsInfo, conjugate_directions  # noqa: E402
+
+__all__ += ["ScaleInvariantLoss", "conjugate_directions", "ConjugateDirectionsInfo"]

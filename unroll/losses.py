@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from typing import List, Optional, Sequence, Union
 
+import torch
 from torch import Tensor, nn
 
 from .problem import Problem
 
-__all__ = ["Loss", "MSELoss", "ObjectiveLoss", "iteration_weights", "trajectory_loss"]
+__all__ = ["Loss", "MSELoss", "ObjectiveLoss", "iteration_weights", "trajectory_loss", "ScaleInvariantLoss"]
 
 
 class Loss(nn.Module):
@@ -95,3 +96,37 @@ def trajectory_loss(loss: nn.Module, trajectory: Sequence[Tensor], target: Optio
         term = w * loss(x_k, target, problem)
         total = term if total is None else total + term
     return total
+
+
+class ScaleInvariantLoss(Loss):
+    """Unsupervised loss of a learned search direction (DCDM, Kaneda et al., ICML 2023):
+    ``‖b − A q (qᵀb)/(qᵀAq)‖²``, mean over the batch, with ``q = f(b)`` the network's direction.
+
+    ``A q (qᵀb)/(qᵀAq)`` is what one exact line search along ``q`` from ``x = 0`` leaves of
+    ``b``; the loss is zero when ``q ∝ A⁻¹b`` and is invariant to scaling ``q`` by any nonzero
+    number (the sign too), so the network is free to choose its output's scale.
+
+    ``forward(q, target, problem)``: ``q`` ``(B, *shape)``; ``target`` is ignored (no ground
+    truth needed; ``None``); ``problem`` a :class:`~unroll.problem.QuadraticProblem` (``A`` its
+    ``Q``, ``b`` its right-hand sides ``(B, *shape)``). Samples with ``qᵀAq = 0`` (``q = 0``)
+    score ``‖b‖²``, the loss of no step.
+    """
+
+    requires_target = False
+
+    def forward(self, q: Tensor, target: Optional[Tensor], problem: Problem) -> Tensor:
+        from .batched import batch_dot, per_sample
+
+        b = getattr(problem, "b", None)
+        if b is None or not callable(getattr(problem, "apply", None)):
+            raise TypeError(f"problem: ScaleInvariantLoss needs a QuadraticProblem (A and b), got "
+                            f"{type(problem).__name__}")
+        if q.shape != b.shape:
+            raise ValueError(f"q: expected the shape of b {tuple(b.shape)}, got {tuple(q.shape)}")
+        Aq = problem.apply(q)
+        qAq = batch_dot(q, Aq).real
+        ok = qAq > 0
+        scale = torch.where(ok, batch_dot(q, b).real / torch.where(ok, qAq, torch.ones_like(qAq)),
+                            torch.zeros_like(qAq))
+        res = b - per_sample(scale, Aq) * Aq
+        return batch_dot(res, res).real.mean()

@@ -1,0 +1,191 @@
+"""Learned conjugate directions (DCDM) against CG, Jacobi-PCG and IC-PCG on 3-D Poisson systems.
+
+1. Train ``configs/dcdm_poisson.yaml`` at 32³ through the CLI for a wall-clock budget
+   (``--train-minutes``; the config's data: one empty training domain and one with spheres,
+   1000 Lanczos vectors each), unless ``--ckpt`` names a checkpoint.
+2. Solve fresh systems to ‖r‖/‖b‖ ≤ 1e-4 at 32³ and 64³, without obstacles and with obstacles of
+   shapes not seen in training (boxes and random blobs), one system at a time (B = 1): iterations
+   and wall time per system for CG, Jacobi-PCG, IC-PCG (solve time; the IC(0) factorisation is
+   reported apart) and DCDM (``conjugate_directions``, the network trained at 32³ only).
+   Right-hand sides as in training (Ritz vectors, low half ×9), from ``--eval-lanczos`` Lanczos
+   steps per evaluation domain.
+
+Results go to ``benchmarks/results/dcdm.json`` after every case (a run cut short keeps what it
+did). Run (about an hour on a loaded 2-core machine)::
+
+    nice -n 5 python benchmarks/dcdm.py --train-minutes 15
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def train(minutes: float, root: Path, extra=()) -> Path:
+    from unroll.train.cli import UnrollCLI
+
+    args = ["fit", "--config", str(ROOT / "configs" / "dcdm_poisson.yaml"),
+            f"--trainer.default_root_dir={root}", "--trainer.enable_progress_bar=false",
+            f"--trainer.max_time=00:00:{int(minutes):02d}:{int(round((minutes % 1) * 60)):02d}",
+            "--trainer.max_steps=100000", "--trainer.accelerator=cpu",
+            f"--data.init_args.cache={root / 'dcdm_poisson_32.h5'}",
+            "--data.init_args.test_lanczos_vectors=200", *extra]
+    cli = UnrollCLI(args=args)
+    ckpt = Path(cli.trainer.log_dir) / "checkpoints" / "last.ckpt"
+    print(f"trained {cli.trainer.global_step} steps; checkpoint {ckpt}", flush=True)
+    return ckpt
+
+
+def systems(n: int, obstacles: bool, count: int, m: int, seed: int, rhs: str = "ritz"):
+    from unroll.data.poisson import _laplacian, _start_vector, lanczos, obstacle_mask, ritz_rhs
+
+    g = torch.Generator().manual_seed(seed)
+    grid = (n, n, n)
+    if obstacles:  # two boxes and two blobs: shapes the network never saw
+        mask = obstacle_mask(grid, "box", 2, g) & obstacle_mask(grid, "blobs", 2, g)
+        from unroll.data.poisson import _fill_enclosed
+        mask = _fill_enclosed(mask)
+    else:
+        mask = obstacle_mask(grid, "none", 1, g)
+    A = _laplacian(grid, mask)
+    if rhs == "noise":  # white noise on the fluid cells: not the training distribution
+        b = torch.randn(count, *grid, generator=g) * mask
+        return A, b / b.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+    _, V = lanczos(A, m, _start_vector(mask, g))
+    return A, ritz_rhs(V, count, g, dtype=torch.float32)
+
+
+def solve_all(task, A, B, max_iter: int, pure: bool = False):
+    import unroll
+    from unroll.preconditioners import IncompleteCholesky, JacobiPreconditioner
+
+    out = {}
+    t0 = time.perf_counter()
+    ic = IncompleteCholesky(A)
+    ic_setup = time.perf_counter() - t0
+    pre = {"CG": None, "Jacobi-PCG": JacobiPreconditioner(A), "IC-PCG": ic}
+    for name, M in pre.items():
+        its, secs = [], []
+        for b in B:
+            t = time.perf_counter()
+            _, info = unroll.cg(A, b[None], M=M, tol=1e-4, max_iter=max_iter, check_every=1)
+            secs.append(time.perf_counter() - t)
+            its.append(int(info.iterations[0]) if info.status == "converged" else None)
+        out[name] = {"iterations": its, "seconds": secs}
+    out["IC-PCG"]["setup_seconds"] = ic_setup
+    its, secs, fb = [], [], []
+    for b in B:
+        t = time.perf_counter()
+        _, info = unroll.conjugate_directions(A, b[None], direction=task.model, tol=1e-4, max_iter=max_iter)
+        secs.append(time.perf_counter() - t)
+        its.append(int(info.iterations[0]) if info.status == "converged" else None)
+        fb.append(int(info.fallbacks[0]))
+    out["DCDM"] = {"iterations": its, "seconds": secs, "fallbacks": fb}
+    if pure:  # the paper's method: every finite network direction is kept (safeguard 0)
+        its, secs = [], []
+        for b in B:
+            t = time.perf_counter()
+            _, info = unroll.conjugate_directions(A, b[None], direction=task.model, tol=1e-4, max_iter=max_iter,
+                                                  safeguard=0.0, on_failure="ignore")
+            secs.append(time.perf_counter() - t)
+            its.append(int(info.iterations[0]) if info.status == "converged" else None)
+        out["DCDM (safeguard 0)"] = {"iterations": its, "seconds": secs}
+    return out
+
+
+def _mean(values):
+    vals = [v for v in values if v is not None]
+    if len(vals) < len(values):
+        return None  # some system did not reach the tolerance
+    return sum(vals) / len(vals)
+
+
+def report(results) -> str:
+    """The Markdown tables of a results dict (iterations; wall time per system; ratios)."""
+    methods = ["CG", "Jacobi-PCG", "IC-PCG", "DCDM"]
+    fmt = lambda v, d=1: "not reached" if v is None else f"{v:.{d}f}"  # noqa: E731
+    lines = ["| case | systems | " + " | ".join(methods) + " | DCDM fallbacks | CG / DCDM | IC-PCG / DCDM |",
+             "|---|---|" + "---|" * (len(methods) + 3)]
+    for key, r in results["cases"].items():
+        its = {m: _mean(r[m]["iterations"]) for m in methods}
+        ratio = lambda a, b: "—" if a is None or b in (None, 0) else f"{a / b:.2f}×"  # noqa: E731
+        fb = sum(r["DCDM"]["fallbacks"]) / len(r["DCDM"]["fallbacks"])
+        lines.append(f"| {key} | {len(r['CG']['iterations'])} | " + " | ".join(fmt(its[m]) for m in methods)
+                     + f" | {fb:.1f} | {ratio(its['CG'], its['DCDM'])} | {ratio(its['IC-PCG'], its['DCDM'])} |")
+    lines += ["", "| case | " + " | ".join(f"{m} ms" for m in methods) + " | IC(0) set-up ms | DCDM / CG time "
+              "| DCDM / IC-PCG time |", "|---|" + "---|" * (len(methods) + 3)]
+    for key, r in results["cases"].items():
+        ms = {m: 1000 * sum(r[m]["seconds"]) / len(r[m]["seconds"]) for m in methods}
+        lines.append(f"| {key} | " + " | ".join(f"{ms[m]:.0f}" for m in methods)
+                     + f" | {1000 * r['IC-PCG']['setup_seconds']:.0f} | {ms['DCDM'] / ms['CG']:.0f}× "
+                     f"| {ms['DCDM'] / ms['IC-PCG']:.0f}× |")
+    pure = [(k, r["DCDM (safeguard 0)"]) for k, r in results["cases"].items() if "DCDM (safeguard 0)" in r]
+    if pure:
+        lines += ["", "| case | DCDM iterations, safeguard 1 (default) | DCDM iterations, safeguard 0 (paper) |",
+                  "|---|---|---|"]
+        for key, p in pure:
+            lines.append(f"| {key} | {fmt(_mean(results['cases'][key]['DCDM']['iterations']))} "
+                         f"| {fmt(_mean(p['iterations']))} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--train-minutes", type=float, default=15.0)
+    p.add_argument("--ckpt", type=str, default=None, help="skip training: evaluate this checkpoint")
+    p.add_argument("--sizes", type=int, nargs="+", default=[32, 64])
+    p.add_argument("--systems", type=int, nargs="+", default=[2, 1], help="systems per case, one per size")
+    p.add_argument("--eval-lanczos", type=int, default=200)
+    p.add_argument("--max-iter", type=int, default=400)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--pure-sizes", type=int, nargs="*", default=[32],
+                   help="sizes where DCDM also runs with safeguard 0")
+    p.add_argument("--root", type=str, default=str(ROOT / "benchmarks" / "runs"), help="runs and data cache")
+    p.add_argument("--extra", type=str, action="append", default=[],
+                   help="one more `unroll fit` override, as --extra=--data.init_args.grid=[8,8,8] (repeatable)")
+    p.add_argument("--out", type=str, default=str(ROOT / "benchmarks" / "results" / "dcdm.json"))
+    p.add_argument("--rhs", choices=["ritz", "noise"], default="ritz",
+                   help="right-hand sides: as in training (Ritz vectors) or white noise on the fluid cells")
+    p.add_argument("--report-only", type=str, default=None, help="print the tables of a results JSON and stop")
+    a = p.parse_args(argv)
+    if a.report_only:
+        print(report(json.loads(Path(a.report_only).read_text())))
+        return
+    torch.set_num_threads(a.threads)
+    root = Path(a.root)
+    t0 = time.perf_counter()
+    ckpt = Path(a.ckpt) if a.ckpt else train(a.train_minutes, root, a.extra)
+    train_seconds = time.perf_counter() - t0
+    from unroll.train import DCDMTask
+
+    task = DCDMTask.load_from_checkpoint(str(ckpt))
+    task.eval()
+    steps = int(torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"])
+    results = {"command": "nice -n 5 python benchmarks/dcdm.py " + " ".join(sys.argv[1:] if argv is None else argv),
+               "checkpoint": str(ckpt), "train_steps": steps, "train_seconds_incl_data": train_seconds,
+               "threads": a.threads, "tol": 1e-4, "rhs": a.rhs, "eval_lanczos": a.eval_lanczos, "cases": {}}
+    for n, count in zip(a.sizes, a.systems):
+        for obstacles in (False, True):
+            key = f"{n}^3 {'obstacles (box+blobs)' if obstacles else 'no obstacles'}"
+            A, B = systems(n, obstacles, count, a.eval_lanczos, seed=1000 + n + int(obstacles), rhs=a.rhs)
+            results["cases"][key] = solve_all(task, A, B, a.max_iter, pure=n in a.pure_sizes)
+            print(key, json.dumps(results["cases"][key]), flush=True)
+            Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+            tmp = a.out + ".tmp"
+            Path(tmp).write_text(json.dumps(results, indent=1))
+            os.replace(tmp, a.out)
+    print(report(results))
+    print(f"results: {a.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""``DCDM``: the convolutional network of the Deep Conjugate Direction Method (Kaneda et al., ICML
+2023), a residual ``r`` in, a search direction ``q ≈ c·A⁻¹r`` out, for
+:func:`unroll.solvers.conjugate_directions`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["DCDM"]
+
+
+def _check_int(name: str, value: Any, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name}: expected an int >= {low}, got {value!r}")
+    return value
+
+
+class _Block(nn.Module):
+    """``h + ReLU(conv(ReLU(conv(h))))`` (two ``k``-wide convolutions, ``C → C``)."""
+
+    def __init__(self, conv, channels: int) -> None:
+        super().__init__()
+        self.a = conv(channels, channels, 3, padding=1)
+        self.b = conv(channels, channels, 3, padding=1)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return h + F.relu(self.b(F.relu(self.a(h))))
+
+
+class DCDM(nn.Module):
+    """Fully convolutional residual network of DCDM: residual in, search direction out.
+
+    ``r`` → a linear ``3×3(×3)`` convolution to ``channels`` feature maps → ``pre`` residual
+    blocks (two convolutions, ReLU after each, identity skip) → 2× average pooling → ``low``
+    blocks at half resolution → nearest upsampling back to the grid, added to the full-resolution
+    features (the skip connection) → ``post`` blocks → a linear convolution to one map. Every
+    convolution is ``3×3(×3)`` with zero padding, so any grid size works (odd ones too: the
+    pooling keeps the partial last cell, the upsampling returns the exact size). The input is
+    scaled per sample to unit root-mean-square (``r / rms(r)``), so the features do not depend
+    on the residual's scale or the grid's size (a unit-norm residual on 32³ cells has entries
+    of about 0.005, far below the biases); the direction is only defined up to scale anyway.
+
+    Args:
+        dim: 2 or 3 (the grid's dimension; 3 by default, so ``DCDM()`` is the 3-D network).
+        channels: feature maps (16 in the paper).
+        pre, low, post: residual blocks before pooling, at half resolution and after the skip.
+
+    Shapes:
+        ``forward(r, A=None)``: ``(B, *grid) → (B, *grid)`` with ``len(grid) == dim``; ``A`` is
+        accepted for the models' common call shape ``model(y, A)`` and not used (the solver masks
+        solid cells).
+    """
+
+    def __init__(self, dim: int = 3, channels: int = 16, pre: int = 1, low: int = 2, post: int = 1) -> None:
+        super().__init__()
+        if dim not in (2, 3) or isinstance(dim, bool):
+            raise ValueError(f"dim: expected 2 or 3 (a 2-D or 3-D grid), got {dim!r}")
+        _check_int("channels", channels, 1)
+        for name, v in (("pre", pre), ("low", low), ("post", post)):
+            _check_int(name, v, 0)
+        self.dim, self.channels = dim, channels
+        conv = nn.Conv3d if dim == 3 else nn.Conv2d
+        self.first = conv(1, channels, 3, padding=1)  # linear: no activation after it
+        self.pre = nn.Sequential(*[_Block(conv, channels) for _ in range(pre)])
+        self.low = nn.Sequential(*[_Block(conv, channels) for _ in range(low)])
+        self.post = nn.Sequential(*[_Block(conv, channels) for _ in range(post)])
+        self.last = conv(channels, 1, 3, padding=1)  # linear output
+
+    def forward(self, r: Tensor, A: Optional[Any] = None) -> Tensor:
+        if not isinstance(r, Tensor) or r.dim() != self.dim + 1:
+            got = tuple(r.shape) if isinstance(r, Tensor) else type(r).__name__
+            raise ValueError(f"r: expected a batch of {self.dim}-D grids (B, {', '.join('n' * self.dim)}), got {got}")
+        rms = r.flatten(1).square().mean(1).sqrt()
+        rms = torch.where(rms > 0, rms, torch.ones_like(rms)).view(-1, *([1] * self.dim))
+        h = self.pre(self.first((r / rms).unsqueeze(1)))
+        pool = F.avg_pool3d if self.dim == 3 else F.avg_pool2d
+        l_ = self.low(pool(h, 2, ceil_mode=True))
+        h = h + F.interpolate(l_, size=tuple(h.shape[2:]), mode="nearest")
+        return self.last(self.post(h)).squeeze(1)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, channels={self.channels}"

@@ -1,0 +1,285 @@
+"""``DCDMTask``: train a learned search direction (``unroll.models.DCDM``) on Poisson systems and
+score it, as :func:`unroll.solvers.conjugate_directions`, against CG, Jacobi-PCG and IC-PCG.
+
+Training is unsupervised: the network maps a right-hand side ``b`` to a direction ``q`` and is
+trained on :class:`unroll.ScaleInvariantLoss` ``‖b − Aq (qᵀb)/(qᵀAq)‖²`` (``A`` the batch's
+Laplacian). At test time (``trainer.test``, ``unroll evaluate``) every method solves each test
+system to the relative residual ``tol`` and reports, per system, the iterations it took, the
+wall time and the residual after every iteration.
+
+How the solves reach the generic evaluation: a run's "trajectory" is a *trace*, one ``(B, 2)``
+tensor per iteration holding ``[‖r_k‖/‖b‖, wall seconds of the whole solve per system]``,
+padded with the final row to the budget ``max_iter`` (a sample that stopped stays where it
+stopped); :class:`RelativeResidual` and :class:`SolveTime` read it, :class:`unroll.metrics.Iterations`
+reads the iteration counts. ``unroll evaluate`` then prints and writes the curves
+(``rel_residual.png``), the mean iterations and times, and per-system tables.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Dict, List, Literal, Optional
+
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+from torchmetrics import Metric
+
+from unroll.linalg import cg
+from unroll.losses import Loss, ScaleInvariantLoss
+from unroll.metrics import Iterations
+from unroll.operators import LinearOperator
+from unroll.preconditioners import IncompleteCholesky, JacobiPreconditioner
+from unroll.problem import QuadraticProblem
+from unroll.solvers import conjugate_directions
+
+from .scoring import Baseline, BaselineRun
+from .task import ReconstructionTask
+
+__all__ = ["DCDMTask", "KrylovBaseline", "RelativeResidual", "SolveTime", "solve_trace"]
+
+
+def solve_trace(history: Optional[Tensor], final: Tensor, seconds: float, budget: int) -> List[Tensor]:
+    """The trace of a solve: ``budget`` tensors ``(B, 2)``, row ``k`` = ``[‖r_k‖/‖b‖ after
+    iteration k+1, seconds per system]``.
+
+    Args:
+        history: ``(B, K)`` relative residual after each iteration (``None`` or ``K = 0``: no
+            iteration ran), ``K ≤ budget``.
+        final: ``(B,)`` the final relative residual (used when no iteration ran).
+        seconds: wall time of the whole batch's solve.
+    """
+    B = final.shape[0]
+    per = torch.full((B,), seconds / max(B, 1), dtype=torch.float64)
+    if history is None or history.shape[1] == 0:
+        rows = [final.detach().cpu().to(torch.float64)]
+    else:
+        h = history.detach().cpu().to(torch.float64)
+        rows = list(h.unbind(1))
+    if len(rows) > budget:
+        raise ValueError(f"history: {len(rows)} iterations, more than the budget {budget}")
+    rows += [rows[-1]] * (budget - len(rows))
+    return [torch.stack([r, per], dim=1) for r in rows]
+
+
+class _TraceMetric(Metric):
+    """Mean over systems of one column of a solve trace ``(B, 2)`` (``update(trace, target)``;
+    ``target`` is not read)."""
+
+    is_differentiable = False
+    full_state_update = False
+    higher_is_better = False
+    reads = "estimate"
+    label = ""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.add_state("total", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def _values(self, trace: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _check(self, trace: Tensor) -> None:
+        if trace.dim() != 2 or trace.shape[1] != 2:
+            raise ValueError(f"preds: {type(self).__name__} reads a solve trace (B, 2) [relative residual, "
+                             f"seconds], got shape {tuple(trace.shape)}; use it with DCDMTask and KrylovBaseline")
+
+    def update(self, preds: Tensor, target: Optional[Tensor] = None) -> None:
+        self._check(preds)
+        v = self._values(preds).to(self.total.device)
+        self.total += v.sum()
+        self.count += v.numel()
+
+    def compute(self) -> Tensor:
+        return self.total / self.count
+
+    def per_sample(self, preds: Tensor, target: Optional[Tensor] = None) -> Tensor:
+        self._check(preds)
+        return self._values(preds)
+
+
+class RelativeResidual(_TraceMetric):
+    """``log10(‖r_k‖/‖b‖)`` per iteration, mean over the systems (a geometric mean of the residual)."""
+
+    label = "log10 rel. residual"
+
+    def _values(self, trace: Tensor) -> Tensor:
+        return torch.log10(trace[:, 0].to(torch.float64).clamp_min(1e-300))
+
+
+class SolveTime(_TraceMetric):
+    """Wall time of a solve per system, in milliseconds (a batch's time over its systems)."""
+
+    label = "ms per system"
+
+    def _values(self, trace: Tensor) -> Tensor:
+        return 1000.0 * trace[:, 1].to(torch.float64)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class KrylovBaseline(Baseline):
+    """CG, Jacobi-preconditioned CG or IC(0)-preconditioned CG (:func:`unroll.cg`) to a tolerance,
+    reporting a solve trace (see the module notes).
+
+    Args:
+        method: ``"cg"``, ``"jacobi"`` or ``"ic"``.
+        tol: relative residual to reach.
+        max_iter: budget (``None``: the evaluated model's, i.e. the length of its trace).
+        name: column name (default: ``CG``, ``Jacobi-PCG``, ``IC-PCG``).
+
+    The wall time is the solve's; the preconditioner's set-up (IC(0) factorisation) is not
+    included (it is kept in :attr:`setup_seconds`, per operator).
+    """
+
+    _NAMES = {"cg": "CG", "jacobi": "Jacobi-PCG", "ic": "IC-PCG"}
+
+    def __init__(self, method: Literal["cg", "jacobi", "ic"] = "cg", tol: float = 1e-4, max_iter: Optional[int] = None,
+                 name: Optional[str] = None) -> None:
+        if method not in self._NAMES:
+            raise ValueError(f"method: expected one of {', '.join(map(repr, self._NAMES))}, got {method!r}")
+        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 <= tol < float("inf"):
+            raise ValueError(f"tol: expected a finite number >= 0, got {tol!r}")
+        if max_iter is not None and (isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1):
+            raise ValueError(f"max_iter: expected an int >= 1 or None, got {max_iter!r}")
+        self.method, self.tol, self.max_iter = method, float(tol), max_iter
+        self.name = name or self._NAMES[method]
+        self.setup_seconds: List[float] = []
+
+    def preconditioner(self, operator: LinearOperator):
+        if self.method == "cg":
+            return None
+        t0 = time.perf_counter()
+        M = JacobiPreconditioner(operator) if self.method == "jacobi" else IncompleteCholesky(operator)
+        self.setup_seconds.append(time.perf_counter() - t0)
+        return M
+
+    def run(self, operator: LinearOperator, y: Tensor, num_iters: int, lam: float) -> BaselineRun:
+        budget = self.max_iter or num_iters
+        M = self.preconditioner(operator)
+        if M is not None:
+            M = M.to(device=y.device)
+        _sync(y.device)
+        t0 = time.perf_counter()
+        _, info = cg(operator, y, M=M, tol=self.tol, max_iter=budget, check_every=1, record_history=True,
+                     on_failure="warn")
+        _sync(y.device)
+        seconds = time.perf_counter() - t0
+        return BaselineRun(solve_trace(info.residual_history, info.residual, seconds, budget), info.iterations)
+
+    def description(self, lam: float) -> str:
+        return f"{self.name} (tol {self.tol:g})"
+
+
+def _default_metrics() -> Dict[str, Metric]:
+    return {"rel_residual": RelativeResidual(), "iterations": Iterations(), "ms_per_system": SolveTime()}
+
+
+class DCDMTask(ReconstructionTask):
+    """Train a learned search direction ``model(r) → q`` (e.g. ``unroll.models.DCDM``) on the
+    scale-invariant loss, and test it inside :func:`unroll.solvers.conjugate_directions`.
+
+    Args:
+        model: the network, ``(B, *grid) → (B, *grid)``.
+        loss: default :class:`unroll.ScaleInvariantLoss` (``loss(q, None, QuadraticProblem(A, b))``).
+        optimizer, lr_scheduler: as :class:`ReconstructionTask` (Adam by default).
+        tol: relative residual the test solves stop at (the paper's ``1e-4``).
+        max_iter: budget of every test solve (and the length of the residual curves).
+        orthogonalize: previous directions the learned one is A-orthogonalised against.
+        safeguard: :func:`~unroll.solvers.conjugate_directions`'s fallback ratio.
+        metrics: default ``rel_residual`` (:class:`RelativeResidual`), ``iterations``
+            (:class:`unroll.metrics.Iterations`) and ``ms_per_system`` (:class:`SolveTime`).
+        baselines: default CG, Jacobi-PCG and IC-PCG (:class:`KrylovBaseline`) at ``tol``.
+        compile, compile_mode: as :class:`ReconstructionTask`.
+
+    Batches: ``unroll.data.Batch(y=b, x=solution or None, operator={"mask": ...})`` from
+    :class:`unroll.data.PoissonDataModule`. The network's output is zeroed on solid cells
+    (where the Laplacian is the identity and ``b`` is zero) before the loss, as the solver does.
+    Logged: ``train/loss``, ``val/loss``; at test ``test/iterations``, ``test/rel_residual``,
+    ``test/ms_per_system`` and ``test/fallbacks`` (mean steps per system that used the CG direction).
+    """
+
+    def __init__(self, model: nn.Module, loss: Optional[Loss] = None,
+                 optimizer: OptimizerCallable = torch.optim.Adam, lr_scheduler: Optional[LRSchedulerCallable] = None,
+                 tol: float = 1e-4, max_iter: int = 300, orthogonalize: int = 2, safeguard: float = 1.0,
+                 metrics: Optional[Dict[str, Metric]] = None, baselines: Optional[List[Baseline]] = None,
+                 compile: bool = False, compile_mode: Optional[str] = None) -> None:
+        if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+            raise ValueError(f"max_iter: expected an int >= 1, got {max_iter!r}")
+        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 <= tol < float("inf"):
+            raise ValueError(f"tol: expected a finite number >= 0, got {tol!r}")
+        super().__init__(model, loss=loss if loss is not None else ScaleInvariantLoss(), weighting="last",
+                         optimizer=optimizer, lr_scheduler=lr_scheduler,
+                         metrics=metrics if metrics is not None else _default_metrics(),
+                         baselines=baselines if baselines is not None else [
+                             KrylovBaseline("cg", tol), KrylovBaseline("jacobi", tol), KrylovBaseline("ic", tol)],
+                         compile=compile, compile_mode=compile_mode)
+        self.tol, self.max_iter, self.orthogonalize, self.safeguard = float(tol), max_iter, orthogonalize, safeguard
+
+    # ------------------------------------------------------------------ the network's direction
+    def _problem(self, y: Tensor, operator: LinearOperator) -> QuadraticProblem:
+        return QuadraticProblem(operator, y)
+
+    @staticmethod
+    def _mask(q: Tensor, operator: LinearOperator) -> Tensor:
+        mask = getattr(operator, "mask", None)
+        return q if mask is None else q * mask.to(q.dtype)
+
+    def direction(self, r: Tensor) -> Tensor:
+        """The network's direction ``(B, *grid) → (B, *grid)`` (through ``torch.compile`` with ``compile=True``)."""
+        dtype = next((p.dtype for p in self.model.parameters() if p.is_floating_point()), r.dtype)
+        return self(r.to(dtype), None).to(r.dtype)
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        op = self.batch_operator(batch)
+        loss = self.loss(self._mask(self(batch.y, op), op), None, self._problem(batch.y, op))
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"train/loss is {float(loss.detach())} at step {self.global_step}: the model "
+                                     "diverged (learning rate too high?); stopping before a non-finite checkpoint")
+        self.log("train/loss", loss, batch_size=batch.y.shape[0])
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        op = self.batch_operator(batch)
+        loss = self.loss(self._mask(self(batch.y, op), op), None, self._problem(batch.y, op))
+        self.log("val/loss", loss, batch_size=batch.y.shape[0], prog_bar=True, sync_dist=True)
+
+    # ------------------------------------------------------------------ solving
+    def solve(self, operator: LinearOperator, b: Tensor, record_history: bool = True):
+        """``conjugate_directions(operator, b, direction=network, ...)`` with the task's settings →
+        ``(x, info)``."""
+        return conjugate_directions(operator, b, direction=self.direction, tol=self.tol, max_iter=self.max_iter,
+                                    orthogonalize=self.orthogonalize, safeguard=self.safeguard,
+                                    record_history=record_history)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        op = self.batch_operator(batch)
+        _sync(batch.y.device)
+        t0 = time.perf_counter()
+        _, info = self.solve(op, batch.y)
+        _sync(batch.y.device)
+        seconds = time.perf_counter() - t0
+        self._fallbacks.append(info.fallbacks.detach().cpu())
+        self._test_tracker.update(solve_trace(info.residual_history, info.residual, seconds, self.max_iter),
+                                  batch.x, iterations=info.iterations, meta=getattr(batch, "meta", None))
+
+    def on_test_epoch_start(self) -> None:
+        super().on_test_epoch_start()
+        self._fallbacks: List[Tensor] = []
+
+    def on_test_epoch_end(self) -> None:
+        self.test_results = self._test_tracker.compute()
+        self.test_per_sample = self._test_tracker.per_sample()
+        for key, values in self.test_results.items():
+            self.log(f"test/{key}", values[-1])
+        if self._fallbacks:
+            self.log("test/fallbacks", float(torch.cat(self._fallbacks).double().mean()))
+
+    def predict_step(self, batch, batch_idx: int) -> Tensor:
+        """The solutions ``(B, *grid)`` of the batch's systems (conjugate directions to ``tol``)."""
+        x, _ = self.solve(self.batch_operator(batch), batch.y, record_history=False)
+        return x
