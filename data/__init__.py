@@ -65,3 +65,8 @@ from .denoising import (SHIPPED_IMAGES, LaplaceDenoisingDataModule, PatchDenoisi
 
 __all__ += ["PatchDenoisingDataModule", "LaplaceDenoisingDataModule", "load_shipped_image", "SHIPPED_IMAGES",
             "make_patch_batch", "make_laplace_batch"]
+
+# bilevel (issue 16)
+from .tabular import TabularBatch, TabularDataModule  # noqa: E402
+
+__all__ += ["TabularBatch", "TabularDataModule"]

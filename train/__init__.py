@@ -27,3 +27,8 @@ __all__ += ["MRIReconstructionTask", "MRILoss", "FastMRITracker", "MRIBaseline"]
 from .lpn import DenoisingTask, ProjectLPN, ProximalMatchingSchedule  # noqa: E402
 
 __all__ += ["DenoisingTask", "ProjectLPN", "ProximalMatchingSchedule"]
+
+# bilevel (issue 16)
+from .bilevel import BilevelTask  # noqa: E402
+
+__all__ += ["BilevelTask"]
