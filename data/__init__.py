@@ -54,6 +54,10 @@ from .poisson import (  # noqa: E402
     OBSTACLE_SHAPES, PoissonDataModule, lanczos, make_poisson_systems, obstacle_mask, ritz_rhs)
 
 __all__ += ["PoissonDataModule", "OBSTACLE_SHAPES", "obstacle_mask", "lanczos", "ritz_rhs", "make_poisson_systems"]
+# Deblurring / denoising of scikit-image's bundled images (issue 15)
+from .deblurring import DeblurringDataModule, load_image, make_blur  # noqa: E402
+
+__all__ += ["DeblurringDataModule", "load_image", "make_blur"]
 
 # Denoising data for learned proximal networks (issue 15)
 from .denoising import (SHIPPED_IMAGES, LaplaceDenoisingDataModule, PatchDenoisingDataModule,  # noqa: E402
@@ -61,3 +65,8 @@ from .denoising import (SHIPPED_IMAGES, LaplaceDenoisingDataModule, PatchDenoisi
 
 __all__ += ["PatchDenoisingDataModule", "LaplaceDenoisingDataModule", "load_shipped_image", "SHIPPED_IMAGES",
             "make_patch_batch", "make_laplace_batch"]
+
+# bilevel (issue 16)
+from .tabular import TabularBatch, TabularDataModule  # noqa: E402
+
+__all__ += ["TabularBatch", "TabularDataModule"]

@@ -16,8 +16,18 @@ __all__ = ["UnrolledModel", "CNNProx", "LearnedISTA", "LearnedIHT", "LISTA", "LI
 from .dcdm import DCDM  # noqa: E402
 
 __all__ += ["DCDM"]
+# MRI (issue 17): MoDL and the classical baselines
+from .modl import MoDL, MoDLDenoiser  # noqa: E402
+from .mri_baselines import CompressedSensing, HaarWaveletL1, ZeroFilled  # noqa: E402
 
+__all__ += ["MoDL", "MoDLDenoiser", "ZeroFilled", "CompressedSensing", "HaarWaveletL1"]
 # Learned proximal networks (issue 15)
 from .lpn import LPN, ConvLPN, LearnedProxNet  # noqa: E402
 
 __all__ += ["LPN", "ConvLPN", "LearnedProxNet"]
+
+# Plug-and-play (issue 15): denoisers usable as a prox, PnP solvers, unrolled PnP
+from .denoisers import Denoise, DenoiserProx, DnCNN, UNet, as_prox  # noqa: E402
+from .pnp import PnPADMMStep, UnrolledPnP, pnp_admm, pnp_pgd  # noqa: E402
+
+__all__ += ["DnCNN", "UNet", "DenoiserProx", "Denoise", "as_prox", "PnPADMMStep", "UnrolledPnP", "pnp_admm", "pnp_pgd"]

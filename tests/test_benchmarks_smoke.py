@@ -187,3 +187,19 @@ def test_overhead_smallest(bench, monkeypatch, capsys):
     assert names[:2] == ["plain loop", "lean-kernel loop"] and "framework" in names
     assert float(rows[0][2]) == 1.0 and all(float(r[1]) > 0 for r in rows)
     assert "framework output vs plain loop at init: max rel. diff" in text
+
+def test_mri_modl_smoke(bench, tmp_path, capsys):
+    """benchmarks/mri_modl.py (issue 17): unroll fit on configs/modl.yaml then unroll evaluate,
+    the report table and the results JSON (2 steps of a tiny MoDL, cheap baselines)."""
+    load, run = bench
+    mod = load("mri_modl")
+    mod.ROOT = scratch_root(tmp_path)
+    run(mod, "--smoke", "--workdir", str(tmp_path / "work"))
+    out = capsys.readouterr().out
+    rows = {r[0]: r for r in table_rows(out, "| method | SSIM")}
+    assert len(rows) == 3 and {"zero-filled (SENSE)", "MoDL"} <= set(rows), rows
+    assert any(k.startswith("CS, Haar wavelet ℓ1") and "λ = " in k for k in rows), rows
+    assert all(0 < float(r[1]) <= 1 for r in rows.values())
+    result = json.loads((mod.ROOT / "benchmarks" / "results" / "mri_modl.json").read_text())
+    assert set(result["metrics"]) == {"zero_filled", "cs_wavelet", "MoDL"} and result["tuned"]["cs_wavelet"]["lam"] > 0
+    assert (mod.ROOT / "benchmarks" / "figures" / "mri_modl_panel.png").is_file()

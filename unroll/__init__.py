@@ -47,7 +47,6 @@ from .losses import ScaleInvariantLoss  # noqa: E402
 from .solvers import ConjugateDirectionsInfo, conjugate_directions  # noqa: E402
 
 __all__ += ["ScaleInvariantLoss", "conjugate_directions", "ConjugateDirectionsInfo"]
-
 # Learned proximal networks (issue 15): the losses they are trained with
 from .losses import L1Loss, L2Loss, ProximalMatchingLoss, proximal_matching  # noqa: E402
 

@@ -44,7 +44,8 @@ from .prox import L1, ElasticNet, SquaredL2
 from .steps import GradientStep, ProxGradStep
 from .unrolled import Unrolled
 
-__all__ = ["hypergrad", "BilevelInfo", "METHODS", "ridge", "lasso", "elastic_net", "logistic"]
+__all__ = ["hypergrad", "BilevelInfo", "METHODS", "ridge", "lasso", "elastic_net", "logistic", "multinomial_logistic",
+           "LassoCV", "ElasticNetCV", "LogisticRegressionCV"]
 
 METHODS = ("unrolled", "implicit", "penalty")
 
@@ -60,6 +61,7 @@ class BilevelInfo:
             its ``backward`` holds the adjoint solve's (``implicit``).
         penalized: the penalised inner solve's info (``penalty`` only).
         penalty: the penalty ``ρ`` (``penalty`` only).
+        x: the inner solution ``(B, *shape)``, detached (a warm start for the next outer step).
     """
 
     method: str
@@ -67,6 +69,7 @@ class BilevelInfo:
     inner: SolverInfo
     penalized: Optional[SolverInfo] = None
     penalty: Optional[float] = None
+    x: Optional[Tensor] = None
 
     @property
     def backward(self) -> Optional[SolverInfo]:
@@ -187,7 +190,7 @@ def hypergrad(inner: Callable[..., Problem], outer: Callable[..., Tensor], hpara
         out = Unrolled(st, num_iters=num_iters)(problem, x0, grad_mode=mode)
         loss = outer(out.x, *hparams)
         grads = torch.autograd.grad(loss, hparams, allow_unused=True)
-        return _fill(grads, hparams), BilevelInfo("unrolled", float(loss.detach()), out.info)
+        return _fill(grads, hparams), BilevelInfo("unrolled", float(loss.detach()), out.info, x=out.x.detach())
 
     if method == "implicit":
         mode = GradMode("implicit", forward_tol=tol, backward_solver=as_linear_solver(
@@ -196,7 +199,7 @@ def hypergrad(inner: Callable[..., Problem], outer: Callable[..., Tensor], hpara
         out = Unrolled(st, num_iters=num_iters)(problem, x0, check_every=check_every, grad_mode=mode)
         loss = outer(out.x, *hparams)
         grads = torch.autograd.grad(loss, hparams, allow_unused=True)
-        return _fill(grads, hparams), BilevelInfo("implicit", float(loss.detach()), out.info)
+        return _fill(grads, hparams), BilevelInfo("implicit", float(loss.detach()), out.info, x=out.x.detach())
 
     # penalty: two inner solves without a graph, then first-order terms only
     problem, st = build()
@@ -217,7 +220,8 @@ def hypergrad(inner: Callable[..., Problem], outer: Callable[..., Tensor], hpara
     grads = torch.autograd.grad(value, hparams, allow_unused=True)
     with torch.no_grad():
         loss = float(outer(x_star, *hparams))
-    return _fill(grads, hparams), BilevelInfo("penalty", loss, star.info, penalized=pen.info, penalty=float(penalty))
+    return _fill(grads, hparams), BilevelInfo("penalty", loss, star.info, penalized=pen.info, penalty=float(penalty),
+                                         x=x_star)
 
 
 def _fill(grads, hparams) -> Tuple[Tensor, ...]:
@@ -250,10 +254,30 @@ def _design(X: Tensor, y: Tensor, scale: float = 1.0) -> Tuple[MatrixOperator, T
     return MatrixOperator(X * scale), (y * scale).to(X.dtype)
 
 
-def ridge(X: Tensor, y: Tensor, alpha) -> Problem:
-    """scikit-learn's ``Ridge(alpha, fit_intercept=False)``: ``‖y − Xw‖² + α‖w‖²`` (as its half,
-    ``½‖Xw − y‖² + α/2·‖w‖²``, the same minimiser). Returns a least-squares :class:`Problem`."""
+def _sample_weight(sample_weight, n: int, like: Tensor) -> Optional[Tensor]:
+    """``sample_weight`` as a ``(n,)`` or ``(B, n)`` tensor (kept in the graph), checked."""
+    if sample_weight is None:
+        return None
+    s = torch.as_tensor(sample_weight, dtype=like.dtype, device=like.device) if not isinstance(
+        sample_weight, Tensor) else sample_weight
+    if s.dim() not in (1, 2) or s.shape[-1] != n:
+        raise ValueError(f"sample_weight: expected ({n},) or (B, {n}) weights (one per row of X), got shape "
+                         f"{tuple(s.shape)}")
+    if bool((s.detach() < 0).any()) or not bool(torch.isfinite(s.detach()).all()):
+        raise ValueError("sample_weight: expected finite weights >= 0")
+    return s
+
+
+def ridge(X: Tensor, y: Tensor, alpha, sample_weight=None) -> Problem:
+    """scikit-learn's ``Ridge(alpha, fit_intercept=False)``: ``Σ_i s_i(y_i − x_iᵀw)² + α‖w‖²``
+    (as its half, ``½‖S^½(Xw − y)‖² + α/2·‖w‖²``, the same minimiser), with per-sample weights
+    ``s`` ``(n,)`` (``sample_weight``, default 1; a tensor keeps its graph). Returns a
+    least-squares :class:`Problem`."""
     op, yy = _design(X, y)
+    s = _sample_weight(sample_weight, X.shape[-2], op.matrix)
+    if s is not None:
+        r = s.sqrt()
+        op, yy = MatrixOperator(op.matrix * r.unsqueeze(-1)), yy * r
     return Problem.create(op, yy, SquaredL2(alpha))
 
 
@@ -272,23 +296,103 @@ def elastic_net(X: Tensor, y: Tensor, alpha, l1_ratio: float = 0.5) -> Problem:
     return Problem.create(op, yy, ElasticNet(alpha * l1_ratio, alpha * (1 - l1_ratio)))
 
 
-def logistic(X: Tensor, y: Tensor, lam) -> SmoothProblem:
+def _weighted_mean(loss: Tensor, s: Optional[Tensor]) -> Tensor:
+    """``(1/n) Σ_i s_i loss_i`` over the last dim of ``loss`` ``(B, n)``."""
+    return loss.mean(-1) if s is None else (s * loss).mean(-1)
+
+
+def logistic(X: Tensor, y: Tensor, lam, sample_weight=None) -> SmoothProblem:
     """Binary ℓ2-regularised logistic regression (labels 0/1, no intercept):
-    ``(1/n) Σ_i log(1 + exp(−s_i x_iᵀw)) + ½ Σ_j λ_j w_j²`` with ``s_i = 2y_i − 1``; a scalar
-    ``λ`` is scikit-learn's ``LogisticRegression(C=1/(n·λ), fit_intercept=False)``. ``λ`` may be
-    per feature ``(d,)``. The Lipschitz constant ``‖X‖²/(4n) + max λ`` is given to the problem."""
+    ``(1/n) Σ_i s_i log(1 + exp(−t_i x_iᵀw)) + ½ Σ_j λ_j w_j²`` with ``t_i = 2y_i − 1``; a scalar
+    ``λ`` is scikit-learn's ``LogisticRegression(C=1/(n·λ), fit_intercept=False)`` (and
+    ``sample_weight=s``). ``λ`` may be per feature ``(d,)`` (a zero entry leaves that feature
+    unpenalised, e.g. an intercept column); ``s`` ``(n,)`` are per-sample weights (default 1;
+    a tensor keeps its graph: hyper-cleaning). The Lipschitz constant
+    ``max s·‖X‖²/(4n) + max λ`` is given to the problem. The unknown ``w`` is ``(B, d)``."""
     op, yy = _design(X, y)
     Xb = op.matrix if op.matrix.dim() == 3 else op.matrix.unsqueeze(0).expand(yy.shape[0], *op.matrix.shape)
     if bool(((yy != 0) & (yy != 1)).any()):
         raise ValueError("y: expected binary labels 0/1")
     n = Xb.shape[1]
-    lam_t = torch.as_tensor(lam, dtype=Xb.dtype)
+    lam_t = _check_penalty(lam, Xb, "lam")
+    s = _sample_weight(sample_weight, n, Xb)
+    s_b = None if s is None else (s.unsqueeze(0) if s.dim() == 1 else s).expand(yy.shape[0], n)
 
     def f(w: Tensor, data) -> Tensor:
-        X_, t = data
+        X_, t, sw = data
         z = torch.einsum("bnd,bd->bn", X_, w)
-        return (torch.nn.functional.softplus(z) - t * z).mean(1) + 0.5 * (lam_t * w * w).sum(1)
+        return _weighted_mean(torch.nn.functional.softplus(z) - t * z, sw) + 0.5 * (lam_t * w * w).sum(1)
 
     with torch.no_grad():
-        lip = torch.linalg.matrix_norm(Xb.detach(), ord=2) ** 2 / (4 * n) + lam_t.detach().max()
-    return SmoothProblem(f, (Xb, yy), lipschitz=lip, like=Xb.new_zeros(Xb.shape[0], Xb.shape[2]))
+        smax = 1.0 if s is None else float(s.detach().max())
+        lip = torch.linalg.matrix_norm(Xb.detach(), ord=2) ** 2 * smax / (4 * n) + lam_t.detach().max()
+    return SmoothProblem(f, (Xb, yy, s_b), lipschitz=lip, like=Xb.new_zeros(Xb.shape[0], Xb.shape[2]))
+
+
+def _check_penalty(lam, like: Tensor, name: str) -> Tensor:
+    lam_t = lam if isinstance(lam, Tensor) else torch.as_tensor(lam, dtype=like.dtype, device=like.device)
+    if not bool(torch.isfinite(lam_t.detach()).all()) or bool((lam_t.detach() < 0).any()):
+        raise ValueError(f"{name}: expected finite penalties >= 0, got {lam_t.detach().flatten()[:4].tolist()}")
+    return lam_t
+
+
+def multinomial_logistic(X: Tensor, y: Tensor, lam, n_classes: Optional[int] = None,
+                         sample_weight=None) -> SmoothProblem:
+    """Multiclass (multinomial, softmax) ℓ2-regularised logistic regression, no intercept:
+    ``(1/n) Σ_i s_i CE(Wᵀx_i, y_i) + ½ Σ_j λ_j ‖W_j‖²`` over ``W`` ``(d, C)`` (the unknown is
+    ``(B, d, C)``); a scalar ``λ`` is scikit-learn's multinomial
+    ``LogisticRegression(C=1/(n·λ), fit_intercept=False)``, ``λ`` may be per feature ``(d,)``
+    or ``(d, C)``, and ``s`` ``(n,)`` are per-sample weights (a tensor keeps its graph).
+
+    Args:
+        X: ``(n, d)`` or ``(B, n, d)`` features.
+        y: ``(n,)`` or ``(B, n)`` integer labels in ``0..C-1``.
+        lam: the penalty (number, ``()``, ``(d,)``, ``(d, C)``; ``>= 0``).
+        n_classes: ``C`` (default: ``max(y) + 1``).
+        sample_weight: ``(n,)`` or ``(B, n)`` weights ``>= 0``.
+
+    The Lipschitz constant ``max s·‖X‖²/(2n) + max λ`` is given to the problem.
+    """
+    if not isinstance(y, Tensor):
+        raise ValueError(f"y: expected a tensor of integer labels, got {type(y).__name__}")
+    if y.is_floating_point():
+        if not bool((y == y.round()).all()):
+            raise ValueError("y: expected integer class labels 0..C-1, got non-integer values")
+        y = y.long()
+    op, yy = _design(X, y.to(X.dtype))
+    yy = yy.long()
+    Xb = op.matrix if op.matrix.dim() == 3 else op.matrix.unsqueeze(0).expand(yy.shape[0], *op.matrix.shape)
+    C = int(yy.max()) + 1 if n_classes is None else int(n_classes)
+    if C < 2 or bool((yy < 0).any()) or bool((yy >= C).any()):
+        raise ValueError(f"y: expected labels in 0..{C - 1} (n_classes={C}), got min {int(yy.min())}, max {int(yy.max())}")
+    n = Xb.shape[1]
+    lam_t = _check_penalty(lam, Xb, "lam")
+    if lam_t.dim() == 1:
+        lam_t = lam_t.unsqueeze(-1)  # per feature: the same for every class
+    s = _sample_weight(sample_weight, n, Xb)
+    s_b = None if s is None else (s.unsqueeze(0) if s.dim() == 1 else s).expand(yy.shape[0], n)
+    onehot = torch.nn.functional.one_hot(yy, C).to(Xb.dtype)
+
+    def f(W: Tensor, data) -> Tensor:
+        X_, Y, sw = data
+        z = torch.einsum("bnd,bdc->bnc", X_, W)
+        ce = torch.logsumexp(z, -1) - (Y * z).sum(-1)
+        return _weighted_mean(ce, sw) + 0.5 * (lam_t * W * W).flatten(1).sum(1)
+
+    with torch.no_grad():
+        smax = 1.0 if s is None else float(s.detach().max())
+        lip = torch.linalg.matrix_norm(Xb.detach(), ord=2) ** 2 * smax / (2 * n) + lam_t.detach().max()
+    return SmoothProblem(f, (Xb, onehot, s_b), lipschitz=lip, like=Xb.new_zeros(Xb.shape[0], Xb.shape[2], C))
+
+
+_FRONT_ENDS = ("LassoCV", "ElasticNetCV", "LogisticRegressionCV")
+
+
+def __getattr__(name: str):
+    # the scikit-learn front ends live in unroll.bilevel_cv, imported on first use so that
+    # ``import unroll`` does not import scikit-learn
+    if name in _FRONT_ENDS:
+        from . import bilevel_cv
+
+        return getattr(bilevel_cv, name)
+    raise AttributeError(f"module 'unroll.bilevel' has no attribute {name!r}")

@@ -32,3 +32,8 @@ __all__ = [
     "poisson_disc_mask", "SENSE", "MultiCoilMRI", "CoilSensitivities", "rss", "sense_combine", "estimate_sensitivities",
     "center_crop",  # fastMRI data (issue 17)
 ]
+
+# Deblurring (issue 15)
+from .blur import Blur, BoxBlur, GaussianBlur, MotionBlur, box_kernel, motion_kernel  # noqa: E402
+
+__all__ += ["Blur", "GaussianBlur", "BoxBlur", "MotionBlur", "box_kernel", "motion_kernel"]

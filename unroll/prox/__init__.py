@@ -35,3 +35,9 @@ __all__ = [
     "L1Ball",
     "LowRank",
 ]
+
+# Image priors for plug-and-play (issue 15)
+from .tv import TotalVariation, tv_prox, tv_value  # noqa: E402
+from .wavelet import WAVELETS, WaveletL1, dwt2, idwt2  # noqa: E402
+
+__all__ += ["TotalVariation", "tv_prox", "tv_value", "WaveletL1", "dwt2", "idwt2", "WAVELETS"]
