@@ -85,8 +85,11 @@ def acs_mask(mask: Tensor) -> Tensor:
 
 
 def reduce_coils(k: Tensor, maps: Tensor) -> Tensor:
-    """``R(k) = Σ_c conj(S_c) F⁻¹ k_c``: multi-coil k-space ``(B, C, H, W)`` → image ``(B, H, W)``."""
-    return torch.sum(maps.conj() * ifft2c(k), dim=1)
+    """``R(k) = Σ_c conj(S_c) F⁻¹ k_c``: multi-coil k-space ``(B, C, H, W)`` → image ``(B, H, W)``.
+
+    ``conj_physical``, not ``conj``: under ``torch.compile`` (inductor, torch 2.13) the lazy
+    conjugate view of ``conj()`` gave wrong values once the image came out of a convolution."""
+    return torch.sum(torch.conj_physical(maps) * ifft2c(k), dim=1)
 
 
 def expand_coils(x: Tensor, maps: Tensor) -> Tensor:

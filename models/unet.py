@@ -29,7 +29,7 @@ def _int_at_least(value, name: str, low: int) -> int:
 def complex_to_channels(x: Tensor) -> Tensor:
     """Complex ``(B, C, H, W)`` → real ``(B, 2C, H, W)`` (channel ``2c`` real, ``2c+1`` imaginary)."""
     b, c, h, w = x.shape
-    return torch.view_as_real(x).permute(0, 1, 4, 2, 3).reshape(b, 2 * c, h, w)
+    return torch.stack([x.real, x.imag], dim=2).reshape(b, 2 * c, h, w)
 
 
 def channels_to_complex(x: Tensor) -> Tensor:
@@ -37,7 +37,7 @@ def channels_to_complex(x: Tensor) -> Tensor:
     b, c2, h, w = x.shape
     if c2 % 2:
         raise ValueError(f"x: expected an even number of channels (real, imaginary pairs), got shape {tuple(x.shape)}")
-    return torch.view_as_complex(x.reshape(b, c2 // 2, 2, h, w).permute(0, 1, 3, 4, 2).contiguous())
+    return torch.complex(x[:, 0::2], x[:, 1::2])
 
 
 class _ConvBlock(nn.Sequential):
