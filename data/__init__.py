@@ -39,3 +39,12 @@ __all__ = [
     "measure",
     "STANDARD_SHAPE",
 ]
+
+# fastMRI data (issue 17)
+from .fastmri import (BUILTIN_SPLIT, BucketBatchSampler, FastMRIDataModule, FastMRIFileError, FastMRISliceDataset,
+                      collate_fastmri, load_builtin_images, scan_fastmri_file, write_builtin_dataset)
+from .fastmri_writer import birdcage_maps, ismrmrd_header, simulate_multicoil, write_fastmri_file, write_fastmri_volume
+
+__all__ += ["FastMRIDataModule", "FastMRISliceDataset", "FastMRIFileError", "BucketBatchSampler", "collate_fastmri",
+            "scan_fastmri_file", "load_builtin_images", "write_builtin_dataset", "BUILTIN_SPLIT", "birdcage_maps",
+            "ismrmrd_header", "simulate_multicoil", "write_fastmri_file", "write_fastmri_volume"]

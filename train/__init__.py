@@ -9,3 +9,8 @@ from .task import ReconstructionTask
 __all__ = ["ReconstructionTask", "StageWise", "ReportPaths", "PredictionWriter", "Baseline", "SolverBaseline",
            "AdjointBaseline", "MetricTracker", "AtomicCheckpointIO", "CheckpointError", "load_checkpoint",
            "verify_checkpoint"]
+
+# fastMRI predictions (issue 17)
+from .fastmri_predictions import FastMRIPredictionWriter, read_reconstructions, score_reconstructions
+
+__all__ += ["FastMRIPredictionWriter", "read_reconstructions", "score_reconstructions"]

@@ -64,6 +64,8 @@ class MetricTracker:
 
     @staticmethod
     def _extra(metric: Metric, meta: Mapping) -> Dict[str, Tensor]:
+        if getattr(metric, "uses_meta", False) and meta:  # per-volume metrics (unroll.metrics.FastMRISSIM ...)
+            return {"meta": meta}
         if getattr(metric, "uses_data_range", False) and meta and "data_range" in meta:
             return {"data_range": meta["data_range"]}
         return {}

@@ -21,10 +21,12 @@ from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint, P
 from lightning.pytorch.cli import LightningCLI
 
 from .callbacks import PredictionWriter, ReportPaths, RunProgressBar, fit_summary
+from .fastmri_predictions import FastMRIPredictionWriter
 
 __all__ = ["UnrollCLI"]
 
 _FILE_LOGGERS = ("CSVLogger", "TensorBoardLogger")
+_PREDICTION_WRITERS = {"fastmri": FastMRIPredictionWriter}  # data module's prediction_layout -> writer
 _RUN_ENV = "_UNROLL_RUN_DIR"  # the run folder rank 0 chose, for the processes DDP starts
 
 
@@ -145,7 +147,10 @@ class UnrollCLI(LightningCLI):
         elif not any(isinstance(c, ProgressBar) for c in [*listed, *callbacks]):
             callbacks = [*callbacks, RunProgressBar()]
         if self.subcommand == "predict" and not any(isinstance(c, BasePredictionWriter) for c in [*listed, *callbacks]):
-            callbacks = [*callbacks, PredictionWriter(_default_predictions_dir(self.config["predict"].get("ckpt_path")))]
+            out = _default_predictions_dir(self.config["predict"].get("ckpt_path"))
+            # a data module may ask for its own layout (FastMRIDataModule: "fastmri", one file per volume)
+            layout = getattr(self.datamodule, "prediction_layout", None)
+            callbacks = [*callbacks, _PREDICTION_WRITERS.get(layout, PredictionWriter)(out)]
         config["callbacks"] = listed
         return super()._instantiate_trainer(config, callbacks)
 

@@ -17,7 +17,8 @@ from .base import LinearOperator
 from .fft import fft2c, ifft2c
 from .masks import as_binary_mask, center_mask
 
-__all__ = ["SENSE", "MultiCoilMRI", "CoilSensitivities", "rss", "sense_combine", "estimate_sensitivities"]
+__all__ = ["SENSE", "MultiCoilMRI", "CoilSensitivities", "rss", "sense_combine", "estimate_sensitivities",
+           "center_crop"]
 
 
 def _coil_check(t: Tensor, maps: Tensor, name: str) -> None:
@@ -305,3 +306,30 @@ def estimate_sensitivities(kspace: Tensor, num_low_freqs: int, threshold: float 
     keep = norm > limit
     safe = torch.where(keep, norm, torch.ones_like(norm))
     return torch.where(keep, low / safe, torch.zeros_like(low))
+
+
+def center_crop(x: Tensor, shape) -> Tensor:
+    """The centre ``(h, w)`` of the last two dimensions of ``x``, as fastMRI's ``center_crop``
+    (rows from ``(H − h) // 2``, columns from ``(W − w) // 2``); real or complex, any leading dims.
+
+    Args:
+        x: ``(..., H, W)`` tensor (images ``(B, H, W)``, coil images ``(B, C, H, W)``, ...).
+        shape: ``(h, w)`` with ``1 <= h <= H`` and ``1 <= w <= W``.
+
+    Returns:
+        ``(..., h, w)``, a view of ``x``.
+    """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x: expected a torch.Tensor (..., H, W), got {type(x).__name__}")
+    if x.dim() < 2:
+        raise ValueError(f"x: expected at least 2 dimensions (..., H, W), got shape {tuple(x.shape)}")
+    try:
+        h, w = (int(s) for s in shape)
+    except (TypeError, ValueError):
+        raise ValueError(f"shape: expected (h, w), got {shape!r}") from None
+    H, W = x.shape[-2:]
+    if not (1 <= h <= H and 1 <= w <= W):
+        raise ValueError(f"shape: the crop {(h, w)} must fit into the last two dims {(H, W)} of x "
+                         f"(shape {tuple(x.shape)})")
+    top, left = (H - h) // 2, (W - w) // 2
+    return x[..., top:top + h, left:left + w]
