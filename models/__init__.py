@@ -12,6 +12,12 @@ from .tilista import TiLISTA
 __all__ = ["UnrolledModel", "CNNProx", "LearnedISTA", "LearnedIHT", "LISTA", "LISTASS", "LISTACP", "LISTACPSS",
            "TiLISTA", "ALISTA", "LearnedPGD", "analytic_weight", "support_selection_schedule"]
 
+# MRI (issue 17): MoDL and the classical baselines
+from .modl import MoDL, MoDLDenoiser  # noqa: E402
+from .mri_baselines import CompressedSensing, HaarWaveletL1, ZeroFilled  # noqa: E402
+
+__all__ += ["MoDL", "MoDLDenoiser", "ZeroFilled", "CompressedSensing", "HaarWaveletL1"]
+
 # --- MRI models of issue 18 (E2E VarNet, RecurrentVarNet, CIRIM) and their shared parts
 from .cirim import CIRIM, CIRIMOutput, RIMState, RIMStep, time_step_loss, time_step_weights
 from .mri_blocks import ConvGRUCell, ConvGRUStack, MRIProblem, SensitivityNet, acs_mask

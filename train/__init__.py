@@ -14,3 +14,8 @@ __all__ = ["ReconstructionTask", "StageWise", "ReportPaths", "PredictionWriter",
 from .fastmri_predictions import FastMRIPredictionWriter, read_reconstructions, score_reconstructions
 
 __all__ += ["FastMRIPredictionWriter", "read_reconstructions", "score_reconstructions"]
+
+# MRI (issue 17): the MRI task, its loss, fastMRI evaluation and baselines
+from .mri import FastMRITracker, MRIBaseline, MRILoss, MRIReconstructionTask  # noqa: E402
+
+__all__ += ["MRIReconstructionTask", "MRILoss", "FastMRITracker", "MRIBaseline"]

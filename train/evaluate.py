@@ -69,20 +69,33 @@ def _add_data_argument(parser) -> None:
                              "'{init_args: {snr_db: 30}}' or a whole '{class_path: ..., init_args: ...}'")
 
 
-def run_baselines(task, datamodule, num_iters: int, lam: float) -> Tuple[Results, Results]:
+def run_baselines(task, datamodule, num_iters: int, lam: float,
+                  trackers_out: Optional[Dict] = None) -> Tuple[Results, Results]:
     """Score each of ``task.baselines`` with ``task.metrics`` on ``datamodule``'s test split, batch
     by batch, each batch with its own operator (:meth:`ReconstructionTask.batch_operator`), on the
     CPU.
 
+    A task with a ``make_tracker()`` method scores with the tracker it makes (e.g. the MRI
+    task's per-volume fastMRI metrics) instead of a :class:`MetricTracker` of its metrics; a
+    baseline with a ``prepare(task, datamodule)`` method is prepared first (e.g. its λ tuned on
+    the validation split).
+
     Args:
         num_iters: the iteration budget (the evaluated models' depth).
         lam: ``λ`` of the baselines without their own (``--lam``).
+        trackers_out: if given, filled with ``{baseline: tracker}``.
 
     Returns:
         ``({baseline: {key: [value per iteration]}}, {baseline: {key: [final value per sample]}})``.
     """
     task = task.to("cpu")
-    trackers = {b.name: MetricTracker(task.metrics) for b in task.baselines}
+    make = getattr(task, "make_tracker", None)
+    for b in task.baselines:
+        if callable(getattr(b, "prepare", None)):
+            b.prepare(task, datamodule)
+    trackers = {b.name: make() if callable(make) else MetricTracker(task.metrics) for b in task.baselines}
+    if trackers_out is not None:
+        trackers_out.update(trackers)
     with torch.no_grad():
         for batch in datamodule.test_dataloader():
             op = task.batch_operator(batch)
@@ -260,6 +273,7 @@ def evaluate_main(argv: Optional[List[str]] = None) -> Results:
     first = None  # (task, datamodule) of the first checkpoint: its test set, metrics and baselines
     model_names = []
     per_sample: Results = {}
+    trackers: Dict = {}  # {method: its tracker}, for a task's own report (write_evaluation)
     for path in ckpts:
         embedded = None
         if not use_config:
@@ -269,6 +283,7 @@ def evaluate_main(argv: Optional[List[str]] = None) -> Results:
         task, datamodule, accelerator = _build(embedded, argv)
         results[path] = _test_curve(task, datamodule, path, accelerator, trust=cfg["trust_checkpoint"])
         per_sample[path] = task.test_per_sample
+        trackers[path] = getattr(task, "_test_tracker", None)
         data_id = (datamodule.describe() if hasattr(datamodule, "describe") else None,
                    None if task.operator is None else task.operator.fingerprint())
         if reference is None:
@@ -285,10 +300,11 @@ def evaluate_main(argv: Optional[List[str]] = None) -> Results:
     names = list(cfg["names"]) if cfg["names"] is not None else _unique_names(model_names)
     results = dict(zip(names, results.values()))
     per_sample = dict(zip(names, per_sample.values()))
+    trackers = dict(zip(names, trackers.values()))
 
     task, datamodule = first
     depth = max(len(c) for r in results.values() for c in r.values())
-    base_results, base_per_sample = run_baselines(task, datamodule, depth, cfg["lam"])
+    base_results, base_per_sample = run_baselines(task, datamodule, depth, cfg["lam"], trackers_out=trackers)
     clash = sorted(set(base_results) & set(results))
     if clash:
         raise ValueError(f"names: {clash} name both a model and a baseline; choose other --names")
@@ -302,6 +318,9 @@ def evaluate_main(argv: Optional[List[str]] = None) -> Results:
     _print_tables(results, title, labels)
     _print_per_sample(per_sample, task.metrics, labels)
     paths = write_report(results, cfg["output_dir"], title, per_sample=per_sample, labels=labels)
+    if callable(getattr(task, "write_evaluation", None)):  # a task's own tables and figures (MRI: panels)
+        extra = task.write_evaluation(trackers, cfg["output_dir"])
+        print("also: " + "  ".join(extra.values()), flush=True)
     plots = "  ".join(v for k, v in paths.items() if k.startswith("plot_"))
     print(f"metrics: {paths['json']}  {paths['csv']}  {paths.get('per_sample_csv', '')}  plots: {plots}", flush=True)
     return results
