@@ -172,16 +172,19 @@ class SensitivityNet(nn.Module):
     ``y`` ``(B, C, H, W)`` → keep the ACS region (:func:`acs_mask`) → inverse FFT → low-resolution
     coil images → each coil separately (coils folded into the batch) through a
     :class:`~unroll.models.unet.NormUNet` (1 complex channel) → divided by their
-    root-sum-of-squares, so ``Σ_c |S_c|² = 1``. At initialisation the U-Net's output is not the
-    identity; training end to end refines it (the reconstruction loss flows into the maps).
+    root-sum-of-squares, so ``Σ_c |S_c|² = 1``. Training end to end refines it (the
+    reconstruction loss flows into the maps).
 
     Args:
         channels, num_pools: of the U-Net.
+        identity_init: the U-Net is residual and starts as the identity, so the untrained maps are
+            the low-resolution ratio estimate (:func:`~unroll.operators.mri.estimate_sensitivities`
+            without its window); ``False``: a randomly initialised U-Net, as fastMRI's.
     """
 
-    def __init__(self, channels: int = 8, num_pools: int = 4) -> None:
+    def __init__(self, channels: int = 8, num_pools: int = 4, identity_init: bool = True) -> None:
         super().__init__()
-        self.unet = NormUNet(1, channels, num_pools)
+        self.unet = NormUNet(1, channels, num_pools, zero_init=identity_init, residual=identity_init)
 
     def forward(self, y: Tensor, mask: Tensor) -> Tensor:
         """``y`` ``(B, C, H, W)`` complex, ``mask`` ``(B|1, 1, H|1, W)`` 0/1 → maps ``(B, C, H, W)``."""

@@ -139,13 +139,23 @@ class NormUNet(nn.Module):
         channels: U-Net features of the first level.
         num_pools: U-Net pooling levels.
         dropout: U-Net dropout.
+        zero_init: start from the zero map: the U-Net's last convolution is zero-initialised and
+            the output is ``std · U(·)`` without the mean added back (the refinement of an
+            untrained cascade is then exactly 0). ``False``: fastMRI-style ``std · U(·) + mean``
+            from a random initialisation.
+        residual: output ``x + (the above)`` (with ``zero_init``, the identity at start).
     """
 
-    def __init__(self, channels_in: int = 1, channels: int = 18, num_pools: int = 4, dropout: float = 0.0) -> None:
+    def __init__(self, channels_in: int = 1, channels: int = 18, num_pools: int = 4, dropout: float = 0.0,
+                 zero_init: bool = False, residual: bool = False) -> None:
         super().__init__()
         _int_at_least(channels_in, "channels_in", 1)
         self.channels_in = channels_in
+        self.zero_init, self.residual = bool(zero_init), bool(residual)
         self.unet = UNet(2 * channels_in, 2 * channels_in, channels, num_pools, dropout)
+        if self.zero_init:
+            nn.init.zeros_(self.unet.out.weight)
+            nn.init.zeros_(self.unet.out.bias)
 
     def _pad_sizes(self, n: int) -> Tuple[int, int]:
         m = 2 ** self.unet.num_pools
@@ -167,4 +177,5 @@ class NormUNet(nn.Module):
         z = F.pad(z, (left, right, top, bottom))
         z = self.unet(z)
         z = z[..., top:top + h, left:left + w]
-        return channels_to_complex(z * std + mean)
+        out = channels_to_complex(z * std if self.zero_init else z * std + mean)
+        return x + out if self.residual else out

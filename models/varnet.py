@@ -54,6 +54,7 @@ class VarNetCascade(Step):
         channels, num_pools: of the U-Net (:class:`~unroll.models.unet.NormUNet`).
         dc_weight: initial data-consistency weight ``η > 0``; ``float("inf")`` for hard DC.
         learn_dc_weight: learn ``η`` (softplus-positive).
+        zero_init: the U-Net's refinement starts at exactly 0 (see :class:`~unroll.models.unet.NormUNet`).
 
     Shapes: state ``KSpaceState(k (B, C, H, W))`` → same.
     """
@@ -61,9 +62,9 @@ class VarNetCascade(Step):
     fixed_point = False
 
     def __init__(self, channels: int = 18, num_pools: int = 4, dc_weight: float = 1.0,
-                 learn_dc_weight: bool = True) -> None:
+                 learn_dc_weight: bool = True, zero_init: bool = False) -> None:
         super().__init__()
-        self.unet = NormUNet(1, channels, num_pools)
+        self.unet = NormUNet(1, channels, num_pools, zero_init=zero_init)
         self.dc = DCWeight(dc_weight, learn_dc_weight)
 
     def init_state(self, x0: Tensor, problem) -> KSpaceState:
@@ -96,6 +97,10 @@ class VarNet(nn.Module):
             trained end to end) or ``"operator"`` (the maps the SENSE operator carries).
         dc_weight: initial data-consistency weight of every cascade; ``float("inf")``: hard DC.
         learn_dc_weight: learn one weight per cascade.
+        identity_init: start from a network that does nothing learned: the cascades' refinements
+            are exactly 0 (so the untrained VarNet returns the SENSE-combined zero-filled image
+            with its DC) and the sensitivity U-Net is the identity on the ACS ratio estimate.
+            Helps small training budgets; ``False`` is fastMRI's random initialisation.
         grad_mode: gradient mode (:mod:`unroll.autodiff`): ``"full"``, ``"truncated"``,
             ``"checkpoint"`` (one cascade per segment by default: ``GradMode("checkpoint",
             segments=num_cascades)``) or a :class:`~unroll.autodiff.GradMode`.
@@ -110,7 +115,7 @@ class VarNet(nn.Module):
 
     def __init__(self, num_cascades: int = 12, channels: int = 18, num_pools: int = 4, sens_channels: int = 8,
                  sens_pools: int = 4, sensitivities: Literal["learned", "operator"] = "learned",
-                 dc_weight: float = 1.0, learn_dc_weight: bool = True,
+                 dc_weight: float = 1.0, learn_dc_weight: bool = True, identity_init: bool = True,
                  grad_mode: Union[str, GradMode] = "full") -> None:
         super().__init__()
         if isinstance(num_cascades, bool) or not isinstance(num_cascades, int) or num_cascades < 1:
@@ -122,8 +127,9 @@ class VarNet(nn.Module):
             mode = GradMode("checkpoint", segments=num_cascades, on_failure=mode.on_failure)
         self.num_cascades = num_cascades
         self.sensitivities = sensitivities
-        self.sens_net = SensitivityNet(sens_channels, sens_pools) if sensitivities == "learned" else None
-        cascades: List[VarNetCascade] = [VarNetCascade(channels, num_pools, dc_weight, learn_dc_weight)
+        self.sens_net = (SensitivityNet(sens_channels, sens_pools, identity_init) if sensitivities == "learned"
+                         else None)
+        cascades: List[VarNetCascade] = [VarNetCascade(channels, num_pools, dc_weight, learn_dc_weight, identity_init)
                                          for _ in range(num_cascades)]
         self.unrolled = Unrolled(cascades, grad_mode=mode)
 
