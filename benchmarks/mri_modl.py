@@ -86,7 +86,8 @@ def main() -> None:
     results = {"config": os.path.relpath(args.config, ROOT), "threads": args.threads, "fit_wall_s": wall,
                "fit_cpu_s": cpu, "evaluate_wall_s": ev_wall, "load_before": load_before, "load_after": load_after,
                "trained": trained, "checkpoint": ckpt.name,
-               "metrics": {m: {k: report[m][k][-1] for k in ("nmse", "psnr", "ssim")} for m, _ in METHODS if m in report},
+               "metrics": {m: {k: report[m][k][-1] for k in ("nmse", "psnr", "ssim")}
+                           for m, _ in METHODS if m in report},
                "per_volume": volumes, "tuned": tuned, "cpu": cpu_name(), "torch": torch.__version__}
     (ROOT / "benchmarks" / "results").mkdir(parents=True, exist_ok=True)
     (ROOT / "benchmarks" / "results" / "mri_modl.json").write_text(json.dumps(results, indent=1))

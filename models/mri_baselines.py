@@ -9,7 +9,7 @@ validation split there.
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Tuple
+from typing import Literal, Optional
 
 import torch
 from torch import Tensor, nn

@@ -15,7 +15,7 @@ from unroll.info import SolverInfo
 from unroll.metrics import fastmri_nmse, fastmri_psnr, fastmri_ssim
 from unroll.models import CompressedSensing, MoDL, MoDLDenoiser, ZeroFilled
 from unroll.models.mri_baselines import HaarWaveletL1, haar2, ihaar2
-from unroll.operators import SENSE, adjoint_test, random_mask
+from unroll.operators import SENSE, random_mask
 from unroll.train import FastMRITracker, MRIBaseline, MRILoss, MRIReconstructionTask
 
 
@@ -225,8 +225,8 @@ def test_haar_is_orthonormal_and_the_prox_is_exact(float64_default):
     x = torch.randn(2, 16, 24, dtype=torch.complex128)
     c = haar2(x, 3)
     assert torch.allclose(c.norm(), x.norm()) and torch.allclose(ihaar2(c, 3), x)
-    adj = (haar2(x, 3) * torch.randn_like(x).conj()).sum()
-    assert torch.is_tensor(adj)
+    c2 = torch.randn_like(x)  # ihaar2 is the adjoint: <W x, c> = <x, Wᵀ c>
+    assert torch.allclose((haar2(x, 3) * c2.conj()).sum(), (x * ihaar2(c2, 3).conj()).sum())
     # prox optimality: p = argmin ½‖p − v‖² + t λ‖Wp‖₁ beats any perturbation
     reg = HaarWaveletL1(0.3, levels=3)
     v = torch.randn(1, 16, 24, dtype=torch.complex128)
@@ -384,12 +384,44 @@ def test_cli_fit_then_evaluate_writes_tables_and_panels(tmp_path, monkeypatch, c
     main(["fit", "--config", str(cfg)])
     ckpt = sorted(tmp_path.rglob("last.ckpt"))[-1]
     out = tmp_path / "eval"
-    results = main(["evaluate", "--ckpt_path", str(ckpt), "--output_dir", str(out)])
+    main(["evaluate", "--ckpt_path", str(ckpt), "--output_dir", str(out)])
     printed = capsys.readouterr().out
     assert "SSIM" in printed
     report = json.loads((out / "metrics.json").read_text())
     assert set(report) == {"MoDL", "zero_filled", "cs_wavelet"}
-    assert set(report["MoDL"]) >= {"nmse", "psnr", "ssim", "per_sample_ssim"} and len(report["MoDL"]["per_sample_ssim"]) == 4
+    assert set(report["MoDL"]) >= {"nmse", "psnr", "ssim", "per_sample_ssim"}
+    assert len(report["MoDL"]["per_sample_ssim"]) == 4
     volumes = json.loads((out / "per_volume.json").read_text())
     assert len(volumes) == 3 * 2 and {"fname", "slices", "nmse", "psnr", "ssim", "method"} <= set(volumes[0])
     assert (out / "per_slice.csv").exists() and len(list((out / "panels").glob("*.png"))) == 2
+
+
+# ---------------------------------------------------------------------------------- the configs
+CONFIGS = __import__("pathlib").Path(__file__).resolve().parents[1] / "configs"
+_SMALL_SPLIT = "--data.init_args.builtin_split={train: [0], val: [3], test: [1]}"
+
+
+def test_modl_config_fits_on_the_builtin_data(tmp_path, monkeypatch):
+    from unroll.train.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "--config", str(CONFIGS / "modl.yaml"), f"--trainer.default_root_dir={tmp_path}",
+          "--trainer.max_steps=2", "--trainer.max_time=null", "--trainer.limit_val_batches=1",
+          "--trainer.val_check_interval=2", "--model.init_args.model.init_args.num_layers=1",
+          "--model.init_args.model.init_args.features=8", _SMALL_SPLIT])
+    ckpt = sorted(tmp_path.rglob("last.ckpt"))
+    assert ckpt
+    state = torch.load(ckpt[-1], map_location="cpu", weights_only=True)
+    assert state["global_step"] == 2 and state["unroll"]["model_class"] == "unroll.models.modl.MoDL"
+
+
+@pytest.mark.parametrize("name", ["mri_zero_filled", "mri_cs"])
+def test_baseline_configs_score_the_test_split(name, tmp_path, monkeypatch, capsys):
+    from unroll.train.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    extra = ["--model.init_args.model.init_args.max_iter=5"] if name == "mri_cs" else []
+    main(["test", "--config", str(CONFIGS / f"{name}.yaml"), "--trainer.enable_progress_bar=false", _SMALL_SPLIT,
+          *extra])
+    out = capsys.readouterr().out
+    assert "test/ssim" in out and "test/psnr" in out and "test/nmse" in out
