@@ -160,7 +160,8 @@ def _sampled(k, op):
 def test_varnet_hard_dc_keeps_sampled_kspace_and_soft_dc_moves_it():
     torch.manual_seed(0)
     x, op, y = random_data()
-    hard = VarNet(num_cascades=2, channels=4, num_pools=2, sensitivities="operator", dc_weight=float("inf"))
+    hard = VarNet(num_cascades=2, channels=4, num_pools=2, sensitivities="operator", dc_weight=float("inf"),
+                  identity_init=False)  # refinements not 0 from the start
     out = hard(y, op, return_trajectory=True)
     k = out.state.k
     torch.testing.assert_close(_sampled(k, op), _sampled(y, op), rtol=0, atol=1e-6)  # exactly the measurements
@@ -168,7 +169,8 @@ def test_varnet_hard_dc_keeps_sampled_kspace_and_soft_dc_moves_it():
     # finite weights: the sampled entries move, by an amount that depends on the weight
     moved = []
     for weight in (0.5, 1.0):
-        soft = VarNet(num_cascades=2, channels=4, num_pools=2, sensitivities="operator", dc_weight=weight)
+        soft = VarNet(num_cascades=2, channels=4, num_pools=2, sensitivities="operator", dc_weight=weight,
+                      identity_init=False)
         soft.load_state_dict({k_: v for k_, v in hard.state_dict().items() if "dc" not in k_}, strict=False)
         ks = soft(y, op, return_trajectory=True).state.k
         diff = (_sampled(ks, op) - _sampled(y, op)).abs().max()
@@ -184,7 +186,8 @@ def test_varnet_cascade_is_the_papers_update():
     """One cascade: k − η M(k − y) − E(U(R(k))), checked against the formula."""
     torch.manual_seed(0)
     x, op, y = random_data(dtype=torch.complex64)
-    model = VarNet(num_cascades=1, channels=4, num_pools=2, sensitivities="operator", dc_weight=0.7)
+    model = VarNet(num_cascades=1, channels=4, num_pools=2, sensitivities="operator", dc_weight=0.7,
+                   identity_init=False)
     cascade = model.unrolled.steps[0]
     k0 = y + 0.1 * torch.randn_like(y)
     problem = MRIProblem(op=op, y=y, maps=op.maps, mask=op.mask.float())
@@ -193,6 +196,9 @@ def test_varnet_cascade_is_the_papers_update():
     ref = k0 - eta * op.mask * (k0 - y) - expand_coils(cascade.unet(reduce_coils(k0, op.maps)[:, None])[:, 0], op.maps)
     torch.testing.assert_close(got, ref)
     assert float(eta.detach()) == pytest.approx(0.7, rel=1e-5)
+    # with identity_init the refinement starts at exactly 0: the untrained VarNet is zero-filled + DC
+    zero = VarNet(num_cascades=2, channels=4, num_pools=2, sensitivities="operator")
+    torch.testing.assert_close(zero(y, op), op.adjoint(y))
 
 
 def test_recurrent_varnet_hard_dc_keeps_sampled_kspace():

@@ -19,3 +19,8 @@ __all__ += ["FastMRIPredictionWriter", "read_reconstructions", "score_reconstruc
 from .mri import FastMRITracker, MRIBaseline, MRILoss, MRIReconstructionTask  # noqa: E402
 
 __all__ += ["MRIReconstructionTask", "MRILoss", "FastMRITracker", "MRIBaseline"]
+
+# MRI (issue 18): the loss over every time step (CIRIM)
+from .mri import MRITimeStepTask  # noqa: E402
+
+__all__ += ["MRITimeStepTask"]
