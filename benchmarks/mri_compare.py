@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import math
 import os
 import platform
 import sys
@@ -329,8 +328,8 @@ def markdown(report: Dict) -> str:
                 mem = f"{r['saved_bytes_full'] / 2**20:.1f}"
                 mem += f" → {r['saved_bytes_checkpoint'] / 2**20:.1f}" if "saved_bytes_checkpoint" in r else " (n/a)"
             lines.append(f"| {LABELS[m]} | {r['ssim']:.4f} | {r['psnr']:.2f} | {r['nmse']:.4f} | "
-                         f"{r.get('params', 0):,} | {r.get('train_seconds', 0):.0f} | {1000 * r['seconds_per_slice']:.1f} "
-                         f"| {mem} |")
+                         f"{r.get('params', 0):,} | {r.get('train_seconds', 0):.0f} | "
+                         f"{1000 * r['seconds_per_slice']:.1f} | {mem} |")
         lines.append("")
     return "\n".join(lines)
 

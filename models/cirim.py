@@ -29,7 +29,6 @@ not: the state is no fixed point).
 
 from __future__ import annotations
 
-import math
 from typing import Callable, List, Literal, NamedTuple, Optional, Union
 
 import torch

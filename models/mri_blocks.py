@@ -28,8 +28,8 @@ from unroll.problem import LeastSquares
 
 from .unet import NormUNet
 
-__all__ = ["acs_mask", "reduce_coils", "expand_coils", "soft_dc", "hard_dc", "MRIProblem", "SensitivityNet", "ConvGRUCell",
-           "ConvGRUStack", "check_mri_call", "data_scale", "DCWeight"]
+__all__ = ["acs_mask", "reduce_coils", "expand_coils", "soft_dc", "hard_dc", "MRIProblem", "SensitivityNet",
+           "ConvGRUCell", "ConvGRUStack", "check_mri_call", "data_scale", "DCWeight"]
 
 
 def check_mri_call(y: Tensor, op, model: str) -> Tuple[Tensor, Tensor]:

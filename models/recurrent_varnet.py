@@ -26,7 +26,7 @@ fixed point).
 
 from __future__ import annotations
 
-from typing import List, Literal, NamedTuple, Optional, Sequence, Union
+from typing import List, Literal, NamedTuple, Sequence, Union
 
 import torch
 from torch import Tensor, nn

@@ -41,7 +41,8 @@ def channels_to_complex(x: Tensor) -> Tensor:
 
 
 class _ConvBlock(nn.Sequential):
-    """Two ``3×3 conv → InstanceNorm → LeakyReLU(0.2) → Dropout2d`` layers ``(B, cin, H, W) → (B, cout, H, W)``."""
+    """Two ``3×3 conv → InstanceNorm → LeakyReLU(0.2) → Dropout2d`` layers, ``(B, cin, H, W) →
+    (B, cout, H, W)``."""
 
     def __init__(self, cin: int, cout: int, dropout: float) -> None:
         layers = []
@@ -86,7 +87,8 @@ class UNet(nn.Module):
         _int_at_least(num_pools, "num_pools", 1)
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
             raise ValueError(f"dropout: expected a probability in [0, 1), got {dropout!r}")
-        self.in_channels, self.out_channels, self.channels, self.num_pools = in_channels, out_channels, channels, num_pools
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.channels, self.num_pools = channels, num_pools
         self.down = nn.ModuleList()
         ch = channels
         cin = in_channels

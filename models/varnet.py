@@ -23,7 +23,7 @@ cascades have untied weights and are no fixed-point map).
 
 from __future__ import annotations
 
-from typing import List, Literal, NamedTuple, Optional, Union
+from typing import List, Literal, NamedTuple, Union
 
 from torch import Tensor, nn
 

@@ -7,15 +7,13 @@ by the operators' masks; the operator's maps are estimated from the ACS lines, a
 does.
 """
 
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from unroll.metrics import ssim
 from unroll.models import CIRIM, RecurrentVarNet, VarNet, acs_mask, time_step_loss, time_step_weights
-from unroll.models.mri_blocks import ConvGRUStack, MRIProblem, data_scale, expand_coils, reduce_coils
+from unroll.models.mri_blocks import MRIProblem, data_scale, expand_coils, reduce_coils
 from unroll.models.unet import NormUNet, UNet, channels_to_complex, complex_to_channels
 from unroll.operators import SENSE
 from unroll.operators.masks import center_mask, equispaced_mask, poisson_disc_mask
