@@ -31,3 +31,14 @@ from .denoisers import Denoise, DenoiserProx, DnCNN, UNet, as_prox  # noqa: E402
 from .pnp import PnPADMMStep, UnrolledPnP, pnp_admm, pnp_pgd  # noqa: E402
 
 __all__ += ["DnCNN", "UNet", "DenoiserProx", "Denoise", "as_prox", "PnPADMMStep", "UnrolledPnP", "pnp_admm", "pnp_pgd"]
+
+# --- MRI models of issue 18 (E2E VarNet, RecurrentVarNet, CIRIM) and their shared parts
+from .cirim import CIRIM, CIRIMOutput, RIMState, RIMStep, time_step_loss, time_step_weights  # noqa: E402
+from .mri_blocks import ConvGRUCell, ConvGRUStack, MRIProblem, SensitivityNet, acs_mask
+from .recurrent_varnet import RecurrentInit, RecurrentState, RecurrentVarNet, RecurrentVarNetStep
+from .unet import NormUNet  # (its plain U-Net is unroll.models.unet.UNet; unroll.models.UNet is the denoiser)
+from .varnet import KSpaceState, VarNet, VarNetCascade
+
+__all__ += ["VarNet", "VarNetCascade", "KSpaceState", "RecurrentVarNet", "RecurrentVarNetStep", "RecurrentInit",
+            "RecurrentState", "CIRIM", "CIRIMOutput", "RIMStep", "RIMState", "time_step_loss", "time_step_weights",
+            "NormUNet", "ConvGRUCell", "ConvGRUStack", "SensitivityNet", "MRIProblem", "acs_mask"]

@@ -32,3 +32,8 @@ __all__ += ["DenoisingTask", "ProjectLPN", "ProximalMatchingSchedule"]
 from .bilevel import BilevelTask  # noqa: E402
 
 __all__ += ["BilevelTask"]
+
+# MRI (issue 18): the loss over every time step (CIRIM)
+from .mri import MRITimeStepTask  # noqa: E402
+
+__all__ += ["MRITimeStepTask"]

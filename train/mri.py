@@ -456,3 +456,42 @@ def _write_panel(folder: Path, key: Tuple[str, int], trackers: Mapping[str, Fast
     path = atomic_write(folder / f"{safe}_slice{num}.png", lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)
     return path
+
+
+# ---------------------------------------------------------------------------------- issue 18
+class MRITimeStepTask(MRIReconstructionTask):
+    """:class:`MRIReconstructionTask` whose training loss is taken over every time step of the
+    model (CIRIM's training, Karkalousos et al. 2022), validation and test as the parent's.
+
+    The model is called ``model(y, op, return_trajectory=True)`` and its output's ``trajectory``
+    is either nested (per cascade, per time step: :class:`~unroll.models.CIRIM`) or flat (per
+    step: :class:`~unroll.models.RecurrentVarNet`, :class:`~unroll.models.VarNet`, one cascade).
+    The loss is :func:`unroll.models.cirim.time_step_loss` of :class:`MRILoss` on each estimate
+    (magnitude, centre-cropped to the target): per cascade the time steps weighted by
+    ``logspace(−1, 0, T)`` and averaged, then averaged over cascades.
+
+    Args: as :class:`MRIReconstructionTask`.
+    """
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        from unroll.models.cirim import time_step_loss
+
+        if batch.x is None:
+            raise ValueError("batch.x: the MRI task is supervised and needs the target images, got None")
+        out = self(batch.y, self.batch_operator(batch), return_trajectory=True, **self._depth())
+        traj = getattr(out, "trajectory", None)
+        if not traj:
+            raise ValueError(f"model: {type(self.model).__name__} returned no trajectory with return_trajectory=True; "
+                             "MRITimeStepTask needs the estimate of every time step")
+        nested = traj if isinstance(traj[0], (list, tuple)) else [traj]
+        d = volume_data_range(batch.meta, batch.x)
+        loss = time_step_loss(nested, lambda z: self.loss(magnitude_crop(z, batch.x.shape), batch.x, data_range=d))
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"train/loss is {float(loss.detach())} at step {self.global_step}: the model "
+                                     "diverged (a learning rate too high, or bad input); stopping before a non-finite "
+                                     "checkpoint is written")
+        self.log("train/loss", loss, batch_size=batch.y.shape[0])
+        return loss
+
+
+__all__ += ["MRITimeStepTask"]

@@ -85,7 +85,9 @@ class CoilSensitivities(LinearOperator):
         return self._maps() * x.unsqueeze(1)
 
     def _adjoint(self, y: Tensor) -> Tensor:
-        return torch.sum(self._maps().conj() * y, dim=1)
+        # a physical conjugate: inductor miscompiled the lazy conj view in graphs that apply the
+        # normal operator twice with a convolution in between (found with VarNet/CIRIM compiled)
+        return torch.sum(torch.conj_physical(self._maps()) * y, dim=1)
 
     def normal(self, x: Tensor) -> Tensor:
         """``Σ_c |S_c|² x`` ``(B, H, W) → (B, H, W)``."""
@@ -190,7 +192,7 @@ class SENSE(LinearOperator):
         return fft2c(self._maps() * x.unsqueeze(1)) * self.mask
 
     def _adjoint(self, y: Tensor) -> Tensor:
-        return torch.sum(self._maps().conj() * ifft2c(y * self.mask), dim=1)
+        return torch.sum(torch.conj_physical(self._maps()) * ifft2c(y * self.mask), dim=1)
 
     def normal(self, x: Tensor) -> Tensor:
         """``AᴴA x = Σ_c conj(S_c) Fᴴ M F(S_c x)`` ``(B, H, W) → (B, H, W)`` (one masking)."""
