@@ -245,10 +245,10 @@ class DivergeAt(Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step >= self.step:
-            from unroll.parametrize import PositiveEntry, PositiveScalar
+            from unroll.parametrize import PositiveScalar
 
-            for name, m in pl_module.model.named_modules():  # per-layer scalars, or entries of a vector
-                if name.endswith(".step") and isinstance(m, (PositiveScalar, PositiveEntry)):
+            for name, m in pl_module.model.named_modules():
+                if name.endswith(".step") and isinstance(m, PositiveScalar):
                     m.set_(1000.0)
 
 

@@ -68,7 +68,6 @@ def test_schedule_depth_learning_rates_and_trainable_layers(tmp_path):
 def test_untrained_layers_do_not_move_and_warm_start_copies(tmp_path):
     t = task(3)
     t.bind(data().get_operator())
-    t.model.unpack_scalars()  # per-layer parameters to read (StageWise would unpack them itself)
     before = [p.detach().clone() for p in t.model.layer_parameters(2)]
     sw = StageWise(patience=1, min_delta=100.0, warm_start=True)
     seen = {}

@@ -191,11 +191,7 @@ class StageWise(Callback):
     # ------------------------------------------------------------------ hooks
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit":
-            model = self._check_module(pl_module)
-            if getattr(model, "packed", False) and callable(getattr(model, "unpack_scalars", None)):
-                # layers are frozen by parameter: per-layer scalars kept in one vector (learned
-                # ISTA's default) become per-layer parameters, before the optimiser is built
-                model.unpack_scalars()
+            self._check_module(pl_module)
             ddp_kwargs = getattr(trainer.strategy, "_ddp_kwargs", None)
             if isinstance(ddp_kwargs, dict) and not ddp_kwargs.get("find_unused_parameters", False):
                 # frozen layers give parameters without gradients, which DDP must be told to expect

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.functional import softplus
 
-__all__ = ["PositiveScalar", "PositiveEntry", "inverse_softplus", "LogScale", "SimplexWeights", "UnitWeights"]
+__all__ = ["PositiveScalar", "inverse_softplus", "LogScale", "SimplexWeights", "UnitWeights"]
 
 
 def inverse_softplus(y: Union[float, Tensor], beta: float = 1.0) -> Tensor:
@@ -95,84 +95,6 @@ class PositiveScalar(nn.Module):
 
     def extra_repr(self) -> str:
         return f"learnable={self.learnable}" + (f", beta={self.beta:g}" if self.beta != 1.0 else "")
-
-
-class PositiveEntry(nn.Module):
-    """Entry ``index`` of a vector :class:`PositiveScalar` that another module owns.
-
-    Per-layer scalars (the step sizes and thresholds of learned ISTA) are cheaper to train as one
-    ``(K,)`` parameter than as ``K`` 0-dim ones: an optimiser such as Adam pays its per-tensor
-    bookkeeping once instead of ``K`` times. The model owns the vector and each layer reads its
-    entry through a ``PositiveEntry``, which behaves like a 0-dim :class:`PositiveScalar`
-    (calling it returns the value, same softplus and sharpness) but holds no parameter of its
-    own: the vector is referenced, not registered, so it is stored, moved and optimised once,
-    with its owner.
-
-    Args:
-        bank: the vector ``PositiveScalar`` (values of shape ``(K,)``).
-        index: which entry, ``0 <= index < K``.
-    """
-
-    def __init__(self, bank: PositiveScalar, index: int) -> None:
-        super().__init__()
-        if not isinstance(bank, PositiveScalar):
-            raise TypeError(f"bank: expected a PositiveScalar, got {type(bank).__name__}")
-        size = (bank.raw if bank.learnable else bank.fixed).shape
-        if len(size) != 1:
-            raise ValueError(f"bank: expected a vector of scalars, shape (K,), got shape {tuple(size)}")
-        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < size[0]:
-            raise IndexError(f"index: expected an int in [0, {size[0]}), got {index!r}")
-        object.__setattr__(self, "_bank", bank)  # a reference: the owner registers (and saves) the vector
-        self.index = index
-
-    @property
-    def bank(self) -> PositiveScalar:
-        return self._bank
-
-    @property
-    def learnable(self) -> bool:
-        return self._bank.learnable
-
-    @property
-    def beta(self) -> float:
-        return self._bank.beta
-
-    def forward(self) -> Tensor:
-        bank = self._bank
-        if not bank.learnable:
-            return bank.fixed[self.index]
-        raw = bank.raw[self.index]  # indexed first: one softplus of a 0-dim tensor, as for a scalar
-        return softplus(raw, beta=bank.beta) + torch.finfo(raw.dtype).tiny
-
-    @torch.no_grad()
-    def set_(self, value: Union[float, Tensor]) -> "PositiveEntry":
-        """Set this entry in place (``value > 0``); returns ``self``."""
-        v = _positive(value, "value")
-        bank = self._bank
-        if bank.learnable:
-            bank.raw[self.index] = inverse_softplus(v, bank.beta).to(bank.raw.dtype)
-        else:
-            bank.fixed[self.index] = v
-        return self
-
-    @property
-    def value(self) -> Tensor:
-        return self()
-
-    def extra_repr(self) -> str:
-        return f"index={self.index}, learnable={self.learnable}"
-
-
-def _as_float_tensor(value, name: str) -> Tensor:
-    if isinstance(value, Tensor):
-        v = value.detach()
-        if not v.is_floating_point():
-            v = v.to(torch.get_default_dtype())
-        return v.clone()
-    try:
-        return torch.as_tensor(value, dtype=torch.get_default_dtype())
-    except (TypeError, ValueError, RuntimeError):
-        raise TypeError(f"{name}: expected a number, a sequence of numbers or a tensor, got {type(value).__name__}") from None
 
 
 class LogScale(nn.Module):

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from .batched import batch_dot, batch_norm, per_sample, relative_change, safe_ratio
 from .linalg import cg
-from .parametrize import PositiveEntry, PositiveScalar
+from .parametrize import PositiveScalar
 from .problem import LeastSquares, Problem, QuadraticProblem
 
 __all__ = ["State", "MomentumState", "CGState", "ADMMState", "Step", "GradientStep", "ProxGradStep", "FISTAStep",
@@ -94,15 +94,7 @@ class Step(nn.Module):
         return self.step() / problem.lipschitz_for(x)
 
 
-def _step_param(step, learn_step: bool) -> nn.Module:
-    """The step's module: a new :class:`PositiveScalar` from a number, or the given one (a
-    ``PositiveScalar`` or a :class:`~unroll.parametrize.PositiveEntry` of a vector the model owns,
-    which then says itself whether it is learnable)."""
-    if isinstance(step, (PositiveScalar, PositiveEntry)):
-        if learn_step:
-            raise ValueError("learn_step: a step given as a module is learnable or not by itself; "
-                             f"pass learn_step=False with {type(step).__name__}")
-        return step
+def _step_param(step: float, learn_step: bool) -> PositiveScalar:
     return PositiveScalar(step, learnable=learn_step, name="step")
 
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..batched import batch_norm, flat
-from ..parametrize import PositiveEntry, PositiveScalar, inverse_softplus
+from ..parametrize import inverse_softplus
 from .functional import (Scalar, hard_threshold, project_box, project_l1_ball, project_l2_ball, project_nonneg,
                          project_rank, project_simplex, real_dtype, require_real, sample_scale, soft_threshold)
 
@@ -61,9 +61,6 @@ class _WeightedRegularizer(Regularizer):
 
     * A number: fixed, a float64 buffer ``fixed_lam`` (0-d), exact until ``.to()`` casts it.
     * ``learnable=True``: the parameter ``raw_lam`` with ``lam = softplus(raw_lam)`` (positive).
-    * A :class:`~unroll.parametrize.PositiveScalar` or
-      :class:`~unroll.parametrize.PositiveEntry` (module): the weight it returns, learnable if it
-      is (e.g. one entry of a ``(K,)`` vector of per-layer weights that the model owns).
     * A tensor: a hyperparameter that keeps its graph when it requires grad (it is used as
       given, so gradients reach whatever it was computed from), or a buffer when it does not.
       Its shape must broadcast against the samples ``(B, *shape)``: ``()``, ``(n,)`` per
@@ -75,14 +72,6 @@ class _WeightedRegularizer(Regularizer):
         name = type(self).__name__
         self.learnable = bool(learnable)
         self.hyper: Optional[Tensor] = None
-        self.source: Optional[nn.Module] = None
-        if isinstance(lam, (PositiveScalar, PositiveEntry)):
-            if learnable:
-                raise ValueError(f"{name}: `learnable` takes a number as `lam`; a {type(lam).__name__} is "
-                                 "learnable or not by itself (pass learnable=False)")
-            self.source = lam  # e.g. this layer's entry of a vector of per-layer weights the model owns
-            self.learnable = lam.learnable
-            return
         if torch.is_tensor(lam) and (lam.numel() != 1 or lam.requires_grad):
             if lam.is_complex() or not lam.is_floating_point():
                 raise ValueError(f"{name}: `lam` must be a real floating tensor, got dtype {lam.dtype}")
@@ -116,8 +105,6 @@ class _WeightedRegularizer(Regularizer):
         tensor's graph if it is a hyperparameter)."""
         if self.hyper is not None:
             return self.hyper
-        if self.source is not None:
-            return self.source()
         return F.softplus(self.raw_lam) if self.learnable else self.fixed_lam
 
     def _lam_like(self, x: Tensor) -> Tensor:
