@@ -394,8 +394,8 @@ def _cli_common(tmp_path):
 @pytest.mark.parametrize("name", list(_CLI_TINY))
 def test_config_fits_and_predict_writes_fastmri_layout(name, tmp_path, monkeypatch):
     """`unroll fit --config configs/<model>.yaml` (the config as shipped, with a tiny model and
-    budget) trains and checkpoints; for CIRIM `unroll predict` on the checkpoint writes one
-    fastMRI-layout reconstruction file per test volume that the reader accepts."""
+    budget) trains and checkpoints; `unroll predict` on the checkpoint writes one fastMRI-layout
+    reconstruction file per test volume that the reader accepts."""
     from pathlib import Path
 
     from unroll.train import read_reconstructions
@@ -407,8 +407,6 @@ def test_config_fits_and_predict_writes_fastmri_layout(name, tmp_path, monkeypat
     ckpt = sorted(tmp_path.rglob("last.ckpt"))[-1]
     state = torch.load(ckpt, weights_only=False)["state_dict"]
     assert state and all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
-    if name != "cirim":
-        return
     main(["predict", "--config", config, *_cli_common(tmp_path), *_CLI_TINY[name], "--ckpt_path", str(ckpt)])
     files = [p for p in tmp_path.rglob("*.h5") if "data" not in p.relative_to(tmp_path).parts]
     folders = {p.parent for p in files}

@@ -97,6 +97,18 @@ class PositiveScalar(nn.Module):
         return f"learnable={self.learnable}" + (f", beta={self.beta:g}" if self.beta != 1.0 else "")
 
 
+def _as_float_tensor(value, name: str) -> Tensor:
+    if isinstance(value, Tensor):
+        v = value.detach()
+        if not v.is_floating_point():
+            v = v.to(torch.get_default_dtype())
+        return v.clone()
+    try:
+        return torch.as_tensor(value, dtype=torch.get_default_dtype())
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{name}: expected a number, a sequence of numbers or a tensor, got {type(value).__name__}") from None
+
+
 class LogScale(nn.Module):
     """A positive hyperparameter (a penalty ``λ``, ``α``, one per feature…) on a log scale:
     stored as ``raw = log λ`` and returned as ``exp(raw)``. A gradient step on ``raw`` changes
