@@ -14,7 +14,8 @@ Two kinds of data:
   regression, binary or multinomial logistic regression (multinomial, ``implicit``/``penalty``:
   the inner problem is solved by Newton–CG first, the gradient loop starts at its solution); the
   outer loss on the held-out or the K folds' validation rows (MSE, or cross-entropy); ``unroll
-  evaluate`` reports the test MSE, or the test accuracy and log-loss (predictions: the mean over the folds' inner solutions).
+  evaluate`` reports the test MSE, or the test accuracy and log-loss (predictions: the mean
+  over the folds' inner solutions).
 * a sparse-recovery data module (``unroll.data.Batch`` with a global operator): the ℓ1 weight
   (one, or one per coordinate) of an ISTA reconstruction learned on the training stream's
   signals, the outer loss the reconstruction MSE; ``unroll evaluate`` reports the test NMSE (dB).
