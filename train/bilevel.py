@@ -11,9 +11,11 @@ iterations and residual, and the backward (adjoint) iterations and residual.
 Two kinds of data:
 
 * :class:`unroll.data.tabular.TabularDataModule` (``TabularBatch``): ridge / Lasso / elastic-net
-  regression, binary or multinomial logistic regression; the outer loss on the held-out or the
-  K folds' validation rows (MSE, or cross-entropy); ``unroll evaluate`` reports the test MSE, or
-  the test accuracy and log-loss (predictions: the mean over the folds' inner solutions).
+  regression, binary or multinomial logistic regression (multinomial, ``implicit``/``penalty``:
+  the inner problem is solved by Newton–CG first, the gradient loop starts at its solution); the
+  outer loss on the held-out or the K folds' validation rows (MSE, or cross-entropy); ``unroll
+  evaluate`` reports the test MSE, or the test accuracy and log-loss (predictions: the mean
+  over the folds' inner solutions).
 * a sparse-recovery data module (``unroll.data.Batch`` with a global operator): the ℓ1 weight
   (one, or one per coordinate) of an ISTA reconstruction learned on the training stream's
   signals, the outer loss the reconstruction MSE; ``unroll evaluate`` reports the test NMSE (dB).
@@ -218,6 +220,8 @@ class BilevelTask(L.LightningModule):
 
     def _solve(self, batch):
         x0 = self._warm if (self.warm_start and self._warm is not None and self.inner_kind != "ista") else None
+        if self.inner_kind == "multinomial" and self.method != "unrolled":
+            x0 = self._newton_start(batch, x0)
         kw = dict(method=self.method, x0=x0, num_iters=self.num_iters, tol=self.tol, on_failure="warn")
         if self.method == "implicit":
             kw.update(backward_solver=self.backward_solver, backward_tol=self.backward_tol)
@@ -225,6 +229,29 @@ class BilevelTask(L.LightningModule):
         (g,), info = hypergrad(lambda _r: self._inner(batch, self.hp()), self._outer(batch), raw, **kw)
         self._warm = info.x
         return g, info
+
+    @torch.no_grad()
+    def _newton_start(self, batch, x0: Optional[Tensor]) -> Tensor:
+        """The multinomial inner solution by Newton–CG (the solver of
+        :class:`unroll.bilevel.LogisticRegressionCV`), from ``x0`` ``(K, d, C)`` or zeros: the
+        gradient-descent loop of :func:`~unroll.bilevel.hypergrad` then starts at its fixed point
+        and only confirms convergence (thousands of gradient steps per outer step otherwise)."""
+        from unroll.bilevel_cv import _LogisticFolds
+
+        X, y = batch.X, batch.y.long()  # (K, n, d), (K, n)
+        K, n, d = X.shape
+        sw = self.hp() if self.hparam_kind == "sample_weights" else X.new_ones(n)
+        lam = self.fixed_penalty if self.hparam_kind == "sample_weights" else self.hp()
+        lam = torch.as_tensor(lam, dtype=X.dtype, device=X.device)
+        lam = (lam.unsqueeze(-1) if lam.dim() == 1 else lam).expand(d, 1).contiguous()
+        folds = _LogisticFolds.__new__(_LogisticFolds)  # the same objective as multinomial_logistic
+        folds.binary, folds.project, folds.newton_iters = False, False, 0
+        folds.X = X
+        folds.T = torch.nn.functional.one_hot(y, self.n_classes).to(X.dtype)
+        folds.s = (sw.detach() / n).expand(K, n)
+        folds.W = x0.clone() if x0 is not None else X.new_zeros(K, d, self.n_classes)
+        W, _ = folds.solve(lam, 0.1 * self.tol, 100)
+        return W
 
     # ------------------------------------------------------------------ Lightning hooks
     def training_step(self, batch, batch_idx: int) -> None:
@@ -259,6 +286,8 @@ class BilevelTask(L.LightningModule):
         x0 = None if self.inner_kind == "ista" or self._warm is None else self._warm
         if self.inner_kind == "ista":
             return Unrolled(step, num_iters=self.num_iters)(problem).x
+        if self.inner_kind == "multinomial":
+            x0 = self._newton_start(batch, x0)
         return Unrolled(step, num_iters=self.num_iters)(problem, x0, tol=self.tol, check_every=10).x
 
     def validation_step(self, batch, batch_idx: int) -> None:
