@@ -27,7 +27,7 @@ from torchmetrics import Metric
 
 from unroll.linalg import cg
 from unroll.losses import Loss, ScaleInvariantLoss
-from unroll.metrics import Iterations
+from unroll.metrics import Iterations, MeanOverSamples
 from unroll.operators import LinearOperator
 from unroll.preconditioners import IncompleteCholesky, JacobiPreconditioner
 from unroll.problem import QuadraticProblem
@@ -62,20 +62,11 @@ def solve_trace(history: Optional[Tensor], final: Tensor, seconds: float, budget
     return [torch.stack([r, per], dim=1) for r in rows]
 
 
-class _TraceMetric(Metric):
+class _TraceMetric(MeanOverSamples):
     """Mean over systems of one column of a solve trace ``(B, 2)`` (``update(trace, target)``;
     ``target`` is not read)."""
 
-    is_differentiable = False
-    full_state_update = False
     higher_is_better = False
-    reads = "estimate"
-    label = ""
-
-    def __init__(self, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.add_state("total", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
     def _values(self, trace: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -87,12 +78,7 @@ class _TraceMetric(Metric):
 
     def update(self, preds: Tensor, target: Optional[Tensor] = None) -> None:
         self._check(preds)
-        v = self._values(preds).to(self.total.device)
-        self.total += v.sum()
-        self.count += v.numel()
-
-    def compute(self) -> Tensor:
-        return self.total / self.count
+        self._accumulate(self._values(preds).to(self.total.device))
 
     def per_sample(self, preds: Tensor, target: Optional[Tensor] = None) -> Tensor:
         self._check(preds)

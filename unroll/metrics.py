@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-__all__ = ["NMSE", "PSNR", "SSIM", "Iterations", "nmse", "psnr", "ssim", "to_db",
+__all__ = ["NMSE", "PSNR", "SSIM", "Iterations", "MeanOverSamples", "nmse", "psnr", "ssim", "to_db",
            # fastMRI's conventions (issue 17)
            "fastmri_nmse", "fastmri_psnr", "fastmri_ssim", "fastmri_ssim_per_slice", "FastMRINMSE", "FastMRIPSNR", "FastMRISSIM"]
 
@@ -180,8 +180,9 @@ def ssim(preds: Tensor, target: Tensor, data_range: Union[None, float, Tensor] =
                                                kernel_size=kernel_size, data_range=1.0, reduction="none")
 
 
-class _MeanOverSamples(Metric):
-    """Mean over all samples seen of a per-sample value (float64 sums, summed across processes)."""
+class MeanOverSamples(Metric):
+    """Mean over all samples seen of a per-sample value (float64 sums, summed across processes);
+    subclasses call ``self._accumulate(values)`` from ``update``."""
 
     is_differentiable = False
     full_state_update = False
@@ -201,7 +202,7 @@ class _MeanOverSamples(Metric):
         return self.total / self.count
 
 
-class _ImageMetric(_MeanOverSamples):
+class _ImageMetric(MeanOverSamples):
     """Mean over samples of a per-sample image metric with a data range."""
 
     higher_is_better = True
@@ -260,7 +261,7 @@ class SSIM(_ImageMetric):
                     self.gaussian_kernel)
 
 
-class Iterations(_MeanOverSamples):
+class Iterations(MeanOverSamples):
     """Mean number of iterations run per sample (e.g. ``SolverInfo.iterations`` of a run with a
     tolerance); read once per run, not per iterate.
 
