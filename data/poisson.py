@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 
 from unroll.linalg import cg
 from unroll.operators import Laplacian, LinearOperator
+from unroll.operators.laplacian import fluid_regions
 
 from .base import SplitData, SplitDataset, SyntheticDataModule
 from .batch import Batch
@@ -109,21 +110,11 @@ def obstacle_mask(grid: Sequence[int], shape: str, count: int = 1,
 
 def _fill_enclosed(fluid: Tensor) -> Tensor:
     """``fluid`` with every fluid region that does not touch the domain boundary made solid."""
-    from scipy import ndimage
-
     m = fluid.numpy()
-    labels, count = ndimage.label(m)
-    if count <= 1 and m.all():
+    if m.all():
         return fluid
-    border = np.zeros_like(m)
-    for d in range(m.ndim):
-        sl = [slice(None)] * m.ndim
-        sl[d] = 0
-        border[tuple(sl)] = True
-        sl[d] = -1
-        border[tuple(sl)] = True
-    keep = np.isin(labels, np.unique(labels[border & m]))
-    return torch.from_numpy(m & keep)
+    labels, _, touching = fluid_regions(m)
+    return torch.from_numpy(m & np.isin(labels, touching))
 
 
 # ---------------------------------------------------------------------------------- Lanczos / Ritz

@@ -176,24 +176,32 @@ def _neighbour_sum(x: Tensor, ndim: int) -> Tensor:
     return out
 
 
-def _check_connected(mask: Tensor) -> None:
-    """Refuse a mask with a fluid region that does not touch the domain boundary (``A`` singular).
-    Runs once at construction, on the CPU (``scipy.ndimage.label``, face connectivity)."""
+def fluid_regions(fluid):
+    """Connected regions of a boolean domain mask (NumPy ``(*grid)``, ``True`` = fluid), with face
+    connectivity as the stencil's: ``(labels, count, touching)``, ``labels`` as from
+    ``scipy.ndimage.label`` and ``touching`` the labels of the regions that reach the domain's
+    boundary (a region that does not is enclosed: ``A`` is singular there)."""
     import numpy as np
     from scipy import ndimage
 
-    m = mask.detach().to("cpu").numpy()
-    if not m.any():
-        return
-    labels, count = ndimage.label(m)  # default structure: face neighbours, as the stencil
-    border = np.zeros_like(m)
-    for d in range(m.ndim):
-        sl = [slice(None)] * m.ndim
+    labels, count = ndimage.label(fluid)  # default structure: face neighbours
+    border = np.zeros_like(fluid, dtype=bool)
+    for d in range(fluid.ndim):
+        sl = [slice(None)] * fluid.ndim
         sl[d] = 0
         border[tuple(sl)] = True
         sl[d] = -1
         border[tuple(sl)] = True
-    touching = np.unique(labels[border & m])
+    return labels, count, np.unique(labels[border & fluid])
+
+
+def _check_connected(mask: Tensor) -> None:
+    """Refuse a mask with a fluid region that does not touch the domain boundary (``A`` singular).
+    Runs once at construction, on the CPU (``scipy.ndimage.label``, face connectivity)."""
+    m = mask.detach().to("cpu").numpy()
+    if not m.any():
+        return
+    labels, count, touching = fluid_regions(m)
     enclosed = sorted(set(range(1, count + 1)) - set(touching.tolist()))
     if enclosed:
         cells = int(sum((labels == k).sum() for k in enclosed))
