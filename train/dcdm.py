@@ -34,7 +34,7 @@ from unroll.problem import QuadraticProblem
 from unroll.solvers import conjugate_directions
 
 from .scoring import Baseline, BaselineRun
-from .task import ReconstructionTask
+from .task import ReconstructionTask, log_train_loss
 
 __all__ = ["DCDMTask", "KrylovBaseline", "RelativeResidual", "SolveTime", "solve_trace"]
 
@@ -223,11 +223,7 @@ class DCDMTask(ReconstructionTask):
     def training_step(self, batch, batch_idx: int) -> Tensor:
         op = self.batch_operator(batch)
         loss = self.loss(self._mask(self(batch.y, op), op), None, self._problem(batch.y, op))
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"train/loss is {float(loss.detach())} at step {self.global_step}: the model "
-                                     "diverged (learning rate too high?); stopping before a non-finite checkpoint")
-        self.log("train/loss", loss, batch_size=batch.y.shape[0])
-        return loss
+        return log_train_loss(self, loss, batch.y.shape[0], "a learning rate too high?")
 
     def validation_step(self, batch, batch_idx: int) -> None:
         op = self.batch_operator(batch)

@@ -28,6 +28,8 @@ from unroll.losses import Loss, MSELoss, ProximalMatchingLoss
 from unroll.metrics import PSNR, SSIM
 from unroll.models.lpn import LearnedProxNet
 
+from .task import log_train_loss
+
 __all__ = ["ProjectLPN", "ProximalMatchingSchedule", "DenoisingTask"]
 
 
@@ -190,11 +192,7 @@ class DenoisingTask(L.LightningModule):
         if batch.x is None:
             raise ValueError("batch.x: DenoisingTask is supervised but the batch has no clean signal")
         loss = self.loss(self(batch.y), batch.x, None)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"train/loss is {float(loss.detach())} at step {self.global_step}: the model "
-                                     "diverged (a learning rate too high, or bad input)")
-        self.log("train/loss", loss, batch_size=batch.y.shape[0])
-        return loss
+        return log_train_loss(self, loss, batch.y.shape[0])
 
     def validation_step(self, batch, batch_idx: int) -> None:
         x_hat = self(batch.y)

@@ -36,7 +36,7 @@ from unroll.operators import LinearOperator, center_crop
 
 from .io import atomic_write, atomic_write_json, atomic_write_text
 from .scoring import Baseline, BaselineRun, MetricTracker, check_baselines
-from .task import ReconstructionTask
+from .task import ReconstructionTask, log_train_loss
 
 __all__ = ["MRIReconstructionTask", "MRILoss", "FastMRITracker", "MRIBaseline", "fastmri_metrics", "magnitude_crop",
            "volume_data_range", "tune_baseline_lam"]
@@ -350,12 +350,7 @@ class MRIReconstructionTask(ReconstructionTask):
     def training_step(self, batch, batch_idx: int) -> Tensor:
         pred, d = self._prediction(batch)
         loss = self.loss(pred, batch.x, data_range=d)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"train/loss is {float(loss.detach())} at step {self.global_step}: the model "
-                                     "diverged (a learning rate too high, or bad input); stopping before a non-finite "
-                                     "checkpoint is written")
-        self.log("train/loss", loss, batch_size=batch.y.shape[0])
-        return loss
+        return log_train_loss(self, loss, batch.y.shape[0])
 
     def validation_step(self, batch, batch_idx: int) -> None:
         pred, d = self._prediction(batch)
@@ -486,12 +481,7 @@ class MRITimeStepTask(MRIReconstructionTask):
         nested = traj if isinstance(traj[0], (list, tuple)) else [traj]
         d = volume_data_range(batch.meta, batch.x)
         loss = time_step_loss(nested, lambda z: self.loss(magnitude_crop(z, batch.x.shape), batch.x, data_range=d))
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"train/loss is {float(loss.detach())} at step {self.global_step}: the model "
-                                     "diverged (a learning rate too high, or bad input); stopping before a non-finite "
-                                     "checkpoint is written")
-        self.log("train/loss", loss, batch_size=batch.y.shape[0])
-        return loss
+        return log_train_loss(self, loss, batch.y.shape[0])
 
 
 __all__ += ["MRITimeStepTask"]

@@ -33,6 +33,18 @@ CKPT_KEY = "unroll"
 _COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
+def log_train_loss(module: L.LightningModule, loss: Tensor, batch_size: int,
+                   causes: str = "a learning rate too high, or bad input") -> Tensor:
+    """Log ``train/loss`` after checking it is finite (one scalar sync per step): a non-finite loss
+    stops training with a :class:`FloatingPointError` before a non-finite checkpoint is written.
+    ``causes`` names the likely reasons in the message. Returns ``loss``."""
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"train/loss is {float(loss.detach())} at step {module.global_step}: the model "
+                                 f"diverged ({causes}); stopping before a non-finite checkpoint is written")
+    module.log("train/loss", loss, batch_size=batch_size)
+    return loss
+
+
 class ReconstructionTask(L.LightningModule):
     """Train, validate and test a reconstruction model ``model(y, A) → x̂``.
 
@@ -194,12 +206,7 @@ class ReconstructionTask(L.LightningModule):
             out = self(y, op, return_trajectory=True, **self._depth())
             w = iteration_weights(self.weighting, len(out.trajectory))
             loss = trajectory_loss(self.loss, out.trajectory, x, self._problem(y, op), w)
-        if not torch.isfinite(loss):  # one scalar sync per step; never train on (or checkpoint) NaNs
-            raise FloatingPointError(
-                f"train/loss is {float(loss.detach())} at step {self.global_step}: the model diverged (a step size above "
-                "2/L, a learning rate too high, or bad input); stopping before a non-finite checkpoint is written")
-        self.log("train/loss", loss, batch_size=y.shape[0])
-        return loss
+        return log_train_loss(self, loss, y.shape[0], "a step size above 2/L, a learning rate too high, or bad input")
 
     def validation_step(self, batch, batch_idx: int) -> None:
         op = self.batch_operator(batch)
