@@ -72,3 +72,30 @@ def test_compile_mode_is_checked():
 
     with pytest.raises(ValueError, match="compile_mode: expected one of .*max-autotune.*got 'fast'"):
         ReconstructionTask(LearnedISTA(2), compile=True, compile_mode="fast")
+
+
+def test_compiled_task_compiles_the_model_once(monkeypatch):
+    # the operator's cached ‖A‖² is computed eagerly before the compiled call: computed inside
+    # the graph, its cache (set during the first call) failed the next call's guards and the
+    # whole model was compiled a second time
+    from torch._dynamo.testing import CompileCounter
+
+    from unroll.data import Batch
+    from unroll.train import ReconstructionTask
+
+    counter = CompileCounter()
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None, **kw: real_compile(model, backend=counter))
+    torch._dynamo.reset()
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(10, 20, generator=g)
+    x = torch.randn(4, 20, generator=g)
+    task = ReconstructionTask(LearnedISTA(3), operator=MatrixOperator(a), compile=True)
+    opt = torch.optim.Adam(task.model.parameters(), lr=1e-3)
+    for _ in range(3):
+        loss = task.training_step(Batch(x @ a.T, x), 0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert counter.frame_count == 1, f"the model was compiled {counter.frame_count} times"
+    torch._dynamo.reset()

@@ -187,6 +187,12 @@ class ReconstructionTask(L.LightningModule):
                 # one graph per depth (stage-wise training runs 1..K) and output kind
                 torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
                 object.__setattr__(self, "_compiled", torch.compile(self.model, mode=self.compile_mode))
+            if isinstance(op, LinearOperator) and not op.per_sample:
+                # the operator's cached constant (‖A‖², an SVD or a power iteration) is computed
+                # here, eagerly: computed inside the graph it would be traced into the first
+                # compilation and its cache, set there, would fail the guards of the next call
+                # (a second compilation of the whole model)
+                op.lipschitz()
             return self._compiled(y, op, **kwargs)
         return self.model(y, op, **kwargs)
 
