@@ -18,7 +18,8 @@ ratios are what counts). Variants, timed in alternating rounds in one process:
   separate 0-dim parameters, as the framework stores them (separate leaves in backward, separate
   tensors in Adam): splits the framework's cost into this storage and the rest;
 * ``framework``: ``ReconstructionTask.training_step`` of ``LearnedISTA(16)`` + backward + Adam;
-* ``framework + torch.compile``: the same with ``torch.compile`` on the model.
+* ``framework + torch.compile``: the same with the task's ``compile=True`` (``torch.compile`` of the
+  model, as ``--model.init_args.compile=true`` gives it).
 
 deepinv (not a dependency of this project) runs in a separate venv that this script creates
 (``benchmarks/.venv-deepinv``, git-ignored; torch pinned to the local CPU build) as a subprocess
@@ -302,9 +303,7 @@ def main() -> None:
     lean_scalars, _ = make_loop(a, x, y, lip, raw_s0, raw_l0, soft_threshold, per_layer=True)
 
     def make_framework(compiled: bool):
-        task = ReconstructionTask(LearnedISTA(K, lam=LAM), operator=op)
-        if compiled:
-            task.model = torch.compile(task.model)
+        task = ReconstructionTask(LearnedISTA(K, lam=LAM), operator=op, compile=compiled)  # as `compile: true`
         opt = torch.optim.Adam(task.model.parameters(), lr=LR, foreach=True)
 
         def step() -> None:
