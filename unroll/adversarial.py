@@ -694,36 +694,41 @@ def robust_logistic_fit(X: Tensor, y: Tensor, eps: float, norm: str = "linf", l2
     yy = y.to(X.dtype)
     ones = torch.ones(N, 1, dtype=X.dtype, device=X.device)
     yX = yy[:, None] * X
+    eye = torch.eye(d, dtype=X.dtype, device=X.device)
     if norm == "linf":
-        # z = (p, q, b): margin_i = y_i(x_i·(p − q) + b) − ε·1ᵀ(p + q)
-        A = torch.cat([-yX + eps, yX + eps, -yy[:, None]], dim=1)  # softplus(A z) per row
-
-        def unpack(z):
-            return z[:, :d] - z[:, d:2 * d], z[:, 2 * d]
-
+        # z = (p, q, b): margin_i = y_i(x_i·(p − q) + b) − ε·1ᵀ(p + q); w = p − q
+        A = torch.cat([-yX + eps, yX + eps, -yy[:, None]], dim=1)  # the loss is softplus(A z) per row
+        M = torch.cat([eye, -eye, torch.zeros(1, d, dtype=X.dtype, device=X.device)])  # w = z M
         lo = torch.cat([torch.zeros(2 * d, dtype=X.dtype), torch.full((1,), -math.inf, dtype=X.dtype)])
-        reg = Box(lo.to(X.device), None)
+        reg: Indicator = Box(lo.to(X.device), None)
         curvature = 2.0 * l2  # (l2/2)‖p − q‖² has Hessian norm 2·l2
-        size = 2 * d + 1
     else:
         # z = (w, t, b): margin_i = y_i(x_i·w + b) − ε t
         A = torch.cat([-yX, eps * ones, -yy[:, None]], dim=1)
-
-        def unpack(z):
-            return z[:, :d], z[:, d + 1]
-
+        M = torch.cat([eye, torch.zeros(2, d, dtype=X.dtype, device=X.device)])
         reg = _SecondOrderCone(d)
         curvature = l2
-        size = d + 2
-
-    def f(z: Tensor, data) -> Tensor:
-        w, _ = unpack(z)
-        return F.softplus(z @ A.T).mean(1) + 0.5 * l2 * w.square().sum(1)
-
     lip = torch.linalg.matrix_norm(A, ord=2) ** 2 / (4 * N) + curvature
-    z0 = torch.zeros(1, size, dtype=X.dtype, device=X.device)
-    problem = SmoothProblem(f, reg=reg, lipschitz=lip, like=z0, vmap=False)
+    problem = _SoftplusProblem(A, M, l2, lip)
+    z0 = torch.zeros(1, A.shape[1], dtype=X.dtype, device=X.device)
     out = Unrolled(FISTAStep(reg), num_iters=num_iters)(problem, z0, tol=tol, check_every=50)
-    w, b = unpack(out.x)
-    w, b = w[0], b[0]
+    w, b = (out.x @ M)[0], out.x[0, -1]
     return RobustLinearFit(w, b, robust_logistic_objective(w, b, X, y, eps, norm, l2), out.info)
+
+
+class _SoftplusProblem(SmoothProblem):
+    """``f(z) = mean_i softplus((A z)_i) + (l2/2)‖z M‖²`` for ``z`` ``(B, n)``, with its gradient
+    in closed form (``Aᵀσ(Az)/N + l2 (zM)Mᵀ``; no autograd in FISTA's loop)."""
+
+    def __init__(self, A: Tensor, M: Tensor, l2: float, lipschitz: Tensor) -> None:
+        def f(z: Tensor, data) -> Tensor:
+            return F.softplus(z @ A.T).mean(1) + 0.5 * l2 * (z @ M).square().sum(1)
+
+        super().__init__(f, lipschitz=lipschitz, like=torch.zeros(1, A.shape[1], dtype=A.dtype, device=A.device),
+                         vmap=False)
+        object.__setattr__(self, "A", A)
+        object.__setattr__(self, "M", M)
+        object.__setattr__(self, "l2", l2)
+
+    def grad(self, z: Tensor) -> Tensor:
+        return torch.sigmoid(z @ self.A.T) @ self.A / self.A.shape[0] + self.l2 * (z @ self.M) @ self.M.T
