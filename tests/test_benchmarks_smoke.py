@@ -203,3 +203,20 @@ def test_mri_modl_smoke(bench, tmp_path, capsys):
     result = json.loads((mod.ROOT / "benchmarks" / "results" / "mri_modl.json").read_text())
     assert set(result["metrics"]) == {"zero_filled", "cs_wavelet", "MoDL"} and result["tuned"]["cs_wavelet"]["lam"] > 0
     assert (mod.ROOT / "benchmarks" / "figures" / "mri_modl_panel.png").is_file()
+
+
+def test_adversarial_short(bench, tmp_path, capsys):
+    """benchmarks/adversarial.py (issue 19): the three configs (and PGD training through the
+    attack) fitted for two steps each, then attacked; the tables, the JSON and the figure."""
+    load, run = bench
+    mod = load("adversarial")
+    mod.ROOT = scratch_root(tmp_path)
+    run(mod, "--short", "--workdir", str(tmp_path / "work"))
+    out = capsys.readouterr().out
+    rows = table_rows(out, "| method | config |")
+    assert len(rows) == 4 and all(int(r[3]) >= 1 for r in rows)
+    acc = table_rows(out, "| method | clean |")
+    assert len(acc) == 4 and all(0 <= float(v) <= 1 for r in acc for v in r[1:])
+    result = json.loads((mod.ROOT / "benchmarks" / "results" / "adversarial.json").read_text())
+    assert set(result["results"]) == {"standard", "pgd", "pgd_through", "finetune"}
+    assert (mod.ROOT / "benchmarks" / "figures" / "adversarial_robust_accuracy.png").is_file()
