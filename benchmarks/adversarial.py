@@ -5,7 +5,9 @@ standard model, each trained by its config with ``unroll fit``:
 * ``configs/adv_digits_standard.yaml`` (clean training, 30 epochs),
 * ``configs/adv_digits_pgd.yaml`` (ℓ∞ PGD-7 at ε = 0.1, attack treated as a constant, 30 epochs),
 * the same with ``attack_grad_mode: full`` (backpropagation through the unrolled attack),
-* ``configs/adv_digits_finetune.yaml`` (10 epochs of PGD-7 training from the standard run).
+* ``configs/adv_digits_finetune.yaml`` (10 epochs of PGD-7 training from the standard run),
+* ``configs/adv_digits_pgd.yaml`` with ℓ2 PGD-7 at ε = 1 (normalised-gradient steps), with the attack
+  constant and with the gradient through it (evaluated under ℓ2 PGD-50).
 
 Each model is then attacked on the 449 test images by ℓ∞ PGD with a random start (seeded) at
 every ε of a grid, with 10 and 50 steps (step 2.5 ε / K), and by the low-rank PGD (rank 1 and 2
@@ -41,6 +43,15 @@ METHODS = [
      "adversarial training (PGD-7, gradient through the attack)"),
     ("finetune", "adv_digits_finetune", [], "adversarial fine-tuning of the standard model"),
 ]
+# ℓ2 adversarial training with normalised-gradient steps, where differentiating through the attack
+# changes the gradient (with sign steps it cannot: the iterates are piecewise constant in the weights)
+L2 = ["--model.init_args.norm=l2", "--model.init_args.eps=1.0", "--model.init_args.eval_eps=[0.0,1.0]"]
+METHODS_L2 = [
+    ("l2_pgd", "adv_digits_pgd", [*L2, "--run_name=l2_constant"], "ℓ2 adversarial training (PGD-7, attack constant)"),
+    ("l2_pgd_through", "adv_digits_pgd", [*L2, "--model.init_args.attack_grad_mode=full", "--run_name=l2_through"],
+     "ℓ2 adversarial training (PGD-7, gradient through the attack)"),
+]
+EPS_GRID_L2 = [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0]
 
 
 def _fit(config: str, extra, work: Path):
@@ -73,19 +84,21 @@ def main() -> None:
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="unroll-adversarial-"))
     eps_grid, steps_list = (EPS_GRID, STEPS) if not args.short else ([0.0, 0.1], [2])
+    eps_grid_l2 = EPS_GRID_L2 if not args.short else [0.0, 1.0]
     tiny = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1",
             "--model.init_args.eval_steps=2"] if args.short else []
     load_before = os.getloadavg()
     budgets, models = {}, {}
-    for key, config, extra, _ in METHODS:
+    for key, config, extra, _ in METHODS + METHODS_L2:
         more = list(extra)
         if config == "adv_digits_finetune":
             more.append(f"--model.init_args.pretrained={work / 'runs' / 'adv_digits_standard'}")
         wall, cpu = _fit(config, tiny + more, work)
-        ckpt = _newest(work, config) if "--run_name=through" not in extra else \
-            work / "runs" / config / "through" / "checkpoints" / "last.ckpt"
+        named = [a.split("=", 1)[1] for a in extra if a.startswith("--run_name=")]
+        ckpt = work / "runs" / config / named[0] / "checkpoints" / "last.ckpt" if named else _newest(work, config)
         ck = load_checkpoint(ckpt, map_location="cpu")
-        budgets[key] = {"config": f"configs/{config}.yaml" + (" " + " ".join(extra[:1]) if extra else ""),
+        shown = [a for a in extra if not a.startswith(("--run_name", "--model.init_args.eval_eps"))]
+        budgets[key] = {"config": f"configs/{config}.yaml" + (" " + " ".join(shown) if shown else ""),
                         "epochs": int(ck["epoch"]) + 1, "steps": int(ck["global_step"]),
                         "wall_s": round(wall, 1), "cpu_s": round(cpu, 1)}
         task = AdversarialTrainingTask(MLPClassifier([1, 8, 8], [128, 128], 10))
@@ -97,9 +110,15 @@ def main() -> None:
     test = dm.split("test")
     n = 64 if args.short else len(test)
     x, y = test.x[:n], test.y[:n]
-    results = {k: {"robust": {}, "low_rank": {}} for k in models}
+    results = {k: {"robust": {}, "low_rank": {}, "robust_l2": []} for k in models}
     t_attack = time.perf_counter()
+    for key in ("standard", "l2_pgd", "l2_pgd_through"):
+        for eps in eps_grid_l2:
+            res = PGDAttack(eps=eps, norm="l2", num_steps=steps_list[-1], seed=0)(models[key], x, y)
+            results[key]["robust_l2"].append(1 - float(res.success.double().mean()))
     for key, model in models.items():
+        if key.startswith("l2_"):
+            continue
         for steps in steps_list:
             accs = []
             for eps in eps_grid:
@@ -125,7 +144,7 @@ def main() -> None:
           f"{load_before[0]:.2f} before / {load_after[0]:.2f} after training\n")
     print("| method | config | epochs | optimiser steps | wall (s) | CPU (s) |")
     print("|---|---|---|---|---|---|")
-    for key, _, _, label in METHODS:
+    for key, _, _, label in METHODS + METHODS_L2:
         b = budgets[key]
         print(f"| {label} | `{b['config']}` | {b['epochs']} | {b['steps']} | {b['wall_s']} | {b['cpu_s']} |")
     for steps in steps_list:
@@ -143,6 +162,13 @@ def main() -> None:
         print(f"| {label} | {lr['rank1']:.3f} | {lr['rank2']:.3f} | "
               f"{results[key]['robust'][f'pgd{steps_list[-1]}'][i]:.3f} |")
 
+    print(f"\ntest accuracy under ℓ2 PGD-{steps_list[-1]} (normalised steps, random start), {n} test images\n")
+    print("| method | " + " | ".join("clean" if e == 0 else f"ε={e:g}" for e in eps_grid_l2) + " |")
+    print("|---|" + "---|" * len(eps_grid_l2))
+    for key, _, _, label in [METHODS[0], *METHODS_L2]:
+        print(f"| {label} | " + " | ".join(f"{a:.3f}" for a in results[key]["robust_l2"]) + " |")
+    report["eps_l2"] = eps_grid_l2
+
     out = ROOT / "benchmarks" / "results" / "adversarial.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1))
@@ -151,7 +177,15 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for (key, _, _, label), color in zip([METHODS[0], *METHODS_L2], ["C0", "C4", "C5"]):
+        ax2.plot(eps_grid_l2, results[key]["robust_l2"], "-", color=color, marker="o", markersize=3, label=label)
+    ax2.set_xlabel("ε (ℓ2, pixels in [0, 1])")
+    ax2.set_ylabel(f"test accuracy under ℓ2 PGD-{steps_list[-1]}")
+    ax2.set_ylim(0, 1)
+    ax2.grid(True, alpha=0.3)
+    ax2.legend(fontsize=7)
+    ax2.set_title("ℓ2: attack constant vs gradient through it", fontsize=9)
     for (key, _, _, label), color in zip(METHODS, ["C0", "C1", "C2", "C3"]):
         for steps, style in zip(steps_list, ["--", "-"]):
             ax.plot(eps_grid, results[key]["robust"][f"pgd{steps}"], style, color=color, marker="o", markersize=3,
@@ -161,7 +195,7 @@ def main() -> None:
     ax.set_ylim(0, 1)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
-    ax.set_title(f"digits, MLP: robust accuracy vs ε (dashed: PGD-{steps_list[0]})", fontsize=9)
+    ax.set_title(f"digits, MLP: ℓ∞ robust accuracy vs ε (dashed: PGD-{steps_list[0]})", fontsize=9)
     fig.tight_layout()
     fig_path = ROOT / "benchmarks" / "figures" / "adversarial_robust_accuracy.png"
     fig_path.parent.mkdir(parents=True, exist_ok=True)

@@ -214,9 +214,9 @@ def test_adversarial_short(bench, tmp_path, capsys):
     run(mod, "--short", "--workdir", str(tmp_path / "work"))
     out = capsys.readouterr().out
     rows = table_rows(out, "| method | config |")
-    assert len(rows) == 4 and all(int(r[3]) >= 1 for r in rows)
+    assert len(rows) == 6 and all(int(r[3]) >= 1 for r in rows)
     acc = table_rows(out, "| method | clean |")
     assert len(acc) == 4 and all(0 <= float(v) <= 1 for r in acc for v in r[1:])
     result = json.loads((mod.ROOT / "benchmarks" / "results" / "adversarial.json").read_text())
-    assert set(result["results"]) == {"standard", "pgd", "pgd_through", "finetune"}
+    assert set(result["results"]) == {"standard", "pgd", "pgd_through", "finetune", "l2_pgd", "l2_pgd_through"}
     assert (mod.ROOT / "benchmarks" / "figures" / "adversarial_robust_accuracy.png").is_file()
