@@ -99,6 +99,16 @@ def zeros_vs_ones():
     return x[keep].flatten(1), torch.where(y[keep] == 1, 1.0, -1.0).to(torch.float64)
 
 
+_FITS = {}
+
+
+def _robust_fit(X, y, eps, norm):
+    """robust_logistic_fit(l2=0.1, tol=1e-10), computed once per (norm, eps) for this module."""
+    if (norm, eps) not in _FITS:
+        _FITS[norm, eps] = robust_logistic_fit(X, y, eps, norm, l2=0.1, tol=1e-10)
+    return _FITS[norm, eps]
+
+
 @pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l2", 0.5)])
 def test_pgd_on_a_linear_model_matches_the_closed_form_worst_case(zeros_vs_ones, norm, eps):
     """Robust logistic regression solved by the core's FISTA (checked against SciPy's L-BFGS on
@@ -106,7 +116,7 @@ def test_pgd_on_a_linear_model_matches_the_closed_form_worst_case(zeros_vs_ones,
     from scipy.optimize import minimize
 
     X, y = zeros_vs_ones
-    fit = robust_logistic_fit(X, y, eps, norm, l2=0.1, tol=1e-10)
+    fit = _robust_fit(X, y, eps, norm)
     d = X.shape[1]
 
     # the reference: SciPy's L-BFGS-B, on w = p - q with p, q >= 0 for l-inf (the l1 term is not
@@ -146,6 +156,47 @@ def test_pgd_on_a_linear_model_matches_the_closed_form_worst_case(zeros_vs_ones,
     assert torch.allclose(_size(worst.delta, norm), torch.full_like(y, eps))
     # the worst margin is the clean margin minus eps times the dual norm
     assert torch.allclose(worst.margin, y * (X @ fit.w + fit.b) - eps * dual_norm(fit.w, norm))
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l2", 0.5)])
+def test_adversarial_training_of_a_linear_model_descends_the_robust_objective(zeros_vs_ones, norm, eps):
+    """Min-max through the layer: the loss at the PGD input, differentiated with the attack held
+    constant (Danskin), is the robust objective and its gradient; a few outer L-BFGS steps on it
+    reach the FISTA robust solution's objective."""
+    X, y = zeros_vs_ones
+    d = X.shape[1]
+    g = torch.Generator().manual_seed(0)
+    lin = nn.Linear(d, 1).double()
+    with torch.no_grad():
+        lin.weight.copy_(0.3 * torch.randn(1, d, generator=g, dtype=torch.float64))  # no zero weights
+    steps = {"linf": dict(num_steps=2), "l2": dict(num_steps=2, step_size=0.5)}[norm]
+    attack = PGDAttack(eps=eps, norm=norm, lo=None, hi=None, loss=logistic_loss, random_start=False, **steps)
+
+    def pgd_objective():
+        x_adv = attack(lin, X, y, record=False).x_adv
+        return logistic_loss(lin(x_adv), y).mean() + 0.05 * lin.weight.square().sum()
+
+    val = pgd_objective()
+    val.backward()
+    w, b = lin.weight.detach()[0].clone().requires_grad_(), lin.bias.detach()[0].clone().requires_grad_()
+    ref = robust_logistic_objective(w, b, X, y, eps, norm, l2=0.1)
+    ref.backward()
+    assert float(val) == pytest.approx(float(ref), rel=1e-12)
+    assert torch.allclose(lin.weight.grad[0], w.grad, rtol=1e-10, atol=1e-13)
+    assert torch.allclose(lin.bias.grad[0], b.grad, rtol=1e-10, atol=1e-13)
+    if norm == "l2":  # smooth where w != 0: the outer problem converges to the robust solution
+        opt = torch.optim.LBFGS(lin.parameters(), lr=1, max_iter=200, tolerance_grad=1e-12, tolerance_change=1e-15,
+                                line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad()
+            v = pgd_objective()
+            v.backward()
+            return v
+
+        opt.step(closure)
+        fit = _robust_fit(X, y, eps, norm)
+        assert float(pgd_objective()) == pytest.approx(float(fit.objective), abs=1e-7)
 
 
 def test_linear_worst_case_regression_and_hinge():
