@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from typing import List, Sequence
 
-import torch
 from torch import Tensor, nn
 
 __all__ = ["MLPClassifier", "SmallCNN"]
