@@ -15,6 +15,7 @@ from torch import nn
 from unroll.adversarial import (AttackProblem, PGDAttack, PerturbationSet, dual_norm, linear_worst_case,
                                 logistic_loss, misclassified, project_l2_ball_box, robust_logistic_fit,
                                 robust_logistic_objective)
+from unroll.autodiff import GradMode
 from unroll.data import DigitsDataModule, load_digits_images
 from unroll.models import MLPClassifier, SmallCNN
 from unroll.train import AdversarialTrainingTask, CheckpointError
@@ -253,6 +254,9 @@ def test_gradient_through_the_attack_matches_finite_differences_and_differs_from
         return [p.grad.clone() for p in params]
 
     full, none, ckpt = grads("full"), grads("none"), grads("checkpoint")
+    all3, last1 = grads(GradMode("truncated", k=3)), grads(GradMode("truncated", k=1))
+    assert all(torch.allclose(a, b, rtol=1e-10, atol=1e-14) for a, b in zip(full, all3))
+    assert not all(torch.allclose(a, b) for a, b in zip(full, last1))
     directional = sum(float((a * v).sum()) for a, v in zip(full, direction))
     h = 1e-5
     with torch.no_grad():

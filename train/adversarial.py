@@ -161,8 +161,15 @@ class AdversarialTrainingTask(L.LightningModule):
 
     def adversarial_inputs(self, x: Tensor, y: Tensor) -> Tensor:
         """The training attack's inputs ``(B, *shape)`` (with a graph to the model's weights in the
-        modes that differentiate through the attack)."""
-        return self.attack(self.model, x, y, eps=self.train_eps(), record=False).x_adv
+        modes that differentiate through the attack). The attack runs with the model in eval mode
+        (batch-norm statistics are neither used per batch nor updated by the attack's forward
+        passes; dropout is off), then the model's mode is restored."""
+        was = self.model.training
+        self.model.eval()
+        try:
+            return self.attack(self.model, x, y, eps=self.train_eps(), record=False).x_adv
+        finally:
+            self.model.train(was)
 
     @staticmethod
     def _plain(t: Tensor) -> Tensor:
@@ -174,9 +181,14 @@ class AdversarialTrainingTask(L.LightningModule):
         if eps == 0:
             with torch.no_grad():
                 return self.model(x).argmax(1) == y
-        with torch.inference_mode(False), torch.enable_grad():
-            x, y = self._plain(x), self._plain(y)
-            res = self.eval_attack(self.model, x, y, eps=eps)
+        was = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode(False), torch.enable_grad():
+                x, y = self._plain(x), self._plain(y)
+                res = self.eval_attack(self.model, x, y, eps=eps)
+        finally:
+            self.model.train(was)
         return ~res.success
 
     # ------------------------------------------------------------------ Lightning hooks
