@@ -10,7 +10,8 @@ standard model, each trained by its config with ``unroll fit``:
   constant and with the gradient through it (evaluated under ℓ2 PGD-50).
 
 Each model is then attacked on the 449 test images by ℓ∞ PGD with a random start (seeded) at
-every ε of a grid, with 10 and 50 steps (step 2.5 ε / K), and by the low-rank PGD (rank 1 and 2
+every ε of a grid, with 10 and 50 steps (step 2.5 ε / K) and 50 steps from the best of 5 random
+starts, and by the low-rank PGD (rank 1 and 2
 per 8×8 image, Savostianova et al. 2024) at ε = 0.1. Prints Markdown tables for BENCHMARKS.md,
 writes ``benchmarks/results/adversarial.json`` and ``benchmarks/figures/adversarial_robust_accuracy.png``.
 
@@ -35,7 +36,7 @@ from machine import cpu_name  # benchmarks/machine.py
 
 ROOT = Path(__file__).resolve().parents[1]
 EPS_GRID = [0.0, 0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2]
-STEPS = [10, 50]
+STRENGTHS = [(10, 1), (50, 1), (50, 5)]  # (steps, random restarts)
 METHODS = [
     ("standard", "adv_digits_standard", [], "standard training"),
     ("pgd", "adv_digits_pgd", [], "adversarial training (PGD-7, attack constant)"),
@@ -63,6 +64,10 @@ def _fit(config: str, extra, work: Path):
     return time.perf_counter() - t0, time.process_time() - c0
 
 
+def _name(steps: int, restarts: int) -> str:
+    return f"PGD-{steps}" + (f"x{restarts}" if restarts > 1 else "")
+
+
 def _newest(work: Path, config: str) -> Path:
     runs = sorted((work / "runs" / config).glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
     return runs[-1]
@@ -83,7 +88,8 @@ def main() -> None:
     from unroll.train import AdversarialTrainingTask, load_checkpoint
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="unroll-adversarial-"))
-    eps_grid, steps_list = (EPS_GRID, STEPS) if not args.short else ([0.0, 0.1], [2])
+    eps_grid, strengths = (EPS_GRID, STRENGTHS) if not args.short else ([0.0, 0.1], [(2, 1), (2, 2)])
+    steps_list = [k for k, _ in strengths]
     eps_grid_l2 = EPS_GRID_L2 if not args.short else [0.0, 1.0]
     tiny = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1",
             "--model.init_args.eval_steps=2"] if args.short else []
@@ -119,16 +125,16 @@ def main() -> None:
     for key, model in models.items():
         if key.startswith("l2_"):
             continue
-        for steps in steps_list:
+        for steps, restarts in strengths:
             accs = []
             for eps in eps_grid:
                 if eps == 0:
                     with torch.no_grad():
                         accs.append(float((model(x).argmax(1) == y).double().mean()))
                     continue
-                res = PGDAttack(eps=eps, num_steps=steps, seed=0)(model, x, y)
+                res = PGDAttack(eps=eps, num_steps=steps, seed=0, restarts=restarts)(model, x, y)
                 accs.append(1 - float(res.success.double().mean()))
-            results[key]["robust"][f"pgd{steps}"] = accs
+            results[key]["robust"][_name(steps, restarts)] = accs
         for rank in (1, 2):
             res = PGDAttack(eps=0.1, num_steps=steps_list[-1], rank=rank, seed=0)(model, x, y)
             results[key]["low_rank"][f"rank{rank}"] = 1 - float(res.success.double().mean())
@@ -137,7 +143,7 @@ def main() -> None:
     machine = {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": args.threads,
                "load_before": [round(v, 2) for v in load_before], "load_after": [round(v, 2) for v in load_after],
                "python": platform.python_version(), "torch": torch.__version__}
-    report = {"machine": machine, "budgets": budgets, "eps": eps_grid, "steps": steps_list, "test_samples": n,
+    report = {"machine": machine, "budgets": budgets, "eps": eps_grid, "strengths": strengths, "test_samples": n,
               "results": results, "attack_seconds": round(t_attack, 1), "short": args.short}
 
     print(f"\nmachine: {machine['cpu']}, {machine['cores']} cores, {args.threads} torch thread(s), load average "
@@ -147,12 +153,14 @@ def main() -> None:
     for key, _, _, label in METHODS + METHODS_L2:
         b = budgets[key]
         print(f"| {label} | `{b['config']}` | {b['epochs']} | {b['steps']} | {b['wall_s']} | {b['cpu_s']} |")
-    for steps in steps_list:
-        print(f"\ntest accuracy under ℓ∞ PGD-{steps} (random start, step 2.5ε/{steps}), {n} test images\n")
+    for steps, restarts in strengths:
+        name = _name(steps, restarts)
+        more = f", best of {restarts} random starts" if restarts > 1 else ", one random start"
+        print(f"\ntest accuracy under ℓ∞ {name} (step 2.5ε/{steps}{more}), {n} test images\n")
         print("| method | " + " | ".join("clean" if e == 0 else f"ε={e:g}" for e in eps_grid) + " |")
         print("|---|" + "---|" * len(eps_grid))
         for key, _, _, label in METHODS:
-            print(f"| {label} | " + " | ".join(f"{a:.3f}" for a in results[key]["robust"][f"pgd{steps}"]) + " |")
+            print(f"| {label} | " + " | ".join(f"{a:.3f}" for a in results[key]["robust"][name]) + " |")
     print(f"\ntest accuracy under low-rank ℓ∞ PGD-{steps_list[-1]} at ε = 0.1 (rank per 8×8 image)\n")
     print("| method | rank 1 | rank 2 | full rank |")
     print("|---|---|---|---|")
@@ -160,7 +168,7 @@ def main() -> None:
     for key, _, _, label in METHODS:
         lr = results[key]["low_rank"]
         print(f"| {label} | {lr['rank1']:.3f} | {lr['rank2']:.3f} | "
-              f"{results[key]['robust'][f'pgd{steps_list[-1]}'][i]:.3f} |")
+              f"{results[key]['robust'][_name(steps_list[-1], 1)][i]:.3f} |")
 
     print(f"\ntest accuracy under ℓ2 PGD-{steps_list[-1]} (normalised steps, random start), {n} test images\n")
     print("| method | " + " | ".join("clean" if e == 0 else f"ε={e:g}" for e in eps_grid_l2) + " |")
@@ -187,15 +195,16 @@ def main() -> None:
     ax2.legend(fontsize=7)
     ax2.set_title("ℓ2: attack constant vs gradient through it", fontsize=9)
     for (key, _, _, label), color in zip(METHODS, ["C0", "C1", "C2", "C3"]):
-        for steps, style in zip(steps_list, ["--", "-"]):
-            ax.plot(eps_grid, results[key]["robust"][f"pgd{steps}"], style, color=color, marker="o", markersize=3,
-                    label=f"{label}, PGD-{steps}" if steps == steps_list[-1] else None)
+        weakest, strongest = _name(*strengths[0]), _name(*strengths[-1])
+        for name, style in ((weakest, "--"), (strongest, "-")):
+            ax.plot(eps_grid, results[key]["robust"][name], style, color=color, marker="o", markersize=3,
+                    label=f"{label}, {strongest}" if name == strongest else None)
     ax.set_xlabel("ε (ℓ∞, pixels in [0, 1])")
     ax.set_ylabel("test accuracy under PGD")
     ax.set_ylim(0, 1)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
-    ax.set_title(f"digits, MLP: ℓ∞ robust accuracy vs ε (dashed: PGD-{steps_list[0]})", fontsize=9)
+    ax.set_title(f"digits, MLP: ℓ∞ robust accuracy vs ε (dashed: {_name(*strengths[0])})", fontsize=9)
     fig.tight_layout()
     fig_path = ROOT / "benchmarks" / "figures" / "adversarial_robust_accuracy.png"
     fig_path.parent.mkdir(parents=True, exist_ok=True)

@@ -67,6 +67,20 @@ def test_every_iterate_stays_in_ball_and_box(norm, eps, dtype, tol):
     assert torch.equal(res.success, misclassified(model(res.x_adv), y))
 
 
+def test_restarts_keep_the_best_run_per_sample():
+    x, _ = _images(B=24, dtype=torch.float32)
+    model = _mlp(torch.float32)
+    y = model(x).argmax(1)
+    one = PGDAttack(eps=0.03, num_steps=4, seed=0)(model, x, y)
+    five = PGDAttack(eps=0.03, num_steps=4, seed=0, restarts=5)(model, x, y)  # its first run is `one`
+    assert bool((five.success | ~one.success).all())
+    assert bool(((five.loss >= one.loss) | (five.success & ~one.success)).all())
+    assert torch.equal(five.success, misclassified(model(five.x_adv), y))
+    assert torch.allclose(five.losses[:, -1], five.loss, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"restarts: expected an int >= 1, got 0"):
+        PGDAttack(restarts=0)
+
+
 def test_l2_ball_box_projection_is_the_euclidean_projection():
     """Against an independent solver (SciPy's SLSQP), and its derivative against finite
     differences (the closed form on the free set)."""

@@ -426,6 +426,10 @@ class PGDAttack(nn.Module):
             (``"full"``, ``"truncated"``, ``"checkpoint"``, ``"jfb"``, a ``GradMode``) to
             differentiate through the steps.
         seed: seed of the random start (``None``: the global generator, so every call differs).
+        restarts: run the attack from this many random starts and keep, per sample, a successful
+            one if any, else the one with the highest final loss (Madry et al.'s restarts;
+            ``info`` and ``losses`` are those of the kept run where per-sample, ``info`` the
+            last run's).
 
     Call: ``attack(model, x, y)`` with ``x`` ``(B, *shape)``, ``y`` ``(B,)`` →
     :class:`AttackResult`. Call-time ``eps``, ``num_steps``, ``grad_mode`` and ``record``
@@ -436,7 +440,7 @@ class PGDAttack(nn.Module):
                  step_size: Optional[float] = None, direction: str = "auto", random_start: bool = True,
                  rank: Optional[int] = None, lo: Optional[float] = 0.0, hi: Optional[float] = 1.0,
                  loss: Optional[Callable[[Tensor, Tensor], Tensor]] = None,
-                 grad_mode: Union[str, GradMode] = "none", seed: Optional[int] = None) -> None:
+                 grad_mode: Union[str, GradMode] = "none", seed: Optional[int] = None, restarts: int = 1) -> None:
         super().__init__()
         self.eps = check_eps(eps)
         self.norm = check_norm(norm)
@@ -455,6 +459,9 @@ class PGDAttack(nn.Module):
         self.loss = loss if loss is not None else cross_entropy_loss
         self.random_start = bool(random_start)
         self.seed = seed
+        if isinstance(restarts, bool) or not isinstance(restarts, numbers.Integral) or restarts < 1:
+            raise ValueError(f"restarts: expected an int >= 1, got {restarts!r}")
+        self.restarts = int(restarts)
         self.grad_mode = _check_grad_mode(grad_mode)
         self.unrolled = Unrolled(AttackStep(step_size, direction), num_iters=self.num_steps, check_finite=True)
 
@@ -500,12 +507,24 @@ class PGDAttack(nn.Module):
         eps = self.eps if eps is None else check_eps(eps)
         n = self.num_steps if num_steps is None else _check_steps(num_steps)
         mode = self.grad_mode if grad_mode is None else _check_grad_mode(grad_mode)
+        restarts = self.restarts if (self.random_start and eps > 0) else 1
         self.check_inputs(x, y)
         pset = self.feasible_set(x, eps)
         if generator is None and self.seed is not None:
             generator = torch.Generator().manual_seed(int(self.seed))
+        best = None
+        for _ in range(restarts):
+            run = self._run_once(model, x, y, pset, n, mode, record or restarts > 1, generator)
+            best = run if best is None else _better(run, best)
+        if not record:
+            best = best._replace(success=None, loss=None, losses=None)
+        return best
+
+    def _run_once(self, model, x: Tensor, y: Tensor, pset: PerturbationSet, n: int, mode, record: bool,
+                  generator: Optional[torch.Generator]) -> AttackResult:
+        """One attack from one (random) start."""
         with torch.no_grad():
-            d0 = pset.random(x, generator) if self.random_start and eps > 0 else torch.zeros_like(x)
+            d0 = pset.random(x, generator) if self.random_start and pset.eps > 0 else torch.zeros_like(x)
         problem = AttackProblem(model, x, y, self._loss_checked(model, x, y), pset)
         if mode == "none":
             with torch.no_grad():
@@ -546,7 +565,18 @@ class PGDAttack(nn.Module):
     def extra_repr(self) -> str:
         return (f"eps={self.eps}, norm={self.norm!r}, num_steps={self.num_steps}, step={self.step.step}, "
                 f"direction={self.step.direction!r}, random_start={self.random_start}, rank={self.rank}, "
-                f"lo={self.lo}, hi={self.hi}, grad_mode={self.grad_mode!r}")
+                f"lo={self.lo}, hi={self.hi}, grad_mode={self.grad_mode!r}, restarts={self.restarts}")
+
+
+def _better(new: AttackResult, old: AttackResult) -> AttackResult:
+    """Per sample, the better of two runs: a success over a failure, else the higher loss."""
+    take = (new.success & ~old.success) | ((new.success == old.success) & (new.loss > old.loss))
+
+    def pick(a: Tensor, b: Tensor) -> Tensor:
+        return torch.where(per_sample(take, a), a, b)
+
+    return AttackResult(pick(new.x_adv, old.x_adv), pick(new.delta, old.delta), new.success | old.success,
+                        pick(new.loss, old.loss), pick(new.losses, old.losses), new.info)
 
 
 def _clamp(x: Tensor, lo: Optional[float], hi: Optional[float]) -> Tensor:
