@@ -26,12 +26,19 @@ sizes of ``configs/{modl,varnet,recurrent_varnet,cirim}.yaml`` (read from those 
 checkpoint with the best validation SSIM is not selected: the last weights are scored. CS:
 Haar-wavelet ℓ1 by FISTA (``CompressedSensing``), λ picked on 4 validation slices from a grid.
 
-Memory: the bytes of the activations a training step keeps from its forward pass for the
+Memory, two figures. The true peak of tensor memory during one training step (forward and
+backward of one slice; parameters, gradients, activations and temporaries) with ``grad_mode="full"``
+and ``"checkpoint"``: from the allocator on CUDA (``max_memory_allocated``), from the profiler's
+memory timeline on the CPU (``torch.profiler`` with ``profile_memory``). And the bytes of the activations a training step keeps from its forward pass for the
 backward pass (tensors saved by autograd, deduplicated by storage, counted with
 ``torch.autograd.graph.saved_tensors_hooks``), with the models' ``grad_mode="full"`` and
 ``"checkpoint"`` (MoDL: its CG solve is already differentiated implicitly; not applicable). With
 checkpointing the backward pass recomputes one segment at a time, so the true peak adds one
-segment's activations to the figure. On CUDA the script also reports ``max_memory_allocated``.
+segment's activations to the figure (which the peak figure includes).
+
+Budgets: ``--steps`` Adam steps per learned model (equal steps), or ``--cpu_budget S`` seconds of
+CPU time per model (equal compute; process time, so other jobs on a shared machine do not shrink
+it); the report gives both the steps taken and the wall and CPU seconds.
 """
 
 from __future__ import annotations
@@ -138,15 +145,22 @@ def training_loss(name, model, y, op, x, d, grad_mode=None):
     return loss_fn(magnitude_crop(model(y, op, **kw), x.shape), x, data_range=d)
 
 
-def train(name, model, data, steps: int, lr: float, seed: int = 0) -> float:
-    """``steps`` Adam steps on single slices (a seeded random order); returns the wall time."""
+def train(name, model, data, steps: int, lr: float, seed: int = 0, cpu_budget: Optional[float] = None):
+    """Adam steps on single slices (a seeded random order): ``steps`` of them, or with ``cpu_budget``
+    as many as fit in that many seconds of this process's CPU time (``time.process_time``: on a
+    shared machine other jobs do not shrink it, as they would a wall-clock budget; ``steps`` is
+    then a cap). Returns ``(wall seconds, CPU seconds, steps taken)``."""
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     n = data["y"].shape[0]
     model.train()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     order: List[int] = []
+    taken = 0
     for _ in range(steps):
+        if cpu_budget is not None and time.process_time() - c0 >= cpu_budget:
+            break
+        taken += 1
         if not order:
             order = torch.randperm(n, generator=gen).tolist()
         i = order.pop()
@@ -155,7 +169,7 @@ def train(name, model, data, steps: int, lr: float, seed: int = 0) -> float:
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0, taken
 
 
 def saved_activation_bytes(name, model, data, grad_mode) -> int:
@@ -177,6 +191,43 @@ def saved_activation_bytes(name, model, data, grad_mode) -> int:
     loss.backward()
     model.zero_grad(set_to_none=True)
     return int(sum(seen.values()))
+
+
+def peak_step_bytes(name, model, data, grad_mode) -> Dict[str, int]:
+    """The true peak of tensor memory during one training step (forward and backward of one slice):
+    ``{"peak": bytes, "base": bytes at the step's start}``. On CUDA from the allocator
+    (``max_memory_allocated``); on the CPU from the profiler's memory timeline (every allocation
+    and free of the step, parameters, gradients, activations and temporaries alike, categorised by
+    ``torch.profiler``; ``export_memory_timeline``), the largest total over the step."""
+    import tempfile
+    import warnings
+
+    from torch.profiler import ProfilerActivity, profile
+
+    idx = slice(0, 1)
+    args = (data["y"][idx], operator(data, idx), data["x"][idx], data["max"][idx])
+    model.zero_grad(set_to_none=True)
+    dev = data["y"].device
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        base = torch.cuda.memory_allocated(dev)
+        training_loss(name, model, *args, grad_mode).backward()
+        torch.cuda.synchronize(dev)
+        peak = torch.cuda.max_memory_allocated(dev)
+    else:
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
+                     with_stack=True) as prof:
+            training_loss(name, model, *args, grad_mode).backward()
+        with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # deprecated for CUDA snapshots; the CPU timeline stays
+            path = Path(tmp) / "timeline.json"
+            prof.export_memory_timeline(str(path), device="cpu")
+            _, sizes = json.loads(path.read_text())
+        totals = [sum(row) for row in sizes] or [0]
+        base, peak = totals[0], max(totals)
+    model.zero_grad(set_to_none=True)
+    return {"peak": int(peak), "base": int(base)}
 
 
 @torch.no_grad()
@@ -251,7 +302,11 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
-    parser.add_argument("--steps", type=int, default=200, help="training steps of every learned model")
+    parser.add_argument("--steps", type=int, default=200, help="training steps of every learned model (a cap "
+                        "with --cpu_budget)")
+    parser.add_argument("--cpu_budget", type=float, default=None,
+                        help="equal compute instead of equal steps: train every learned model for this many "
+                             "seconds of CPU time (process time; at most --steps steps)")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--size", type=int, default=128, help="image size (the built-in 128, or average-pooled)")
     parser.add_argument("--test_slices", type=int, default=None, help="score only the first N test slices")
@@ -264,7 +319,8 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     report = {"command": "python benchmarks/mri_compare.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "machine": {"cpu": cpu_name(), "threads": args.threads, "python": platform.python_version(),
                           "torch": torch.__version__, "load_average": list(os.getloadavg())},
-              "budget": {"steps": args.steps, "lr": args.lr, "batch": 1, "size": args.size}, "results": {}}
+              "budget": {"steps": args.steps, "cpu_seconds": args.cpu_budget, "lr": args.lr, "batch": 1,
+                         "size": args.size}, "results": {}}
     for setting in args.settings:
         torch.manual_seed(0)
         train_d = make_split(SPLIT["train"], setting, args.size)
@@ -292,11 +348,13 @@ def main(argv: Optional[List[str]] = None) -> Dict:
                 if supports_checkpoint(model):
                     row["saved_bytes_full"] = saved_activation_bytes(method, model, train_d, "full")
                     row["saved_bytes_checkpoint"] = saved_activation_bytes(method, model, train_d, "checkpoint")
+                    row["peak_full"] = peak_step_bytes(method, model, train_d, "full")
+                    row["peak_checkpoint"] = peak_step_bytes(method, model, train_d, "checkpoint")
                 else:
                     row["saved_bytes_full"] = saved_activation_bytes(method, model, train_d, None)
-                if torch.cuda.is_available():
-                    row["note"] = "CUDA peak memory not measured by this CPU run"
-                row["train_seconds"] = train(method, model, train_d, args.steps, args.lr)
+                    row["peak_full"] = peak_step_bytes(method, model, train_d, None)
+                row["train_seconds"], row["train_cpu_seconds"], row["train_steps"] = train(
+                    method, model, train_d, args.steps, args.lr, cpu_budget=args.cpu_budget)
             pred, per_slice = reconstruct(model, test_d)
             row.update(fastmri_scores(pred, test_d))
             row["seconds_per_slice"] = per_slice
@@ -314,22 +372,32 @@ def main(argv: Optional[List[str]] = None) -> Dict:
 
 
 def markdown(report: Dict) -> str:
+    budget = report["budget"]
+    what = (f"{budget['cpu_seconds']:g} s of CPU time per model (at most {budget['steps']} Adam steps)"
+            if budget.get("cpu_seconds") else f"{budget['steps']} Adam steps")
     lines = [f"Command: `{report['command']}`; {report['machine']['cpu']}, {report['machine']['threads']} thread(s), "
-             f"load average {report['machine']['load_average'][0]:.1f}; budget {report['budget']['steps']} Adam steps "
-             f"(lr {report['budget']['lr']}, one slice per step), images {report['budget']['size']}².", ""]
+             f"load average {report['machine']['load_average'][0]:.1f}; budget {what} "
+             f"(lr {budget['lr']}, one slice per step), images {budget['size']}².", ""]
+
+    def mb(a, b=None, na=" (n/a)"):
+        return f"{a / 2**20:.1f}" + (f" → {b / 2**20:.1f}" if b is not None else na)
+
     for setting, results in report["results"].items():
         lines += [f"**{setting}**", "",
-                  "| method | SSIM | PSNR (dB) | NMSE | params | train (s) | inference (ms/slice) | "
-                  "saved activations full → checkpoint (MB) |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| method | SSIM | PSNR (dB) | NMSE | params | steps | train (s wall / CPU) | inference (ms/slice) | "
+                  "peak step memory full → checkpoint (MB) | saved activations full → checkpoint (MB) |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for m, r in results.items():
-            mem = ""
+            saved = peak = ""
             if "saved_bytes_full" in r:
-                mem = f"{r['saved_bytes_full'] / 2**20:.1f}"
-                mem += f" → {r['saved_bytes_checkpoint'] / 2**20:.1f}" if "saved_bytes_checkpoint" in r else " (n/a)"
+                saved = mb(r["saved_bytes_full"], r.get("saved_bytes_checkpoint"))
+            if "peak_full" in r:
+                peak = mb(r["peak_full"]["peak"], r["peak_checkpoint"]["peak"] if "peak_checkpoint" in r else None)
+            train_s = (f"{r['train_seconds']:.0f} / {r.get('train_cpu_seconds', r['train_seconds']):.0f}"
+                       if "train_seconds" in r else "0")
             lines.append(f"| {LABELS[m]} | {r['ssim']:.4f} | {r['psnr']:.2f} | {r['nmse']:.4f} | "
-                         f"{r.get('params', 0):,} | {r.get('train_seconds', 0):.0f} | "
-                         f"{1000 * r['seconds_per_slice']:.1f} | {mem} |")
+                         f"{r.get('params', 0):,} | {r.get('train_steps', '')} | {train_s} | "
+                         f"{1000 * r['seconds_per_slice']:.1f} | {peak} | {saved} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -205,6 +205,28 @@ def test_mri_modl_smoke(bench, tmp_path, capsys):
     assert (mod.ROOT / "benchmarks" / "figures" / "mri_modl_panel.png").is_file()
 
 
+def test_mri_compare_smoke(bench, tmp_path, capsys):
+    """benchmarks/mri_compare.py (issue 18): a tiny equal-compute run of the learned models with
+    zero-filled and CS on 32² images; the peak-memory figure is the profiler's true peak, so it
+    holds at least the parameters and, with checkpointing, is below the full-backprop peak."""
+    load, run = bench
+    mod = load("mri_compare")
+    out_json = tmp_path / "mri_compare.json"
+    methods = ["zero_filled", "varnet", "recurrent_varnet"]
+    run(mod, "--steps", "2", "--cpu_budget", "60", "--size", "32", "--test_slices", "2", "--settings", "equispaced4",
+        "--methods", *methods, "--output", str(out_json), "--figures", str(tmp_path / "fig"))
+    out = capsys.readouterr().out
+    rows = {r[0]: r for r in table_rows(out, "| method | SSIM")}
+    assert set(rows) == {mod.LABELS[m] for m in methods}, rows
+    res = json.loads(out_json.read_text())["results"]["equispaced4"]
+    for name in methods[1:]:
+        r = res[name]
+        assert r["train_steps"] == 2 and r["train_cpu_seconds"] > 0
+        assert r["peak_full"]["peak"] >= 4 * r["params"]  # float32 parameters are live during the step
+        assert r["peak_checkpoint"]["peak"] < r["peak_full"]["peak"], (name, r["peak_checkpoint"], r["peak_full"])
+    assert (tmp_path / "fig" / "mri_compare_equispaced4.png").is_file()
+
+
 def test_adversarial_short(bench, tmp_path, capsys):
     """benchmarks/adversarial.py (issue 19): the three configs (and PGD training through the
     attack) fitted for two steps each, then attacked; the tables, the JSON and the figure."""

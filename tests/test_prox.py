@@ -185,6 +185,37 @@ def test_soft_threshold_gradcheck(rng):
     assert torch.autograd.gradcheck(soft_threshold, (x, thr))
 
 
+@pytest.mark.parametrize("thr_shape", [(), (2, 1), (5,)])
+@pytest.mark.parametrize("need", ["x", "thr", "both"])
+def test_soft_threshold_backward_branches_match_autograd_reference(rng, thr_shape, need):
+    # the custom backward (eager and torch.func forms, each gradient alone or both) against
+    # autograd through the textbook formula sign(x)·relu(|x| − thr)
+    from torch.func import grad as fgrad
+    x0 = t(rng.standard_normal((2, 5)))
+    thr0 = t(0.2 + 0.5 * rng.random(thr_shape))
+    w = t(rng.standard_normal((2, 5)))
+    xr, thr_r = x0.clone().requires_grad_(need != "thr"), thr0.clone().requires_grad_(need != "x")
+    (w * torch.sign(xr) * torch.relu(xr.abs() - thr_r)).sum().backward()
+    xs, thr_s = x0.clone().requires_grad_(need != "thr"), thr0.clone().requires_grad_(need != "x")
+    (w * soft_threshold(xs, thr_s)).sum().backward()
+    gx, gt = fgrad(lambda a, b: (w * soft_threshold(a, b)).sum(), argnums=(0, 1))(x0, thr0)
+    if need != "thr":
+        assert torch.equal(xs.grad, xr.grad) and torch.equal(gx, xr.grad)
+    if need != "x":
+        torch.testing.assert_close(thr_s.grad, thr_r.grad, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(gt, thr_r.grad, rtol=1e-12, atol=1e-12)
+
+
+def test_soft_threshold_under_vmap_of_jacobians(rng):
+    from torch.func import jacrev, vmap
+    x = t(rng.standard_normal((3, 4)))
+    thr = t(0.5)
+    jx = vmap(jacrev(lambda a: soft_threshold(a, thr)))(x)
+    assert torch.equal(jx, torch.diag_embed((soft_threshold(x, thr) != 0).to(x.dtype)))
+    jt = vmap(jacrev(soft_threshold, argnums=1), in_dims=(0, None))(x, thr)
+    assert torch.equal(jt, -torch.sign(soft_threshold(x, thr)))
+
+
 def test_hard_threshold_is_prox_of_l0(rng):
     v = rng.standard_normal((4, 50)) * 2
     for c in [0.1, 0.5, 2.0]:  # prox of c * ||.||_0

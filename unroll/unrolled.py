@@ -231,8 +231,10 @@ class Unrolled(nn.Module):
         objs: List[Tensor] = []
         res: List[Tensor] = []
         need_res = tol is not None or flags["record_residuals"]
+        steps = list(self.steps)  # plain-list indexing: ModuleList's __getitem__ costs µs per iteration
+        last = len(steps) - 1
         for k in range(k0, k1):
-            step = self.step_at(k)
+            step = steps[k if k < last else last]
             new = step(state, problem)
             if need_res or k == n - 1:
                 rel = step.residual(new, state, problem)
