@@ -70,3 +70,8 @@ __all__ += ["PatchDenoisingDataModule", "LaplaceDenoisingDataModule", "load_ship
 from .tabular import TabularBatch, TabularDataModule  # noqa: E402
 
 __all__ += ["TabularBatch", "TabularDataModule"]
+
+# adversarial training (issue 19): digits as images in [0, 1]
+from .digits import DigitsDataModule, ImageClassBatch, load_digits_images  # noqa: E402
+
+__all__ += ["DigitsDataModule", "ImageClassBatch", "load_digits_images"]

@@ -42,3 +42,7 @@ from .varnet import KSpaceState, VarNet, VarNetCascade
 __all__ += ["VarNet", "VarNetCascade", "KSpaceState", "RecurrentVarNet", "RecurrentVarNetStep", "RecurrentInit",
             "RecurrentState", "CIRIM", "CIRIMOutput", "RIMStep", "RIMState", "time_step_loss", "time_step_weights",
             "NormUNet", "ConvGRUCell", "ConvGRUStack", "SensitivityNet", "MRIProblem", "acs_mask"]
+# Adversarial training (issue 19): small image classifiers
+from .classifiers import MLPClassifier, SmallCNN  # noqa: E402
+
+__all__ += ["MLPClassifier", "SmallCNN"]

@@ -225,3 +225,20 @@ def test_mri_compare_smoke(bench, tmp_path, capsys):
         assert r["peak_full"]["peak"] >= 4 * r["params"]  # float32 parameters are live during the step
         assert r["peak_checkpoint"]["peak"] < r["peak_full"]["peak"], (name, r["peak_checkpoint"], r["peak_full"])
     assert (tmp_path / "fig" / "mri_compare_equispaced4.png").is_file()
+
+
+def test_adversarial_short(bench, tmp_path, capsys):
+    """benchmarks/adversarial.py (issue 19): the three configs (and PGD training through the
+    attack) fitted for two steps each, then attacked; the tables, the JSON and the figure."""
+    load, run = bench
+    mod = load("adversarial")
+    mod.ROOT = scratch_root(tmp_path)
+    run(mod, "--short", "--workdir", str(tmp_path / "work"))
+    out = capsys.readouterr().out
+    rows = table_rows(out, "| method | config |")
+    assert len(rows) == 6 and all(int(r[3]) >= 1 for r in rows)
+    acc = table_rows(out, "| method | clean |")
+    assert len(acc) == 4 and all(0 <= float(v) <= 1 for r in acc for v in r[1:])
+    result = json.loads((mod.ROOT / "benchmarks" / "results" / "adversarial.json").read_text())
+    assert set(result["results"]) == {"standard", "pgd", "pgd_through", "finetune", "l2_pgd", "l2_pgd_through"}
+    assert (mod.ROOT / "benchmarks" / "figures" / "adversarial_robust_accuracy.png").is_file()

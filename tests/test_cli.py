@@ -387,6 +387,11 @@ TINY_EXTRA = {
     "DeblurringDataModule": lambda cfg, cache: [
         "--data.init_args.image_size=32", "--data.init_args.batch_size=2", "--data.init_args.val_size=2",
         "--trainer.val_check_interval=1"],
+    # adversarial training on digits (issue 19): the fine-tuning config starts from scratch here
+    # (tests/test_adversarial.py runs it from a standard run's checkpoint)
+    "DigitsDataModule": lambda cfg, cache: [
+        "--trainer.val_check_interval=1", "--trainer.limit_val_batches=1", "--model.init_args.eval_steps=2",
+        *(["--model.init_args.pretrained=null"] if cfg["model"]["init_args"].get("pretrained") else [])],
 }
 
 

@@ -37,3 +37,8 @@ __all__ += ["BilevelTask"]
 from .mri import MRITimeStepTask  # noqa: E402
 
 __all__ += ["MRITimeStepTask"]
+
+# adversarial training (issue 19)
+from .adversarial import AdversarialTrainingTask  # noqa: E402
+
+__all__ += ["AdversarialTrainingTask"]

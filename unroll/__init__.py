@@ -51,3 +51,8 @@ __all__ += ["ScaleInvariantLoss", "conjugate_directions", "ConjugateDirectionsIn
 from .losses import L1Loss, L2Loss, ProximalMatchingLoss, proximal_matching  # noqa: E402
 
 __all__ += ["L1Loss", "L2Loss", "ProximalMatchingLoss", "proximal_matching"]
+# adversarial attacks (issue 19): PGD as an unrolled projected gradient, the linear reference
+from . import adversarial  # noqa: E402
+from .adversarial import AttackResult, PGDAttack  # noqa: E402
+
+__all__ += ["adversarial", "PGDAttack", "AttackResult"]
