@@ -70,3 +70,8 @@ __all__ += ["PatchDenoisingDataModule", "LaplaceDenoisingDataModule", "load_ship
 from .tabular import TabularBatch, TabularDataModule  # noqa: E402
 
 __all__ += ["TabularBatch", "TabularDataModule"]
+
+# blind gain calibration instances (issue 19)
+from .calibration import BlindCalibrationDataModule, make_calibration_batch  # noqa: E402
+
+__all__ += ["BlindCalibrationDataModule", "make_calibration_batch"]

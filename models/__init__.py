@@ -42,3 +42,8 @@ from .varnet import KSpaceState, VarNet, VarNetCascade
 __all__ += ["VarNet", "VarNetCascade", "KSpaceState", "RecurrentVarNet", "RecurrentVarNetStep", "RecurrentInit",
             "RecurrentState", "CIRIM", "CIRIMOutput", "RIMStep", "RIMState", "time_step_loss", "time_step_weights",
             "NormUNet", "ConvGRUCell", "ConvGRUStack", "SensitivityNet", "MRIProblem", "acs_mask"]
+
+# blind gain calibration (issue 19): the unrolled projected gradient with learned step sizes
+from .calibration import LearnedBlindCalibration  # noqa: E402
+
+__all__ += ["LearnedBlindCalibration"]

@@ -37,3 +37,8 @@ __all__ += ["BilevelTask"]
 from .mri import MRITimeStepTask  # noqa: E402
 
 __all__ += ["MRITimeStepTask"]
+
+# blind gain calibration (issue 19)
+from .calibration import BlindCalibrationTask  # noqa: E402
+
+__all__ += ["BlindCalibrationTask"]

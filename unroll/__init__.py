@@ -51,3 +51,9 @@ __all__ += ["ScaleInvariantLoss", "conjugate_directions", "ConjugateDirectionsIn
 from .losses import L1Loss, L2Loss, ProximalMatchingLoss, proximal_matching  # noqa: E402
 
 __all__ += ["L1Loss", "L2Loss", "ProximalMatchingLoss", "proximal_matching"]
+
+# non-convex projected gradient (issue 19): blind gain calibration, supervised dictionary learning
+from . import calibration  # noqa: E402
+from .calibration import BlindCalibrationProblem, BlindCalibrationStep, CalibrationState, blind_calibration  # noqa: E402
+
+__all__ += ["calibration", "blind_calibration", "BlindCalibrationProblem", "BlindCalibrationStep", "CalibrationState"]
