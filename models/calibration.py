@@ -53,4 +53,4 @@ class LearnedBlindCalibration(nn.Module):
 
     def step_sizes(self) -> List[Tuple[float, float]]:
         """Per layer ``(μ_x^k, μ_d^k)`` as floats."""
-        return [(float(s.step_x()), float(s.step_d())) for s in self.unrolled.steps]
+        return [(float(s.step_x().detach()), float(s.step_d().detach())) for s in self.unrolled.steps]
