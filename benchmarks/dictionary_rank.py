@@ -15,7 +15,8 @@ local method: see the random-start row), and scored by
   found from the signals alone by hard thresholding with ``D̂``.
 
 Also reported: the same at the true rank from the common data start (``k`` random normalised
-signals), to show how far the method is from global recovery.
+signals), without and with ``--warmup`` sweeps of unsupervised learning first (``β = 0``, codes
+restarted each sweep), to show how far the method is from global recovery.
 
     nice -n 5 python benchmarks/dictionary_rank.py       # a few minutes on 1 core
     python benchmarks/dictionary_rank.py --short         # smoke run
@@ -38,10 +39,10 @@ from unroll.dictionary import dictionary_errors, make_dictionary_problem, sparse
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(Y, C, D, W, Yt, Ct_clean, k, rank, s, iters, D0, gen):
+def run(Y, C, D, W, Yt, Ct_clean, k, rank, s, iters, D0, gen, warmup=0):
     t0 = time.perf_counter()
     Dh, Wh, _, info = supervised_dictionary_learning(Y, C, k, rank, s, max_iter=iters, tol=1e-10, D0=D0,
-                                                     generator=gen)
+                                                     generator=gen, warmup=warmup)
     sec = time.perf_counter() - t0
     atom, derr, werr = dictionary_errors(Dh, Wh, D, W)
     Zt = sparse_code(Yt, Dh, s)
@@ -64,6 +65,7 @@ def main() -> None:
     ap.add_argument("--delta", type=float, default=0.3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--warmup", type=int, default=100, help="unsupervised warm-up sweeps of the random starts")
     ap.add_argument("--random-only", type=int, nargs="*", default=None, metavar="N",
                     help="only the random data start, noiseless, at the true rank, for these sample counts N")
     ap.add_argument("--out", default=None)
@@ -73,7 +75,7 @@ def main() -> None:
     d, k, q, r_true, s, N, N_test = 24, 12, 20, 3, 2, 150, 500
     if args.short:
         d, k, q, r_true, N, N_test = 8, 4, 6, 2, 40, 50
-        args.ranks, args.noise, args.trials, args.iters = [1, 2, 4], [0.05], 2, 60
+        args.ranks, args.noise, args.trials, args.iters, args.warmup = [1, 2, 4], [0.05], 2, 60, 5
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / "dictionary_rank.json"
     fig_path = Path(args.figure) if args.figure else ROOT / "benchmarks" / "figures" / "dictionary_rank.png"
     from machine import cpu_name  # benchmarks/machine.py
@@ -81,17 +83,19 @@ def main() -> None:
     t_start = time.perf_counter()
     if args.random_only:
         rows = []
-        print("| N | atoms found (cos > 0.99) | problems with every atom | D error | W error | sweeps |")
-        print("|---|---|---|---|---|---|")
+        print("| N | warm-up sweeps | atoms found (cos > 0.99) | problems with every atom | D error | W error | "
+              "sweeps |")
+        print("|---|---|---|---|---|---|---|")
         for n_train in args.random_only:
             g = torch.Generator().manual_seed(args.seed + n_train)
             Yall, Call, D, W, _ = make_dictionary_problem(args.trials, d, k, q, r_true, s, n_train + N_test, generator=g)
-            row = run(Yall[..., :n_train], Call[..., :n_train], D, W, Yall[..., n_train:], Call[..., n_train:], k,
-                      r_true, s, args.iters, None, torch.Generator().manual_seed(args.seed))
-            row["N"] = n_train
-            rows.append(row)
-            print(f"| {n_train} | {row['atoms_found']:.2f} | {row['all_atoms_recovered']:.2f} | {row['D_err']:.2e} | "
-                  f"{row['W_err']:.2e} | {row['median_iters']:.0f} |", flush=True)
+            for warm in (0, args.warmup):
+                row = run(Yall[..., :n_train], Call[..., :n_train], D, W, Yall[..., n_train:], Call[..., n_train:], k,
+                          r_true, s, args.iters, None, torch.Generator().manual_seed(args.seed), warmup=warm)
+                row["N"], row["warmup"] = n_train, warm
+                rows.append(row)
+                print(f"| {n_train} | {warm} | {row['atoms_found']:.2f} | {row['all_atoms_recovered']:.2f} | "
+                      f"{row['D_err']:.2e} | {row['W_err']:.2e} | {row['median_iters']:.0f} |", flush=True)
         out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / "dictionary_random_start.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({"machine": cpu_name(), "settings": {"d": d, "k": k, "q": q, "true_rank": r_true,
@@ -124,10 +128,13 @@ def main() -> None:
                   f"{row['pred_err']:.2e} | {row['all_atoms_recovered']:.2f} | {row['median_iters']:.0f} |",
                   flush=True)
         results["curves"][str(sigma)] = rows
-        rnd = run(Y, C, D, W, Yt, Ct_clean, k, r_true, s, args.iters, None, torch.Generator().manual_seed(args.seed))
-        results["random_start"][str(sigma)] = rnd
-        print(f"random data start, true rank: D error {rnd['D_err']:.2e}, W error {rnd['W_err']:.2e}, every atom "
-              f"found in {rnd['all_atoms_recovered']:.2f} of the problems")
+        for warm in (0, args.warmup):
+            rnd = run(Y, C, D, W, Yt, Ct_clean, k, r_true, s, args.iters, None, torch.Generator().manual_seed(args.seed),
+                      warmup=warm)
+            results["random_start"][f"{sigma}/warmup{warm}"] = rnd
+            print(f"random data start, true rank, {warm} warm-up sweeps: D error {rnd['D_err']:.2e}, W error "
+                  f"{rnd['W_err']:.2e}, atoms found {rnd['atoms_found']:.2f}, every atom found in "
+                  f"{rnd['all_atoms_recovered']:.2f} of the problems")
     results["seconds"] = time.perf_counter() - t_start
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))

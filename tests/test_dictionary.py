@@ -59,6 +59,36 @@ def test_rank_below_the_truth_cannot_fit_the_covariates():
     assert bool((werr >= bound - 1e-12).all()) and float(bound.min()) > 0.1, (werr, bound)
 
 
+def test_errors_are_invariant_to_the_models_ambiguities():
+    """Permuted, sign-flipped atoms rescaled by c_j (codes by 1/c_j, so W's columns by c_j) are
+    the same model: zero error; a perturbed W is not."""
+    Y, C, D, W, Z, D0 = problem(seed=6, B=2)
+    g = torch.Generator().manual_seed(6)
+    perm = torch.randperm(6, generator=g)
+    c = 0.5 + 0.5 * torch.rand(6, generator=g, dtype=DT)
+    sg = torch.tensor([1.0, -1, -1, 1, -1, 1], dtype=DT)
+    atom, derr, werr = dictionary_errors((D * c * sg)[..., perm], (W * c * sg)[..., perm], D, W)
+    assert float(torch.stack([atom, derr, werr]).max()) < 1e-14
+    assert float(dictionary_errors(D, 1.1 * W, D, W)[2].min()) > 0.09
+
+
+def test_a_random_data_start_needs_the_unsupervised_warm_up():
+    """From k normalised signals: a few unsupervised sweeps (codes restarted) first find the atoms,
+    then the joint problem recovers D and W; without it, fitting W to the first (wrong) codes locks
+    them in. Not always: with warm-up 16 of 20 such problems were recovered in our check, 0 of 20
+    without (BENCHMARKS.md has larger runs); these two are among the recovered ones."""
+    g = torch.Generator().manual_seed(8)
+    Y, C, D, W, Z = make_dictionary_problem(2, d=12, k=6, q=5, rank=2, sparsity=2, num_samples=150, generator=g)
+    for warmup in (0, 40):
+        Dh, Wh, _, _ = supervised_dictionary_learning(Y, C, 6, 2, 2, max_iter=600, tol=1e-11, warmup=warmup,
+                                                      generator=torch.Generator().manual_seed(0))
+        atom, derr, werr = dictionary_errors(Dh, Wh, D, W)
+        if warmup:
+            assert float(derr.max()) < 1e-8 and float(werr.max()) < 1e-8, (derr, werr)
+        else:
+            assert float(derr.min()) > 0.1, derr
+
+
 def test_projections_and_sparse_coding():
     g = torch.Generator().manual_seed(3)
     z = torch.randn(2, 7, 5, generator=g, dtype=DT)

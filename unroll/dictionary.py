@@ -35,6 +35,10 @@ Each block update does not increase ``F`` (a projected gradient step with step `
 block whose other blocks are fixed, onto a set it projects onto exactly), so ``F`` decreases
 monotonically. Non-convex: the result depends on the start; by default ``D`` starts from ``k``
 normalised signals of the data (as common dictionary-learning codes do), ``W`` and ``Z`` at zero.
+From such a start the joint sweeps alone mostly fail (fitting ``W`` to the first, wrong codes
+locks them in); ``warmup`` sweeps of unsupervised learning first (``β = 0``, codes restarted from
+zero each sweep), as Mairal et al. (2012) initialise with unsupervised dictionary learning,
+recover most problems (BENCHMARKS.md). From a start near the truth the sweeps recover it.
 
 Ambiguities: ``(D_j c, z_{j·}/c, W_{·j}/c)`` for ``0 < c ≤ 1`` and permutations/signs of the
 atoms give the same fit; :func:`dictionary_errors` matches atoms by the Hungarian algorithm on
@@ -171,12 +175,18 @@ class AlternatingDictionaryStep(Step):
         rank: ``r``, the largest rank of ``W`` (an int ≥ 0).
         sparsity: ``s``, the nonzeros per code (an int ≥ 1).
         step: step sizes in units of each block's ``1/L`` (``≤ 1`` keeps ``F`` monotone).
+        inner_steps: projected-gradient steps per block per sweep.
+        restart_codes: start each sweep's code steps from zero instead of the previous codes
+            (then ``F`` need not decrease from sweep to sweep: a restart forgets the codes).
 
     State :class:`DictionaryState`; estimate ``D``; residual: relative change of all three blocks.
     """
 
-    def __init__(self, rank: int, sparsity: int, step: float = 1.0) -> None:
+    def __init__(self, rank: int, sparsity: int, step: float = 1.0, inner_steps: int = 1,
+                 restart_codes: bool = False) -> None:
         super().__init__()
+        self.inner_steps = _check_count("inner_steps", inner_steps, 1)
+        self.restart_codes = bool(restart_codes)
         self.rank = _check_count("rank", rank, 0)
         self.sparsity = _check_count("sparsity", sparsity, 1)
         if isinstance(step, bool) or not isinstance(step, (int, float)) or not (0 < step < float("inf")):
@@ -191,14 +201,21 @@ class AlternatingDictionaryStep(Step):
         Y, C, beta, N = problem.Y, problem.C, problem.beta, problem.num_samples
         Dt, Wt = D.transpose(1, 2), W.transpose(1, 2)
         gram = Dt @ D + beta * (Wt @ W)
-        gz = (gram @ Z - Dt @ Y - beta * (Wt @ C)) / N
-        Z = project_sparse(Z - (self.step * N / _spectral(gram)) * gz, self.sparsity)
+        rhs = Dt @ Y + beta * (Wt @ C)
+        alpha = self.step / _spectral(gram)
+        if self.restart_codes:
+            Z = torch.zeros_like(Z)
+        for _ in range(self.inner_steps):
+            Z = project_sparse(Z - alpha * (gram @ Z - rhs), self.sparsity)
         Zt = Z.transpose(1, 2)
         zz = Z @ Zt
         lz = _spectral(zz) / N
-        D = project_atoms(D - (self.step / lz) * ((D @ zz - Y @ Zt) / N))
+        yz, cz = Y @ Zt, C @ Zt
+        for _ in range(self.inner_steps):
+            D = project_atoms(D - (self.step / lz) * ((D @ zz - yz) / N))
         if beta > 0:
-            W = project_rank(W - (self.step / (beta * lz)) * (beta * (W @ zz - C @ Zt) / N), self.rank)
+            for _ in range(self.inner_steps):
+                W = project_rank(W - (self.step / (beta * lz)) * (beta * (W @ zz - cz) / N), self.rank)
         return DictionaryState(D, W, Z)
 
     def residual(self, new: DictionaryState, old: DictionaryState, problem: Problem) -> Tensor:
@@ -210,7 +227,8 @@ class AlternatingDictionaryStep(Step):
 def supervised_dictionary_learning(Y: Tensor, C: Tensor, num_atoms: int, rank: int, sparsity: int,
                                    beta: float = 1.0, max_iter: int = 2000, tol: Optional[float] = 1e-9,
                                    D0: Optional[Tensor] = None, step: float = 1.0, record_objective: bool = False,
-                                   generator: Optional[torch.Generator] = None
+                                   generator: Optional[torch.Generator] = None, warmup: int = 0,
+                                   warmup_inner_steps: int = 10
                                    ) -> Tuple[Tensor, Tensor, Tensor, SolverInfo]:
     """Alternating projected gradient for the problem of the module notes.
 
@@ -224,6 +242,13 @@ def supervised_dictionary_learning(Y: Tensor, C: Tensor, num_atoms: int, rank: i
             distinct signals of each problem drawn with ``generator``, normalised.
         step: step sizes in units of each block's ``1/L``.
         record_objective: ``F`` after every sweep in ``info.objective`` ``(B, K)``.
+        generator: draws the default start.
+        warmup: sweeps of unsupervised dictionary learning (``β = 0``: the covariates ignored)
+            before the joint problem, as Mairal et al. (2012) initialise task-driven learning by
+            unsupervised learning. In those sweeps the codes restart from zero and take
+            ``warmup_inner_steps`` projected-gradient (hard-thresholding) steps, the atoms as many;
+            from a random data start this is what finds the atoms (BENCHMARKS.md: without it,
+            fitting ``W`` to early wrong codes locks them in).
 
     Returns:
         ``(D, W, Z, info)``: ``(B, d, k)``, ``(B, q, k)`` of rank ``≤ r``, ``(B, k, N)``, and a
@@ -246,6 +271,12 @@ def supervised_dictionary_learning(Y: Tensor, C: Tensor, num_atoms: int, rank: i
         got = tuple(D0.shape) if isinstance(D0, Tensor) else type(D0).__name__
         raise ValueError(f"D0: expected shape (B, d, k) = {(B, d, k)}, got {got}")
     state0 = DictionaryState(project_atoms(D0.to(Y.dtype)), Y.new_zeros(B, q, k), Y.new_zeros(B, k, N))
+    warmup = _check_count("warmup", warmup, 0)
+    if warmup:
+        plain = SupervisedDictionaryProblem(Y, C, 0.0, check=False)
+        warm = AlternatingDictionaryStep(rank, sparsity, step, inner_steps=warmup_inner_steps, restart_codes=True)
+        D_w, _, Z_w = Unrolled(warm, num_iters=warmup)(plain, state0=state0, tol=tol).state
+        state0 = DictionaryState(D_w, state0.W, Z_w)
     out = Unrolled(layer_step, num_iters=max_iter)(problem, state0=state0, tol=tol, return_states=record_objective)
     info = out.info
     info.method = "supervised_dictionary_learning"
@@ -282,13 +313,14 @@ def dictionary_errors(D_hat: Tensor, W_hat: Tensor, D: Tensor, W: Tensor) -> Tup
       (permutation ``π`` by the Hungarian algorithm on ``|D̂ᵀD|``, SciPy's
       ``linear_sum_assignment``);
     * ``D_err``: ``‖D̂ P S − D‖_F/‖D‖_F`` with that permutation ``P`` and signs ``S`` (normalised atoms);
-    * ``W_err``: ``‖Ŵ P S Λ − W‖_F/‖W‖_F`` with ``Λ`` the atoms' norms (the codes scale inversely).
+    * ``W_err``: ``‖Ŵ Λ⁻¹ P S − W‖_F/‖W‖_F`` with ``Λ`` the atoms' norms (a unit atom's code is
+      ``‖d̂_j‖ ẑ_j``).
     """
     from scipy.optimize import linear_sum_assignment
 
     norms = batch_norm_cols(D_hat).clamp_min(torch.finfo(D_hat.dtype).tiny)  # (B, 1, k)
     Dn = D_hat / norms
-    Wn = W_hat * norms  # z scales by the atom's norm, so W's column by the same factor
+    Wn = W_hat / norms  # a unit atom's code is ‖d̂_j‖ ẑ_j, so W's column scales by 1/‖d̂_j‖
     corr = Dn.transpose(1, 2) @ D  # (B, k̂, k)
     atom, derr, werr = [], [], []
     for b in range(D.shape[0]):
