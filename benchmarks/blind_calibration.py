@@ -104,7 +104,8 @@ def learned_comparison(n, m, p_train, ps, layers, steps, lr, batch, trials, seed
             row["solver_K"] = {"median_x_err": float(ex.median()), "median_d_err": float(ed.median())}
         rows.append(row)
     return {"n": n, "m": m, "p_train": p_train, "layers": layers, "steps": steps, "lr": lr, "batch": batch,
-            "train_seconds": train_sec, "loss_first": losses[0], "loss_last10": sum(losses[-10:]) / min(10, len(losses)),
+            "train_seconds": train_sec, "loss_first": losses[0],
+            "loss_last10": sum(losses[-10:]) / min(10, len(losses)),
             "step_sizes": model.step_sizes(), "rows": rows}
 
 

@@ -49,7 +49,8 @@ def run(Y, C, D, W, Yt, Ct_clean, k, rank, s, iters, D0, gen, warmup=0):
     pred = torch.linalg.norm(Wh @ Zt - Ct_clean, dim=(1, 2)) / torch.linalg.norm(Ct_clean, dim=(1, 2))
     recovered = (atom < 1e-2).double()
     cos = ((Dh / Dh.norm(dim=1, keepdim=True).clamp_min(1e-300)).transpose(1, 2) @ D).abs().amax(1)  # (B, k)
-    return {"atoms_found": float((cos > 0.99).double().mean()),"rank": rank, "D_err": float(derr.median()), "W_err": float(werr.median()),
+    return {"atoms_found": float((cos > 0.99).double().mean()), "rank": rank, "D_err": float(derr.median()),
+            "W_err": float(werr.median()),
             "pred_err": float(pred.median()), "worst_atom": float(atom.median()),
             "all_atoms_recovered": float(recovered.mean()), "median_iters": float(info.iterations.double().median()),
             "seconds": sec}
@@ -88,7 +89,8 @@ def main() -> None:
         print("|---|---|---|---|---|---|---|")
         for n_train in args.random_only:
             g = torch.Generator().manual_seed(args.seed + n_train)
-            Yall, Call, D, W, _ = make_dictionary_problem(args.trials, d, k, q, r_true, s, n_train + N_test, generator=g)
+            Yall, Call, D, W, _ = make_dictionary_problem(args.trials, d, k, q, r_true, s, n_train + N_test,
+                                                          generator=g)
             for warm in (0, args.warmup):
                 row = run(Yall[..., :n_train], Call[..., :n_train], D, W, Yall[..., n_train:], Call[..., n_train:], k,
                           r_true, s, args.iters, None, torch.Generator().manual_seed(args.seed), warmup=warm)
@@ -98,9 +100,10 @@ def main() -> None:
                       f"{row['D_err']:.2e} | {row['W_err']:.2e} | {row['median_iters']:.0f} |", flush=True)
         out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / "dictionary_random_start.json"
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"machine": cpu_name(), "settings": {"d": d, "k": k, "q": q, "true_rank": r_true,
-                                   "sparsity": s, **{kk: v for kk, v in vars(args).items() if kk not in ("out", "figure")}},
-                                   "rows": rows, "seconds": time.perf_counter() - t_start}, indent=2))
+        settings = {"d": d, "k": k, "q": q, "true_rank": r_true, "sparsity": s,
+                    **{kk: v for kk, v in vars(args).items() if kk not in ("out", "figure")}}
+        out.write_text(json.dumps({"machine": cpu_name(), "settings": settings, "rows": rows,
+                                   "seconds": time.perf_counter() - t_start}, indent=2))
         print(f"wrote {out}")
         return
     results = {"machine": cpu_name(), "threads": args.threads,
@@ -129,8 +132,8 @@ def main() -> None:
                   flush=True)
         results["curves"][str(sigma)] = rows
         for warm in (0, args.warmup):
-            rnd = run(Y, C, D, W, Yt, Ct_clean, k, r_true, s, args.iters, None, torch.Generator().manual_seed(args.seed),
-                      warmup=warm)
+            rnd = run(Y, C, D, W, Yt, Ct_clean, k, r_true, s, args.iters, None,
+                      torch.Generator().manual_seed(args.seed), warmup=warm)
             results["random_start"][f"{sigma}/warmup{warm}"] = rnd
             print(f"random data start, true rank, {warm} warm-up sweeps: D error {rnd['D_err']:.2e}, W error "
                   f"{rnd['W_err']:.2e}, atoms found {rnd['atoms_found']:.2f}, every atom found in "

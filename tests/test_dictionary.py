@@ -46,7 +46,8 @@ def test_the_low_rank_projection_gives_exactly_the_requested_rank(rank):
     s = torch.linalg.svdvals(Wh)  # (B, 5)
     if rank:
         assert float(s[:, rank - 1].min()) > 1e-3  # the kept directions are there
-    assert float(torch.cat([s[:, rank:].flatten(), s.new_zeros(1)]).max()) < 1e-12  # and nothing else (noisy C would fill every rank)
+    # and nothing else (the noisy covariates alone would fill every rank)
+    assert float(torch.cat([s[:, rank:].flatten(), s.new_zeros(1)]).max()) < 1e-12
 
 
 def test_rank_below_the_truth_cannot_fit_the_covariates():

@@ -40,7 +40,7 @@ import math
 from typing import NamedTuple, Optional, Tuple, Union
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .autodiff import GradMode
 from .batched import batch_norm, safe_ratio

@@ -346,7 +346,8 @@ def make_dictionary_problem(batch: int, d: int, k: int, q: int, rank: int, spars
     recovery stalls near 1e-3), ``W = U Vᵀ``
     with ``U`` ``(q, r)`` and ``V`` ``(k, r)`` i.i.d. ``N(0, 1/r)`` (rank ``r`` almost surely),
     codes with ``s`` nonzeros at uniformly random positions, i.i.d. random signs times magnitudes
-    uniform in ``[1, 1.5]`` (bounded away from zero, so hard thresholding can find the supports), and ``Y = DZ + σ E``, ``C = WZ + σ E'`` with white Gaussian noise.
+    uniform in ``[1, 1.5]`` (bounded away from zero, so hard thresholding can find the supports),
+    and ``Y = DZ + σ E``, ``C = WZ + σ E'`` with white Gaussian noise.
 
     Returns:
         ``(Y, C, D, W, Z)``: ``(B, d, N)``, ``(B, q, N)``, ``(B, d, k)``, ``(B, q, k)``, ``(B, k, N)``.
