@@ -179,6 +179,10 @@ def test_bad_input_gets_clear_errors():
         blind_calibration(A, y, max_iter=0)
     with pytest.raises(ValueError, match=r"x0: expected shape \(B, n\) = \(2, 8\)"):
         blind_calibration(A, y, x0=torch.zeros(2, 9, dtype=DT))
+    with pytest.raises(ValueError, match=r"A: expected positive sizes \(B, p, m, n\), got \(2, 0, 16, 8\)"):
+        blind_calibration(A[:, :0], y[:, :0])
+    with pytest.raises(TypeError, match="y: expected the dtype of A"):
+        blind_calibration(A, y.float())
     for name, kw in (("m", dict(m=0)), ("p", dict(p=-1)), ("n", dict(n=0))):
         args = dict(batch=2, n=4, m=4, p=2)
         args.update(kw)
@@ -210,3 +214,13 @@ def test_data_module_and_task_train_end_to_end(tmp_path):
     b = dm.test_split
     assert b.operator["A"].shape == (32, 4, 16, 8) and b.y.shape == (32, 4, 16) and b.meta["gains"].shape == (32, 16)
     torch.testing.assert_close(b.meta["gains"].sum(1), torch.full((32,), 16.0), rtol=0, atol=1e-4)
+
+
+def test_float32_solver_keeps_its_dtype_and_recovers():
+    A, y, x, d = make_calibration_instances(3, 6, 12, 6, generator=torch.Generator().manual_seed(9),
+                                            dtype=torch.float32)
+    xh, dh, info = blind_calibration(A, y, tol=1e-7)
+    assert xh.dtype == dh.dtype == torch.float32
+    ex, ed = calibration_errors(xh, dh, x, d)
+    assert float(torch.maximum(ex, ed).max()) < 1e-4
+    torch.testing.assert_close(dh.sum(1), torch.full((3,), 12.0), rtol=0, atol=1e-4)
