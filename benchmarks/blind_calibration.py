@@ -20,6 +20,7 @@ that cell's row of ``p``, with ``K`` untrained iterations and with the solver.
 
     nice -n 5 python benchmarks/blind_calibration.py           # about 10 min on 1 core
     python benchmarks/blind_calibration.py --short             # smoke run, seconds
+    nice -n 5 python benchmarks/blind_calibration.py --learned-grid --ns 16   # learned vs untrained layers
 
 Writes benchmarks/results/blind_calibration.json and benchmarks/figures/blind_calibration.png.
 """
@@ -109,6 +110,72 @@ def learned_comparison(n, m, p_train, ps, layers, steps, lr, batch, trials, seed
             "step_sizes": model.step_sizes(), "rows": rows}
 
 
+def learned_grid(args, out_path, fig_path):
+    """``--learned-grid``: train the learned variant once at ``--learn-cell`` (as the main run does)
+    and score it against ``K`` untrained layers over the ``(m, p)`` grid of that cell's ``n``
+    (the layers' step sizes do not depend on the sizes, so one model runs on every cell)."""
+    from machine import cpu_name  # benchmarks/machine.py
+
+    ln, lm, lp = args.learn_cell
+    t0 = time.perf_counter()
+    trained = learned_comparison(ln, lm, lp, [lp], args.layers, args.train_steps, 0.02, 32, 4, args.seed)
+    model = LearnedBlindCalibration(num_layers=args.layers, step=0.25, rho=0.99).double()
+    for layer, (sx, sd) in zip(model.unrolled.steps, trained["step_sizes"]):
+        layer.step_x.set_(sx)
+        layer.step_d.set_(sd)
+    untrained = LearnedBlindCalibration(num_layers=args.layers, step=0.25, learn_step=False, rho=0.99).double()
+    cells = []
+    print(f"\nK = {args.layers} layers, trained at n={ln}, m={lm}, p={lp}; median max(x, d) relative error and "
+          f"success over {args.trials * 5} instances per cell")
+    print("| m | p | mp/(n+m) | untrained: error / success | learned: error / success |")
+    print("|---|---|---|---|---|")
+    for f in args.m_factors:
+        m = max(1, int(round(f * ln)))
+        for p in args.ps:
+            gen = torch.Generator().manual_seed(args.seed + 7 + 10 * m + p)
+            A, y, x, d = make_calibration_instances(args.trials * 5, ln, m, p, rho=0.5, generator=gen,
+                                                    dtype=torch.float64)
+            row = {"n": ln, "m": m, "p": p, "ratio": m * p / (ln + m)}
+            with torch.no_grad():
+                for name, net in (("untrained", untrained), ("learned", model)):
+                    o = net(y, A)
+                    err = torch.maximum(*calibration_errors(o.x, o.state.d, x, d))
+                    row[name] = {"median_err": float(err.median()), "success": float((err < SUCCESS).double().mean())}
+            cells.append(row)
+            print(f"| {m} | {p} | {row['ratio']:.2f} | {row['untrained']['median_err']:.2e} / "
+                  f"{row['untrained']['success']:.2f} | {row['learned']['median_err']:.2e} / "
+                  f"{row['learned']['success']:.2f} |", flush=True)
+    res = {"machine": cpu_name(), "threads": args.threads, "seconds": time.perf_counter() - t0,
+           "settings": {k: v for k, v in vars(args).items() if k not in ("out", "figure")}, "training": trained,
+           "cells": cells}
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(res, indent=2))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ms = sorted({c["m"] for c in cells})
+    ps = sorted({c["p"] for c in cells})
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, name in zip(axes, ("untrained", "learned")):
+        grid = torch.full((len(ms), len(ps)), float("nan"))
+        for c in cells:
+            grid[ms.index(c["m"]), ps.index(c["p"])] = math.log10(max(c[name]["median_err"], 1e-16))
+        im = ax.imshow(grid.numpy(), origin="lower", cmap="viridis_r", vmin=-4, vmax=0, aspect="auto")
+        ax.set_xticks(range(len(ps)), [str(p) for p in ps])
+        ax.set_yticks(range(len(ms)), [str(m) for m in ms])
+        ax.set_xlabel("snapshots p")
+        ax.set_ylabel("sensors m")
+        ax.set_title(f"log10 median error after {args.layers} {name} layers (n = {ln})")
+    fig.colorbar(im, ax=axes[-1])
+    fig.tight_layout()
+    fig_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(fig_path, dpi=110)
+    plt.close(fig)
+    print(f"\nwrote {out_path} and {fig_path} ({res['seconds']:.0f} s)")
+
+
 def plot(cells, ns, learned, path):
     import matplotlib
 
@@ -163,6 +230,8 @@ def main() -> None:
     ap.add_argument("--train-steps", type=int, default=400)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--learned-grid", action="store_true",
+                    help="only: train the learned variant once and compare it with untrained layers over the grid")
     ap.add_argument("--out", default=None, help="results JSON (default benchmarks/results/blind_calibration.json)")
     ap.add_argument("--figure", default=None, help="PNG (default benchmarks/figures/blind_calibration.png)")
     args = ap.parse_args()
@@ -172,6 +241,12 @@ def main() -> None:
         args.learn_cell, args.layers, args.train_steps = [8, 16, 4], 3, 3
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / "blind_calibration.json"
     fig = Path(args.figure) if args.figure else ROOT / "benchmarks" / "figures" / "blind_calibration.png"
+    if args.learned_grid:
+        learned_grid(args, Path(args.out) if args.out else ROOT / "benchmarks" / "results" /
+                     "blind_calibration_learned.json",
+                     Path(args.figure) if args.figure else ROOT / "benchmarks" / "figures" /
+                     "blind_calibration_learned.png")
+        return
     from machine import cpu_name  # benchmarks/machine.py
 
     t_start = time.perf_counter()
