@@ -235,3 +235,17 @@ def test_dictionary_rank_short(bench, tmp_path, capsys):
     w_err = [r["W_err"] for r in res["curves"]["0.05"]]
     assert w_err[0] > w_err[1]  # a rank below the truth is biased (Eckart–Young), even on a smoke budget
     assert (mod.ROOT / "benchmarks" / "figures" / "dictionary_rank.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_blind_calibration_learned_grid_short(bench, tmp_path, capsys):
+    """benchmarks/blind_calibration.py --learned-grid (issue 19): the learned variant against
+    untrained layers over the grid (smoke budget)."""
+    load, run = bench
+    mod = load("blind_calibration")
+    mod.ROOT = scratch_root(tmp_path)
+    run(mod, "--short", "--learned-grid")
+    rows = table_rows(capsys.readouterr().out, "| m | p | mp/(n+m) | untrained")
+    assert len(rows) == 4
+    res = json.loads((mod.ROOT / "benchmarks" / "results" / "blind_calibration_learned.json").read_text())
+    assert len(res["cells"]) == 4 and all(0 <= c["learned"]["success"] <= 1 for c in res["cells"])
+    assert (mod.ROOT / "benchmarks" / "figures" / "blind_calibration_learned.png").read_bytes()[:4] == b"\x89PNG"
