@@ -46,3 +46,8 @@ __all__ += ["VarNet", "VarNetCascade", "KSpaceState", "RecurrentVarNet", "Recurr
 from .classifiers import MLPClassifier, SmallCNN  # noqa: E402
 
 __all__ += ["MLPClassifier", "SmallCNN"]
+
+# blind gain calibration (issue 19): the unrolled projected gradient with learned step sizes
+from .calibration import LearnedBlindCalibration  # noqa: E402
+
+__all__ += ["LearnedBlindCalibration"]

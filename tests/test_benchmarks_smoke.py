@@ -242,3 +242,47 @@ def test_adversarial_short(bench, tmp_path, capsys):
     result = json.loads((mod.ROOT / "benchmarks" / "results" / "adversarial.json").read_text())
     assert set(result["results"]) == {"standard", "pgd", "pgd_through", "finetune", "l2_pgd", "l2_pgd_through"}
     assert (mod.ROOT / "benchmarks" / "figures" / "adversarial_robust_accuracy.png").is_file()
+def test_blind_calibration_short(bench, tmp_path, capsys):
+    """benchmarks/blind_calibration.py (issue 19) in its smoke mode: the phase-transition table,
+    the learned variant's table, the JSON and the heat map."""
+    load, run = bench
+    mod = load("blind_calibration")
+    mod.ROOT = scratch_root(tmp_path)
+    run(mod, "--short")
+    out = capsys.readouterr().out
+    rows = table_rows(out, "| n | m | transition")
+    assert len(rows) == 2 and all(r[0] == "8" for r in rows)
+    learned = table_rows(out, "| p | mp/(n+m) |")
+    assert len(learned) == 3
+    res = json.loads((mod.ROOT / "benchmarks" / "results" / "blind_calibration.json").read_text())
+    assert len(res["cells"]) == 4 and all(0 <= c["success"] <= 1 for c in res["cells"])
+    assert len(res["learned"]["step_sizes"]) == 3
+    assert (mod.ROOT / "benchmarks" / "figures" / "blind_calibration.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_dictionary_rank_short(bench, tmp_path, capsys):
+    """benchmarks/dictionary_rank.py (issue 19) in its smoke mode: errors vs assumed rank."""
+    load, run = bench
+    mod = load("dictionary_rank")
+    mod.ROOT = scratch_root(tmp_path)
+    run(mod, "--short")
+    rows = table_rows(capsys.readouterr().out, "| assumed rank |")
+    assert [r[0] for r in rows] == ["1", "2 (true)", "4"]
+    res = json.loads((mod.ROOT / "benchmarks" / "results" / "dictionary_rank.json").read_text())
+    w_err = [r["W_err"] for r in res["curves"]["0.05"]]
+    assert w_err[0] > w_err[1]  # a rank below the truth is biased (Eckart–Young), even on a smoke budget
+    assert (mod.ROOT / "benchmarks" / "figures" / "dictionary_rank.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_blind_calibration_learned_grid_short(bench, tmp_path, capsys):
+    """benchmarks/blind_calibration.py --learned-grid (issue 19): the learned variant against
+    untrained layers over the grid (smoke budget)."""
+    load, run = bench
+    mod = load("blind_calibration")
+    mod.ROOT = scratch_root(tmp_path)
+    run(mod, "--short", "--learned-grid")
+    rows = table_rows(capsys.readouterr().out, "| m | p | mp/(n+m) | untrained")
+    assert len(rows) == 4
+    res = json.loads((mod.ROOT / "benchmarks" / "results" / "blind_calibration_learned.json").read_text())
+    assert len(res["cells"]) == 4 and all(0 <= c["learned"]["success"] <= 1 for c in res["cells"])
+    assert (mod.ROOT / "benchmarks" / "figures" / "blind_calibration_learned.png").read_bytes()[:4] == b"\x89PNG"

@@ -615,3 +615,9 @@ def test_output_leaves_out_what_the_user_cannot_act_on(tmp_path):
     for noise in ("Tip:", "GPU available: False", "TPU available: False", "LeafSpec", "args parameter is intended",
                   "No seed found"):
         assert not [m for m in messages if noise in m], noise
+
+# blind gain calibration (issue 19): its config runs in the every-config test on tiny instances
+TINY_EXTRA["BlindCalibrationDataModule"] = lambda cfg, cache: [
+    "--data.init_args.n=4", "--data.init_args.m=8", "--data.init_args.p=2", "--data.init_args.batch_size=4",
+    "--data.init_args.val_size=8", "--data.init_args.test_size=8", "--data.init_args.train_batches=2",
+    "--model.init_args.model.init_args.num_layers=2", "--trainer.val_check_interval=1"]

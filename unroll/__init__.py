@@ -56,3 +56,15 @@ from . import adversarial  # noqa: E402
 from .adversarial import AttackResult, PGDAttack  # noqa: E402
 
 __all__ += ["adversarial", "PGDAttack", "AttackResult"]
+
+# non-convex projected gradient (issue 19): blind gain calibration, supervised dictionary learning
+from . import calibration  # noqa: E402
+from .calibration import BlindCalibrationProblem, BlindCalibrationStep, CalibrationState, blind_calibration  # noqa: E402
+
+__all__ += ["calibration", "blind_calibration", "BlindCalibrationProblem", "BlindCalibrationStep", "CalibrationState"]
+from . import dictionary  # noqa: E402
+from .dictionary import (AlternatingDictionaryStep, DictionaryState, SupervisedDictionaryProblem,  # noqa: E402
+                         supervised_dictionary_learning)
+
+__all__ += ["dictionary", "supervised_dictionary_learning", "SupervisedDictionaryProblem",
+            "AlternatingDictionaryStep", "DictionaryState"]
