@@ -28,8 +28,9 @@ Haar-wavelet ℓ1 by FISTA (``CompressedSensing``), λ picked on 4 validation sl
 
 Memory, two figures. The true peak of tensor memory during one training step (forward and
 backward of one slice; parameters, gradients, activations and temporaries) with ``grad_mode="full"``
-and ``"checkpoint"``: from the allocator on CUDA (``max_memory_allocated``), from the profiler's
-memory timeline on the CPU (``torch.profiler`` with ``profile_memory``). And the bytes of the activations a training step keeps from its forward pass for the
+and ``"checkpoint"``: from the allocator on CUDA (``max_memory_allocated``), from PyTorch's
+``MemTracker`` on the CPU (every storage the step creates, followed until it is freed). And the
+bytes of the activations a training step keeps from its forward pass for the
 backward pass (tensors saved by autograd, deduplicated by storage, counted with
 ``torch.autograd.graph.saved_tensors_hooks``), with the models' ``grad_mode="full"`` and
 ``"checkpoint"`` (MoDL: its CG solve is already differentiated implicitly; not applicable). With
@@ -195,14 +196,13 @@ def saved_activation_bytes(name, model, data, grad_mode) -> int:
 
 def peak_step_bytes(name, model, data, grad_mode) -> Dict[str, int]:
     """The true peak of tensor memory during one training step (forward and backward of one slice):
-    ``{"peak": bytes, "base": bytes at the step's start}``. On CUDA from the allocator
-    (``max_memory_allocated``); on the CPU from the profiler's memory timeline (every allocation
-    and free of the step, parameters, gradients, activations and temporaries alike, categorised by
-    ``torch.profiler``; ``export_memory_timeline``), the largest total over the step."""
-    import tempfile
+    ``{"peak": bytes, ...}``. On CUDA from the allocator (``max_memory_allocated``, minus what was
+    allocated before the step); elsewhere from PyTorch's ``MemTracker``
+    (``torch.distributed._tools.mem_tracker``), which follows every tensor storage the step
+    creates until it is freed, by category: the model's parameters and gradients, activations and
+    temporaries (``peak`` is their largest total; the per-category figures are at that moment).
+    The input slice, built before the step, is not counted."""
     import warnings
-
-    from torch.profiler import ProfilerActivity, profile
 
     idx = slice(0, 1)
     args = (data["y"][idx], operator(data, idx), data["x"][idx], data["max"][idx])
@@ -214,20 +214,21 @@ def peak_step_bytes(name, model, data, grad_mode) -> Dict[str, int]:
         base = torch.cuda.memory_allocated(dev)
         training_loss(name, model, *args, grad_mode).backward()
         torch.cuda.synchronize(dev)
-        peak = torch.cuda.max_memory_allocated(dev)
+        out = {"peak": int(torch.cuda.max_memory_allocated(dev) - base)}
     else:
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
-                     with_stack=True) as prof:
-            training_loss(name, model, *args, grad_mode).backward()
-        with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # deprecated for CUDA snapshots; the CPU timeline stays
-            path = Path(tmp) / "timeline.json"
-            prof.export_memory_timeline(str(path), device="cpu")
-            _, sizes = json.loads(path.read_text())
-        totals = [sum(row) for row in sizes] or [0]
-        base, peak = totals[0], max(totals)
+        from torch.distributed._tools.mem_tracker import MemTracker
+
+        tracker = MemTracker()
+        tracker.track_external(model)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # its module hooks warn about hook-API deprecations
+            with tracker:
+                training_loss(name, model, *args, grad_mode).backward()
+        snap = tracker.get_tracker_snapshot("peak")[dev]
+        out = {"peak": int(snap["Total"])}
+        out.update({str(k).split(".")[-1].lower(): int(v) for k, v in snap.items() if k != "Total" and v})
     model.zero_grad(set_to_none=True)
-    return {"peak": int(peak), "base": int(base)}
+    return out
 
 
 @torch.no_grad()
@@ -311,6 +312,9 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     parser.add_argument("--size", type=int, default=128, help="image size (the built-in 128, or average-pooled)")
     parser.add_argument("--test_slices", type=int, default=None, help="score only the first N test slices")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--memory_only", action="store_true",
+                        help="only the parameter counts and the memory figures of the learned models (no training, "
+                             "no scoring)")
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "mri_compare.json"))
     parser.add_argument("--figures", default=str(ROOT / "benchmarks" / "figures"))
     args = parser.parse_args(argv)
@@ -320,7 +324,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
               "machine": {"cpu": cpu_name(), "threads": args.threads, "python": platform.python_version(),
                           "torch": torch.__version__, "load_average": list(os.getloadavg())},
               "budget": {"steps": args.steps, "cpu_seconds": args.cpu_budget, "lr": args.lr, "batch": 1,
-                         "size": args.size}, "results": {}}
+                         "size": args.size}, "memory_only": args.memory_only, "results": {}}
     for setting in args.settings:
         torch.manual_seed(0)
         train_d = make_split(SPLIT["train"], setting, args.size)
@@ -331,6 +335,8 @@ def main(argv: Optional[List[str]] = None) -> Dict:
         results, preds = {}, {}
         for method in args.methods:
             row: Dict[str, object] = {}
+            if args.memory_only and method not in LEARNED:
+                continue
             if method == "zero_filled":
                 from unroll.models import ZeroFilled
 
@@ -353,6 +359,10 @@ def main(argv: Optional[List[str]] = None) -> Dict:
                 else:
                     row["saved_bytes_full"] = saved_activation_bytes(method, model, train_d, None)
                     row["peak_full"] = peak_step_bytes(method, model, train_d, None)
+                if args.memory_only:
+                    results[method] = row
+                    print(f"[{setting}] {method}: {row}", flush=True)
+                    continue
                 row["train_seconds"], row["train_cpu_seconds"], row["train_steps"] = train(
                     method, model, train_d, args.steps, args.lr, cpu_budget=args.cpu_budget)
             pred, per_slice = reconstruct(model, test_d)
@@ -361,8 +371,9 @@ def main(argv: Optional[List[str]] = None) -> Dict:
             results[method], preds[method] = row, pred
             print(f"[{setting}] {method}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                                       for k, v in row.items()), flush=True)
-        panel(Path(args.figures) / f"mri_compare_{setting}.png", setting, test_d, preds,
-              index=min(4, test_d["y"].shape[0] - 1))
+        if not args.memory_only:
+            panel(Path(args.figures) / f"mri_compare_{setting}.png", setting, test_d, preds,
+                  index=min(4, test_d["y"].shape[0] - 1))
         report["results"][setting] = results
         report["machine"]["load_average_end"] = list(os.getloadavg())
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
@@ -381,6 +392,20 @@ def markdown(report: Dict) -> str:
 
     def mb(a, b=None, na=" (n/a)"):
         return f"{a / 2**20:.1f}" + (f" → {b / 2**20:.1f}" if b is not None else na)
+
+    if report.get("memory_only"):
+        for setting, results in report["results"].items():
+            lines += [f"**{setting}** (memory of one training step, one slice)", "",
+                      "| method | params | peak full → checkpoint (MB) | activations at the peak, full → checkpoint (MB) | "
+                      "saved activations full → checkpoint (MB) |", "|---|---|---|---|---|"]
+            for m, r in results.items():
+                ck = r.get("peak_checkpoint")
+                lines.append(f"| {LABELS[m]} | {r['params']:,} | "
+                             f"{mb(r['peak_full']['peak'], ck['peak'] if ck else None)} | "
+                             f"{mb(r['peak_full'].get('act', 0), ck.get('act', 0) if ck else None)} | "
+                             f"{mb(r['saved_bytes_full'], r.get('saved_bytes_checkpoint'))} |")
+            lines.append("")
+        return "\n".join(lines)
 
     for setting, results in report["results"].items():
         lines += [f"**{setting}**", "",
