@@ -28,8 +28,8 @@ Haar-wavelet ℓ1 by FISTA (``CompressedSensing``), λ picked on 4 validation sl
 
 Memory, two figures. The true peak of tensor memory during one training step (forward and
 backward of one slice; parameters, gradients, activations and temporaries) with ``grad_mode="full"``
-and ``"checkpoint"``: from the allocator on CUDA (``max_memory_allocated``), from PyTorch's
-``MemTracker`` on the CPU (every storage the step creates, followed until it is freed). And the
+and ``"checkpoint"``: from the allocator on CUDA (``max_memory_allocated``), elsewhere by following every
+storage the step creates until it is freed (a dispatch mode and weak references). And the
 bytes of the activations a training step keeps from its forward pass for the
 backward pass (tensors saved by autograd, deduplicated by storage, counted with
 ``torch.autograd.graph.saved_tensors_hooks``), with the models' ``grad_mode="full"`` and
@@ -194,19 +194,68 @@ def saved_activation_bytes(name, model, data, grad_mode) -> int:
     return int(sum(seen.values()))
 
 
+class PeakMemory:
+    """The peak of live tensor storage while active (a ``TorchDispatchMode``): every storage an
+    operation returns is counted from its creation until it is freed (a weak reference to it
+    fires then), once however many tensors view it; ``start`` storages (the model's parameters)
+    count throughout. Any device; ``peak`` and ``current`` in bytes."""
+
+    def __init__(self, start=()):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        tracker = self
+        self.live: Dict[int, object] = {}
+        self.current = self.peak = 0
+
+        class _Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                for t in torch.utils._pytree.tree_leaves(out):
+                    if isinstance(t, torch.Tensor):
+                        tracker.add(t)
+                return out
+
+        self.mode = _Mode()
+        for t in start:
+            self.add(t)
+
+    def add(self, t: torch.Tensor) -> None:
+        import weakref
+
+        st = t.untyped_storage()
+        key = st._cdata
+        if key in self.live:
+            return
+        nbytes = st.nbytes()
+
+        def freed(_ref, key=key, nbytes=nbytes):
+            self.current -= nbytes
+            self.live.pop(key, None)
+
+        self.live[key] = weakref.ref(st, freed)
+        self.current += nbytes
+        self.peak = max(self.peak, self.current)
+
+    def __enter__(self):
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.mode.__exit__(*exc)
+
+
 def peak_step_bytes(name, model, data, grad_mode) -> Dict[str, int]:
     """The true peak of tensor memory during one training step (forward and backward of one slice):
-    ``{"peak": bytes, ...}``. On CUDA from the allocator (``max_memory_allocated``, minus what was
-    allocated before the step); elsewhere from PyTorch's ``MemTracker``
-    (``torch.distributed._tools.mem_tracker``), which follows every tensor storage the step
-    creates until it is freed, by category: the model's parameters and gradients, activations and
-    temporaries (``peak`` is their largest total; the per-category figures are at that moment).
-    The input slice, built before the step, is not counted."""
-    import warnings
-
+    ``{"peak": bytes, "params": bytes}``. On CUDA from the allocator (``max_memory_allocated``,
+    minus what was allocated before the step, plus the parameters); elsewhere by following every
+    tensor storage the step creates until it is freed (:class:`PeakMemory`): parameters,
+    gradients, activations and temporaries. The input slice, built before the step, is not
+    counted."""
     idx = slice(0, 1)
     args = (data["y"][idx], operator(data, idx), data["x"][idx], data["max"][idx])
     model.zero_grad(set_to_none=True)
+    params = list(model.parameters())
+    param_bytes = sum(p.untyped_storage().nbytes() for p in {p.untyped_storage()._cdata: p for p in params}.values())
     dev = data["y"].device
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
@@ -214,21 +263,13 @@ def peak_step_bytes(name, model, data, grad_mode) -> Dict[str, int]:
         base = torch.cuda.memory_allocated(dev)
         training_loss(name, model, *args, grad_mode).backward()
         torch.cuda.synchronize(dev)
-        out = {"peak": int(torch.cuda.max_memory_allocated(dev) - base)}
+        peak = torch.cuda.max_memory_allocated(dev) - base + param_bytes
     else:
-        from torch.distributed._tools.mem_tracker import MemTracker
-
-        tracker = MemTracker()
-        tracker.track_external(model)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # its module hooks warn about hook-API deprecations
-            with tracker:
-                training_loss(name, model, *args, grad_mode).backward()
-        snap = tracker.get_tracker_snapshot("peak")[dev]
-        out = {"peak": int(snap["Total"])}
-        out.update({str(k).split(".")[-1].lower(): int(v) for k, v in snap.items() if k != "Total" and v})
+        with PeakMemory(start=params) as tracker:
+            training_loss(name, model, *args, grad_mode).backward()
+        peak = tracker.peak
     model.zero_grad(set_to_none=True)
-    return out
+    return {"peak": int(peak), "params": int(param_bytes)}
 
 
 @torch.no_grad()
@@ -396,13 +437,12 @@ def markdown(report: Dict) -> str:
     if report.get("memory_only"):
         for setting, results in report["results"].items():
             lines += [f"**{setting}** (memory of one training step, one slice)", "",
-                      "| method | params | peak full → checkpoint (MB) | activations at the peak, full → checkpoint (MB) | "
-                      "saved activations full → checkpoint (MB) |", "|---|---|---|---|---|"]
+                      "| method | params | peak full → checkpoint (MB) | saved activations full → checkpoint (MB) |",
+                      "|---|---|---|---|"]
             for m, r in results.items():
                 ck = r.get("peak_checkpoint")
                 lines.append(f"| {LABELS[m]} | {r['params']:,} | "
                              f"{mb(r['peak_full']['peak'], ck['peak'] if ck else None)} | "
-                             f"{mb(r['peak_full'].get('act', 0), ck.get('act', 0) if ck else None)} | "
                              f"{mb(r['saved_bytes_full'], r.get('saved_bytes_checkpoint'))} |")
             lines.append("")
         return "\n".join(lines)
