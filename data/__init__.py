@@ -75,6 +75,7 @@ __all__ += ["TabularBatch", "TabularDataModule"]
 from .digits import DigitsDataModule, ImageClassBatch, load_digits_images  # noqa: E402
 
 __all__ += ["DigitsDataModule", "ImageClassBatch", "load_digits_images"]
+
 # blind gain calibration instances (issue 19)
 from .calibration import BlindCalibrationDataModule, make_calibration_batch  # noqa: E402
 

@@ -242,6 +242,8 @@ def test_adversarial_short(bench, tmp_path, capsys):
     result = json.loads((mod.ROOT / "benchmarks" / "results" / "adversarial.json").read_text())
     assert set(result["results"]) == {"standard", "pgd", "pgd_through", "finetune", "l2_pgd", "l2_pgd_through"}
     assert (mod.ROOT / "benchmarks" / "figures" / "adversarial_robust_accuracy.png").is_file()
+
+
 def test_blind_calibration_short(bench, tmp_path, capsys):
     """benchmarks/blind_calibration.py (issue 19) in its smoke mode: the phase-transition table,
     the learned variant's table, the JSON and the heat map."""

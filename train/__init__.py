@@ -42,6 +42,7 @@ __all__ += ["MRITimeStepTask"]
 from .adversarial import AdversarialTrainingTask  # noqa: E402
 
 __all__ += ["AdversarialTrainingTask"]
+
 # blind gain calibration (issue 19)
 from .calibration import BlindCalibrationTask  # noqa: E402
 
