@@ -81,10 +81,12 @@ def test_hessian_is_psd_and_a_negative_weight_breaks_convexity():
 
 
 # ---------------------------------------------------------------------- f = ∇ψ
-@pytest.mark.parametrize("kind", ["lpn", "conv"])
+@pytest.mark.parametrize("kind", ["lpn", "lpn_softplus_alpha0", "conv"])
 def test_output_is_the_autograd_gradient_of_the_potential_and_trains_like_it(kind):
-    net = lpn() if kind == "lpn" else conv_lpn()
-    x = randn(*((5, 3) if kind == "lpn" else (2, 1, 8, 10)), seed=6).requires_grad_(True)
+    # LPN writes its gradient out by the chain rule; ConvLPN takes torch.func.grad of ψ
+    net = (lpn() if kind == "lpn" else lpn(nonneg="softplus", alpha=0.0) if kind.startswith("lpn")
+           else conv_lpn())
+    x = randn(*((5, 3) if kind.startswith("lpn") else (2, 1, 8, 10)), seed=6).requires_grad_(True)
     f = net(x)
     ref = torch.autograd.grad(net.potential(x).sum(), x, create_graph=True)[0]
     assert f.shape == x.shape
@@ -398,7 +400,8 @@ def test_toy_benchmark_runs_in_its_smallest_mode(tmp_path, monkeypatch):
     finally:
         torch.set_num_threads(threads)
     res = json.loads(out.read_text())
-    assert set(res["maps"]) == {"l2", "l1", "pm"}
-    assert res["budget_steps"]["pm"] > res["budget_steps"]["l1"] > 0
+    assert set(res["maps"]) == {"l2", "l1", "pm_paper", "pm"}
+    assert res["budget_steps"]["pm"] > res["budget_steps"]["pm_paper"] > res["budget_steps"]["l1"] > 0
+    assert res["maps"]["pm"]["final_gamma"] < res["maps"]["pm_paper"]["final_gamma"]
     assert all(math.isfinite(v["max_err_soft_threshold"]) for v in res["maps"].values())
     assert fig.read_bytes()[:4] == b"\x89PNG"
