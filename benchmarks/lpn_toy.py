@@ -34,6 +34,7 @@ import math
 import os
 import time
 from pathlib import Path
+from typing import Optional, Tuple
 
 import torch
 
@@ -48,12 +49,24 @@ HERE = Path(__file__).resolve().parent
 BASE_PHASES = [(10000, 1e-3), (10000, 1e-4)]
 PM_PHASES = [(2000, 0.5, 1e-3), (2000, 0.5, 1e-4), (4000, 0.4, 1e-4), (4000, 0.3, 1e-4), (4000, 0.2, 1e-5),
              (4000, 0.1, 1e-5), (4000, 0.1, 1e-6)]
+#: the extension below γ = 0.1 (steps, gamma, lr): at γ = 0.1 even the best map is 0.111 from soft
+#: thresholding at the kink (``proximal_matching_optimum``); 0.03 at γ = 0.02
+EXTRA_GAMMAS = [(4000, 0.05), (4000, 0.03), (4000, 0.02), (4000, 0.02)]
 
 
-def train(model: LPN, loss_fn, phases, gen: torch.Generator, batch: int, scale: float, log: str) -> int:
+def extra_phases(lr: float) -> list:
+    """The extension as :func:`train`'s ``(steps, lr, gamma)``: ``lr`` for the first three stages,
+    ``lr / 10`` for the last."""
+    return [(s, lr if i < len(EXTRA_GAMMAS) - 1 else lr / 10, g) for i, (s, g) in enumerate(EXTRA_GAMMAS)]
+
+
+def train(model: LPN, loss_fn, phases, gen: torch.Generator, batch: int, scale: float, log: str,
+          opt: Optional[torch.optim.Optimizer] = None) -> Tuple[int, torch.optim.Optimizer]:
     """Adam over ``phases`` ``[(steps, lr, gamma or None)]`` with fresh Laplace batches; the
-    weights are projected after every step. Returns the number of steps run."""
-    opt = torch.optim.Adam(model.parameters(), lr=phases[0][1])
+    weights are projected after every step. ``opt``: an optimiser to continue (the notebook keeps
+    the ℓ1 run's Adam for proximal matching). Returns the number of steps run and the optimiser."""
+    if opt is None:
+        opt = torch.optim.Adam(model.parameters(), lr=phases[0][1])
     done, t0 = 0, time.time()
     for steps, lr, gamma in phases:
         n = max(1, int(round(steps * scale)))
@@ -71,7 +84,7 @@ def train(model: LPN, loss_fn, phases, gen: torch.Generator, batch: int, scale: 
             done += 1
         print(f"  {log}: {done} steps (lr {lr:g}{'' if gamma is None else f', gamma {gamma:g}'}) "
               f"loss {float(loss.detach()):.4f}  [{time.time() - t0:.0f} s]", flush=True)
-    return done
+    return done, opt
 
 
 def posterior_stats(y: torch.Tensor) -> tuple:
@@ -85,6 +98,28 @@ def posterior_stats(y: torch.Tensor) -> tuple:
     return mean, median
 
 
+def proximal_matching_optimum(y: torch.Tensor, gamma: float, step: float = 2e-4, width: float = 1.5) -> torch.Tensor:
+    """The best any map can do under proximal matching at width ``gamma``: for each ``y``,
+    ``argmax_c E[exp(−((c − x)/γ)²) | y]`` (the minimiser of the expected loss), searched on a grid
+    of spacing ``step`` within ``width`` of ``soft_threshold(y, 1)``. It tends to the posterior
+    mode (soft thresholding) as ``γ → 0``; at ``γ > 0`` it is the mode of the posterior smoothed by
+    the loss' kernel, which rounds the kink at ``|y| = 1``.
+
+    In closed form: the posterior is ``∝ e^{−y}·N(x; y − 1, 1)`` on ``x > 0`` and
+    ``∝ e^{y}·N(x; y + 1, 1)`` on ``x < 0``; each half times the Gaussian kernel integrates to a
+    Gaussian factor times a normal CDF. ``y``: ``(Y,)`` float64 → ``(Y,)``."""
+    a = 0.5 + 1.0 / gamma ** 2
+    c = soft_threshold(y, 1.0)[:, None] + torch.arange(-width, width + step / 2, step, dtype=y.dtype)[None, :]
+    yy = y[:, None]
+
+    def half(m: torch.Tensor, sign: float) -> torch.Tensor:  # log ∫_{sign·x > 0} e^{−(x−m)²/2 − (x−c)²/γ²} dx
+        mu = (m + 2.0 * c / gamma ** 2) / (2.0 * a)
+        return a * mu ** 2 - 0.5 * m ** 2 - c ** 2 / gamma ** 2 + torch.special.log_ndtr(sign * mu * math.sqrt(2 * a))
+
+    score = torch.logaddexp(-yy + half(yy - 1.0, 1.0), yy + half(yy + 1.0, -1.0))
+    return c.gather(1, score.argmax(1, keepdim=True))[:, 0]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scale", type=float, default=1.0, help="fraction of the paper's step counts (default 1)")
@@ -95,9 +130,14 @@ def main() -> None:
     ap.add_argument("--grid", type=int, default=801, help="evaluation points on [-4, 4]")
     ap.add_argument("--inverse-iters", type=int, default=3000, help="iteration budget of f^-1 (for R)")
     ap.add_argument("--eval-only", action="store_true", help="evaluate the models saved by earlier runs")
-    ap.add_argument("--part", choices=["all", "l2", "l1pm"], default="all",
-                    help="train only the l2 model, or only l1 then proximal matching (two processes in parallel; "
-                         "then --eval-only)")
+    ap.add_argument("--part", choices=["all", "l2", "l1", "pm", "ext", "l1pm"], default="all",
+                    help="train only the l2 model, only l1, only proximal matching (from the saved l1 model and "
+                         "its Adam state), only its extension below gamma 0.1 (from the saved paper-schedule "
+                         "model), or l1 then proximal matching (parts run in parallel processes; then --eval-only)")
+    ap.add_argument("--ext-lr", type=float, default=1e-4, help="learning rate of the extension (its last stage: /10)")
+    ap.add_argument("--schedule", choices=["extended", "paper"], default="extended",
+                    help="proximal matching: the paper's 24k steps down to gamma 0.1, or those then the extension "
+                         "down to gamma 0.02 (default; both models are saved and evaluated)")
     ap.add_argument("--runs", default=str(HERE / "runs" / "lpn_toy"), help="where the trained models are saved")
     ap.add_argument("--out", default=str(HERE / "results" / "lpn_toy.json"))
     ap.add_argument("--figure", default=str(HERE / "figures" / "lpn_toy.png"))
@@ -113,43 +153,75 @@ def main() -> None:
 
     models, steps, t_start = {}, {}, time.time()
     base = [(s, lr, None) for s, lr in BASE_PHASES]
-    if args.part == "l2":
-        gen = torch.Generator().manual_seed(args.seed + 1)  # its own stream: the two parts run apart
+    gen = torch.Generator().manual_seed(args.seed + {"l2": 1, "pm": 2, "ext": 3}.get(args.part, 0))  # a stream per process
+
+    def save_budget(part: str, steps: dict) -> None:
+        (runs / f"budget_{part}.json").write_text(json.dumps({"steps": steps, "seconds": time.time() - t_start,
+                                                              "scale": args.scale, "schedule": args.schedule}))
+
     if not args.eval_only:
         if args.part in ("all", "l2"):
             print("training l2", flush=True)
             m = new_model()
-            steps["l2"] = train(m, MSELoss(), base, gen, args.batch, args.scale, "l2")
+            steps["l2"], _ = train(m, MSELoss(), base, gen, args.batch, args.scale, "l2")
             torch.save(m.state_dict(), runs / "l2.pt")
-            (runs / "budget_l2.json").write_text(json.dumps({"steps": steps, "seconds": time.time() - t_start,
-                                                             "scale": args.scale}))
-        if args.part in ("all", "l1pm"):
+            save_budget("l2", {"l2": steps["l2"]})
+        if args.part in ("all", "l1", "l1pm"):
             print("training l1", flush=True)
             m = new_model()
-            steps["l1"] = train(m, L1Loss(), base, gen, args.batch, args.scale, "l1")
+            steps["l1"], opt = train(m, L1Loss(), base, gen, args.batch, args.scale, "l1")
             torch.save(m.state_dict(), runs / "l1.pt")
+            torch.save(opt.state_dict(), runs / "l1_adam.pt")
+            save_budget("l1", {"l1": steps["l1"]})
+        if args.part in ("all", "pm", "l1pm"):
+            t_start = time.time()
+            if args.part == "pm":  # continue from the saved l1 run, its Adam state included (as the notebook)
+                m = new_model()
+                m.load_state_dict(torch.load(runs / "l1.pt", weights_only=True))
+                opt = torch.optim.Adam(m.parameters())
+                opt.load_state_dict(torch.load(runs / "l1_adam.pt", weights_only=True))
+                steps["l1"] = json.loads((runs / "budget_l1.json").read_text())["steps"]["l1"]
             print("training proximal matching (from the l1 model)", flush=True)
-            steps["pm"] = steps["l1"] + train(m, ProximalMatchingLoss(0.5), [(s, lr, g) for s, g, lr in PM_PHASES],
-                                              gen, args.batch, args.scale, "pm")
+            loss = ProximalMatchingLoss(0.5)
+            n, opt = train(m, loss, [(s, lr, g) for s, g, lr in PM_PHASES], gen, args.batch, args.scale, "pm", opt)
+            steps["pm_paper"] = steps["l1"] + n
+            torch.save(m.state_dict(), runs / "pm_paper.pt")
+            torch.save(opt.state_dict(), runs / "pm_paper_adam.pt")
+            save_budget("pm_paper", {"pm_paper": steps["pm_paper"]})
+        if args.schedule == "extended" and args.part in ("all", "pm", "ext", "l1pm"):
+            t_start = time.time()
+            if args.part == "ext":  # continue from the saved paper-schedule model and its Adam state
+                m = new_model()
+                m.load_state_dict(torch.load(runs / "pm_paper.pt", weights_only=True))
+                opt = torch.optim.Adam(m.parameters())
+                opt.load_state_dict(torch.load(runs / "pm_paper_adam.pt", weights_only=True))
+                loss = ProximalMatchingLoss(0.1)
+                steps["pm_paper"] = json.loads((runs / "budget_pm_paper.json").read_text())["steps"]["pm_paper"]
+            print("extending proximal matching below gamma 0.1", flush=True)
+            n, opt = train(m, loss, extra_phases(args.ext_lr), gen, args.batch, args.scale, "pm", opt)
             torch.save(m.state_dict(), runs / "pm.pt")
-            (runs / "budget_l1pm.json").write_text(json.dumps({"steps": steps, "seconds": time.time() - t_start,
-                                                               "scale": args.scale}))
+            save_budget("pm", {"pm": steps["pm_paper"] + n})
         if args.part != "all":
             return
     steps, seconds = {}, {}
-    for part in ("l2", "l1pm"):
+    for part in ("l2", "l1", "pm_paper", "pm"):
+        if not (runs / f"budget_{part}.json").exists() and part == "pm":
+            continue  # --schedule paper
         saved = json.loads((runs / f"budget_{part}.json").read_text())
         steps.update(saved["steps"])
         seconds[part] = round(saved["seconds"], 1)
-    for name in ("l2", "l1", "pm"):
-        models[name] = new_model()
-        models[name].load_state_dict(torch.load(runs / f"{name}.pt", weights_only=True))
+    for name in ("l2", "l1", "pm_paper", "pm"):
+        if name in steps:
+            models[name] = new_model()
+            models[name].load_state_dict(torch.load(runs / f"{name}.pt", weights_only=True))
     train_seconds = seconds
 
     # ---- evaluation on [-4, 4], in float64
     x = torch.linspace(-4, 4, args.grid, dtype=torch.float64)
     soft = soft_threshold(x, 1.0)
     mean, median = posterior_stats(x)
+    final_gamma = {"pm_paper": PM_PHASES[-1][1], "pm": EXTRA_GAMMAS[-1][1]}
+    optimum = {g: proximal_matching_optimum(x, g) for g in set(final_gamma.values())}
     from machine import cpu_name  # benchmarks/machine.py
 
     results = {"budget_steps": steps, "cpu": cpu_name(), "torch_threads": args.threads, "batch": args.batch,
@@ -162,12 +234,18 @@ def main() -> None:
         curves[name] = f
         err = (f - soft).abs()
         results["maps"][name] = {
+            "steps": steps[name],
             "max_err_soft_threshold": float(err.max()),
             "max_err_soft_threshold_where": float(x[err.argmax()]),
             "mean_err_soft_threshold": float(err.mean()),
             "max_err_posterior_mean": float((f - mean).abs().max()),
             "max_err_posterior_median": float((f - median).abs().max()),
         }
+        if name in final_gamma:  # against the best map at the last γ of its schedule
+            g = final_gamma[name]
+            results["maps"][name]["final_gamma"] = g
+            results["maps"][name]["max_err_pm_optimum_at_final_gamma"] = float((f - optimum[g]).abs().max())
+            results["maps"][name]["pm_optimum_max_err_soft_threshold"] = float((optimum[g] - soft).abs().max())
         with torch.no_grad():
             y, info = m.inverse(x[:, None], max_iter=args.inverse_iters, tol=1e-9, return_info=True)
         with torch.no_grad():
@@ -193,8 +271,10 @@ def main() -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        labels = {"l2": "LPN, ℓ2 loss", "l1": "LPN, ℓ1 loss", "pm": "LPN, proximal matching"}
-        fig, ax = plt.subplots(1, 2, figsize=(10, 4))
+        labels = {"l2": "LPN, ℓ2 loss", "l1": "LPN, ℓ1 loss",
+                  "pm_paper": f"LPN, proximal matching to γ = {final_gamma['pm_paper']:g} (paper)",
+                  "pm": f"LPN, proximal matching to γ = {final_gamma['pm']:g}"}
+        fig, ax = plt.subplots(1, 3, figsize=(15, 4))
         for name, f in curves.items():
             ax[0].plot(x, f, label=f"{labels[name]} (max err {results['maps'][name]['max_err_soft_threshold']:.3f})")
         ax[0].plot(x, soft, "k--", lw=1, label="soft threshold (MAP)")
@@ -208,6 +288,16 @@ def main() -> None:
         ax[1].set(title="learned regulariser R(x) − R(0)", xlabel="x", ylim=(-0.5, 4.5))
         ax[1].legend(fontsize=7)
         ax[1].grid(alpha=0.3)
+        zoom = (x >= 0.4) & (x <= 1.8)
+        for name, f in curves.items():
+            if name in final_gamma:
+                ax[2].plot(x[zoom], f[zoom], label=labels[name])
+        for g, f in sorted(optimum.items(), reverse=True):
+            ax[2].plot(x[zoom], f[zoom], ":", lw=1.5, label=f"best map at γ = {g:g} (quadrature)")
+        ax[2].plot(x[zoom], soft[zoom], "k--", lw=1, label="soft threshold")
+        ax[2].set(title="the kink at y = 1", xlabel="y", ylabel="f(y)")
+        ax[2].legend(fontsize=7)
+        ax[2].grid(alpha=0.3)
         fig.tight_layout()
         Path(args.figure).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(args.figure, dpi=120)
