@@ -54,10 +54,11 @@ PM_PHASES = [(2000, 0.5, 1e-3), (2000, 0.5, 1e-4), (4000, 0.4, 1e-4), (4000, 0.3
 EXTRA_GAMMAS = [(4000, 0.05), (4000, 0.03), (4000, 0.02), (4000, 0.02)]
 
 
-def extra_phases(lr: float) -> list:
-    """The extension as :func:`train`'s ``(steps, lr, gamma)``: ``lr`` for the first three stages,
-    ``lr / 10`` for the last."""
-    return [(s, lr if i < len(EXTRA_GAMMAS) - 1 else lr / 10, g) for i, (s, g) in enumerate(EXTRA_GAMMAS)]
+def extra_phases(lr: float, gammas: Optional[list] = None) -> list:
+    """The extension as :func:`train`'s ``(steps, lr, gamma)``: 4000 steps per ``gamma`` (default
+    those of ``EXTRA_GAMMAS``), ``lr`` for all but the last stage, ``lr / 10`` for the last."""
+    gammas = [g for _, g in EXTRA_GAMMAS] if gammas is None else gammas
+    return [(4000, lr if i < len(gammas) - 1 else lr / 10, g) for i, g in enumerate(gammas)]
 
 
 def train(model: LPN, loss_fn, phases, gen: torch.Generator, batch: int, scale: float, log: str,
@@ -140,6 +141,8 @@ def main() -> None:
                          "its Adam state), only its extension below gamma 0.1 (from the saved paper-schedule "
                          "model), or l1 then proximal matching (parts run in parallel processes; then --eval-only)")
     ap.add_argument("--ext-lr", type=float, default=1e-4, help="learning rate of the extension (its last stage: /10)")
+    ap.add_argument("--ext-gammas", type=float, nargs="+", default=None,
+                    help="gamma of each 4000-step stage of the extension (default 0.05 0.03 0.02 0.02)")
     ap.add_argument("--schedule", choices=["extended", "paper"], default="extended",
                     help="proximal matching: the paper's 24k steps down to gamma 0.1, or those then the extension "
                          "down to gamma 0.02 (default; both models are saved and evaluated)")
@@ -160,9 +163,9 @@ def main() -> None:
     base = [(s, lr, None) for s, lr in BASE_PHASES]
     gen = torch.Generator().manual_seed(args.seed + {"l2": 1, "pm": 2, "ext": 3}.get(args.part, 0))  # a stream per process
 
-    def save_budget(part: str, steps: dict) -> None:
+    def save_budget(part: str, steps: dict, phases: list) -> None:
         (runs / f"budget_{part}.json").write_text(json.dumps({"steps": steps, "seconds": time.time() - t_start,
-                                                              "scale": args.scale, "schedule": args.schedule}))
+                                                              "scale": args.scale, "phases": phases}))
 
     if not args.eval_only:
         if args.part in ("all", "l2"):
@@ -170,14 +173,14 @@ def main() -> None:
             m = new_model()
             steps["l2"], _ = train(m, MSELoss(), base, gen, args.batch, args.scale, "l2")
             torch.save(m.state_dict(), runs / "l2.pt")
-            save_budget("l2", {"l2": steps["l2"]})
+            save_budget("l2", {"l2": steps["l2"]}, base)
         if args.part in ("all", "l1", "l1pm"):
             print("training l1", flush=True)
             m = new_model()
             steps["l1"], opt = train(m, L1Loss(), base, gen, args.batch, args.scale, "l1")
             torch.save(m.state_dict(), runs / "l1.pt")
             torch.save(opt.state_dict(), runs / "l1_adam.pt")
-            save_budget("l1", {"l1": steps["l1"]})
+            save_budget("l1", {"l1": steps["l1"]}, base)
         if args.part in ("all", "pm", "l1pm"):
             t_start = time.time()
             if args.part == "pm":  # continue from the saved l1 run, its Adam state included (as the notebook)
@@ -188,11 +191,12 @@ def main() -> None:
                 steps["l1"] = json.loads((runs / "budget_l1.json").read_text())["steps"]["l1"]
             print("training proximal matching (from the l1 model)", flush=True)
             loss = ProximalMatchingLoss(0.5)
-            n, opt = train(m, loss, [(s, lr, g) for s, g, lr in PM_PHASES], gen, args.batch, args.scale, "pm", opt)
+            phases = [(s, lr, g) for s, g, lr in PM_PHASES]
+            n, opt = train(m, loss, phases, gen, args.batch, args.scale, "pm", opt)
             steps["pm_paper"] = steps["l1"] + n
             torch.save(m.state_dict(), runs / "pm_paper.pt")
             torch.save(opt.state_dict(), runs / "pm_paper_adam.pt")
-            save_budget("pm_paper", {"pm_paper": steps["pm_paper"]})
+            save_budget("pm_paper", {"pm_paper": steps["pm_paper"]}, phases)
         if args.schedule == "extended" and args.part in ("all", "pm", "ext", "l1pm"):
             t_start = time.time()
             if args.part == "ext":  # continue from the saved paper-schedule model and its Adam state
@@ -203,18 +207,20 @@ def main() -> None:
                 loss = ProximalMatchingLoss(0.1)
                 steps["pm_paper"] = json.loads((runs / "budget_pm_paper.json").read_text())["steps"]["pm_paper"]
             print("extending proximal matching below gamma 0.1", flush=True)
-            n, opt = train(m, loss, extra_phases(args.ext_lr), gen, args.batch, args.scale, "pm", opt)
+            phases = extra_phases(args.ext_lr, args.ext_gammas)
+            n, opt = train(m, loss, phases, gen, args.batch, args.scale, "pm", opt)
             torch.save(m.state_dict(), runs / "pm.pt")
-            save_budget("pm", {"pm": steps["pm_paper"] + n})
+            save_budget("pm", {"pm": steps["pm_paper"] + n}, phases)
         if args.part != "all":
             return
-    steps, seconds = {}, {}
+    steps, seconds, schedules = {}, {}, {}
     for part in ("l2", "l1", "pm_paper", "pm"):
         if not (runs / f"budget_{part}.json").exists() and part == "pm":
             continue  # --schedule paper
         saved = json.loads((runs / f"budget_{part}.json").read_text())
         steps.update(saved["steps"])
         seconds[part] = round(saved["seconds"], 1)
+        schedules[part] = {"scale": saved.get("scale"), "phases_steps_lr_gamma_unscaled": saved.get("phases")}
     for name in ("l2", "l1", "pm_paper", "pm"):
         if name in steps:
             models[name] = new_model()
@@ -225,13 +231,14 @@ def main() -> None:
     x = torch.linspace(-4, 4, args.grid, dtype=torch.float64)
     soft = soft_threshold(x, 1.0)
     mean, median = posterior_stats(x)
-    final_gamma = {"pm_paper": PM_PHASES[-1][1], "pm": EXTRA_GAMMAS[-1][1]}
+    final_gamma = {"pm_paper": PM_PHASES[-1][1], "pm": (schedules.get("pm", {}).get("phases_steps_lr_gamma_unscaled")
+                                                        or extra_phases(1.0))[-1][2]}
     optimum = {g: proximal_matching_optimum(x, g) for g in set(final_gamma.values())}
     from machine import cpu_name  # benchmarks/machine.py
 
     results = {"budget_steps": steps, "cpu": cpu_name(), "torch_threads": args.threads, "batch": args.batch,
                "seed": args.seed,
-               "train_seconds": train_seconds, "maps": {}}
+               "train_seconds": train_seconds, "schedules": schedules, "maps": {}}
     curves, priors = {}, {}
     for name, m in models.items():
         m = copy.deepcopy(m).double().eval()
