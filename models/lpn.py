@@ -314,36 +314,6 @@ class LPN(LearnedProxNet):
         psi = F.linear(z, self._pos(self.out_weight)) + self.out_skip(x)  # (B, 1)
         return psi.squeeze(1) + self._quadratic(x)
 
-    def _act_derivative(self, t: Tensor) -> Tensor:
-        """``σ'(t)`` of :meth:`_act` as ``F.softplus`` defines it: ``sigmoid(βt)``, and exactly ``1``
-        where ``βt > 20`` (where softplus is the identity), so that values and higher derivatives
-        are autograd's."""
-        bt = self.beta * t
-        return torch.where(bt > 20.0, 1.0, torch.sigmoid(bt))
-
-    def gradient(self, x: Tensor) -> Tensor:
-        """``∇ψ(x)`` by the chain rule written out (no input checks): ``(B, dim) → (B, dim)``.
-
-        With pre-activations ``p_l`` and ``h_l = g_l ⊙ σ'(p_l)``: ``g_{L+1} = w``,
-        ``g_l = h_{l+1} W_l``, ``∇ψ(x) = a + Σ_l h_l A_l + 2αx``, the same function as
-        ``torch.func.grad`` of :meth:`potential` (which :class:`ConvLPN` uses), as plain tensor
-        operations: training through ``f`` is one ordinary backward pass instead of a double
-        backward through ``ψ`` (about half the matrix products), and it composes with ``vmap``,
-        ``vjp``, checkpointing and ``torch.compile`` like any network.
-        """
-        pres = [self.inp(x)]  # (B, hidden) each
-        for w, skip in zip(self.weights, self.skips):
-            pres.append(F.linear(self._act(pres[-1]), self._pos(w)) + skip(x))
-        g = self._pos(self.out_weight)  # (1, hidden): ∂ψ/∂z_{L+1}, broadcast over the batch
-        grad = self.out_skip.weight  # (1, dim)
-        for l in range(self.layers, -1, -1):
-            h = g * self._act_derivative(pres[l])  # (B, hidden)
-            grad = grad + h @ (self.inp.weight if l == 0 else self.skips[l - 1].weight)
-            if l > 0:
-                g = h @ self._pos(self.weights[l - 1])
-        grad = grad.expand(x.shape[0], self.dim) if grad.shape[0] != x.shape[0] else grad
-        return grad + 2.0 * self.alpha * x if self.alpha else grad
-
 
 class ConvLPN(LearnedProxNet):
     """A convolutional learned proximal network on images ``(B, C, H, W)`` of any size
