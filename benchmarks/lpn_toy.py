@@ -286,16 +286,18 @@ def main() -> None:
         labels = {"l2": "LPN, ℓ2 loss", "l1": "LPN, ℓ1 loss",
                   "pm_paper": f"LPN, proximal matching to γ = {final_gamma['pm_paper']:g} (paper)",
                   "pm": f"LPN, proximal matching to γ = {final_gamma['pm']:g}"}
+        colors = {"l2": "C0", "l1": "C1", "pm_paper": "C2", "pm": "C3"}
         fig, ax = plt.subplots(1, 3, figsize=(15, 4))
         for name, f in curves.items():
-            ax[0].plot(x, f, label=f"{labels[name]} (max err {results['maps'][name]['max_err_soft_threshold']:.3f})")
+            ax[0].plot(x, f, color=colors[name],
+                       label=f"{labels[name]} (max err {results['maps'][name]['max_err_soft_threshold']:.3f})")
         ax[0].plot(x, soft, "k--", lw=1, label="soft threshold (MAP)")
         ax[0].plot(x, mean, ":", color="grey", lw=1, label="posterior mean")
         ax[0].set(title="learned proximal maps f(y)", xlabel="y", ylabel="f(y)")
         ax[0].legend(fontsize=7)
         ax[0].grid(alpha=0.3)
         for name, R in priors.items():
-            ax[1].plot(x, R, label=labels[name])
+            ax[1].plot(x, R, color=colors[name], label=labels[name])
         ax[1].plot(x, x.abs(), "k--", lw=1, label="|x| (−log p, up to a constant)")
         ax[1].set(title="learned regulariser R(x) − R(0)", xlabel="x", ylim=(-0.5, 4.5))
         ax[1].legend(fontsize=7)
@@ -303,9 +305,9 @@ def main() -> None:
         zoom = (x >= 0.4) & (x <= 1.8)
         for name, f in curves.items():
             if name in final_gamma:
-                ax[2].plot(x[zoom], f[zoom], label=labels[name])
-        for g, f in sorted(optimum.items(), reverse=True):
-            ax[2].plot(x[zoom], f[zoom], ":", lw=1.5, label=f"best map at γ = {g:g} (quadrature)")
+                ax[2].plot(x[zoom], f[zoom], color=colors[name], label=labels[name])
+        for (g, f), c in zip(sorted(optimum.items(), reverse=True), ("C4", "C5")):
+            ax[2].plot(x[zoom], f[zoom], ":", color=c, lw=1.5, label=f"best map at γ = {g:g} (quadrature)")
         ax[2].plot(x[zoom], soft[zoom], "k--", lw=1, label="soft threshold")
         ax[2].set(title="the kink at y = 1", xlabel="y", ylabel="f(y)")
         ax[2].legend(fontsize=7)
