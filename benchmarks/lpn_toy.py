@@ -141,6 +141,9 @@ def main() -> None:
                          "its Adam state), only its extension below gamma 0.1 (from the saved paper-schedule "
                          "model), or l1 then proximal matching (parts run in parallel processes; then --eval-only)")
     ap.add_argument("--ext-lr", type=float, default=1e-4, help="learning rate of the extension (its last stage: /10)")
+    ap.add_argument("--ext-beta", type=float, default=None,
+                    help="softplus sharpness of the extension (default: the network's, 10): the paper-schedule "
+                         "model continues with this beta")
     ap.add_argument("--ext-gammas", type=float, nargs="+", default=None,
                     help="gamma of each 4000-step stage of the extension (default 0.05 0.03 0.02 0.02)")
     ap.add_argument("--schedule", choices=["extended", "paper"], default="extended",
@@ -163,9 +166,10 @@ def main() -> None:
     base = [(s, lr, None) for s, lr in BASE_PHASES]
     gen = torch.Generator().manual_seed(args.seed + {"l2": 1, "pm": 2, "ext": 3}.get(args.part, 0))  # a stream per process
 
-    def save_budget(part: str, steps: dict, phases: list) -> None:
+    def save_budget(part: str, steps: dict, phases: list, beta: float = 10.0) -> None:
         (runs / f"budget_{part}.json").write_text(json.dumps({"steps": steps, "seconds": time.time() - t_start,
-                                                              "scale": args.scale, "phases": phases}))
+                                                              "scale": args.scale, "phases": phases,
+                                                              "batch": args.batch, "beta": beta}))
 
     if not args.eval_only:
         if args.part in ("all", "l2"):
@@ -205,12 +209,14 @@ def main() -> None:
                 opt = torch.optim.Adam(m.parameters())
                 opt.load_state_dict(torch.load(runs / "pm_paper_adam.pt", weights_only=True))
                 loss = ProximalMatchingLoss(0.1)
+            if args.ext_beta is not None:
+                m.beta = float(args.ext_beta)
                 steps["pm_paper"] = json.loads((runs / "budget_pm_paper.json").read_text())["steps"]["pm_paper"]
             print("extending proximal matching below gamma 0.1", flush=True)
             phases = extra_phases(args.ext_lr, args.ext_gammas)
             n, opt = train(m, loss, phases, gen, args.batch, args.scale, "pm", opt)
             torch.save(m.state_dict(), runs / "pm.pt")
-            save_budget("pm", {"pm": steps["pm_paper"] + n}, phases)
+            save_budget("pm", {"pm": steps["pm_paper"] + n}, phases, m.beta)
         if args.part != "all":
             return
     steps, seconds, schedules = {}, {}, {}
@@ -220,11 +226,13 @@ def main() -> None:
         saved = json.loads((runs / f"budget_{part}.json").read_text())
         steps.update(saved["steps"])
         seconds[part] = round(saved["seconds"], 1)
-        schedules[part] = {"scale": saved.get("scale"), "phases_steps_lr_gamma_unscaled": saved.get("phases")}
+        schedules[part] = {"scale": saved.get("scale"), "phases_steps_lr_gamma_unscaled": saved.get("phases"),
+                           "batch": saved.get("batch", args.batch), "beta": saved.get("beta", 10.0)}
     for name in ("l2", "l1", "pm_paper", "pm"):
         if name in steps:
             models[name] = new_model()
             models[name].load_state_dict(torch.load(runs / f"{name}.pt", weights_only=True))
+            models[name].beta = float(schedules.get(name, {}).get("beta", 10.0))
     train_seconds = seconds
 
     # ---- evaluation on [-4, 4], in float64
@@ -250,6 +258,8 @@ def main() -> None:
             "max_err_soft_threshold": float(err.max()),
             "max_err_soft_threshold_where": float(x[err.argmax()]),
             "mean_err_soft_threshold": float(err.mean()),
+            "err_at_kinks": float(err[(x.abs() - 1).abs() < 1e-9].max()) if bool(((x.abs() - 1).abs() < 1e-9).any())
+            else None,  # |f(±1)| when ±1 are grid points
             "max_err_posterior_mean": float((f - mean).abs().max()),
             "max_err_posterior_median": float((f - median).abs().max()),
         }
@@ -285,7 +295,9 @@ def main() -> None:
 
         labels = {"l2": "LPN, ℓ2 loss", "l1": "LPN, ℓ1 loss",
                   "pm_paper": f"LPN, proximal matching to γ = {final_gamma['pm_paper']:g} (paper)",
-                  "pm": f"LPN, proximal matching to γ = {final_gamma['pm']:g}"}
+                  "pm": f"LPN, then {steps.get('pm', 0) - steps.get('pm_paper', 0)} more steps to γ = "
+                        f"{final_gamma['pm']:g} (batch {schedules.get('pm', {}).get('batch')}, "
+                        f"β {schedules.get('pm', {}).get('beta', 10.0):g})"}
         colors = {"l2": "C0", "l1": "C1", "pm_paper": "C2", "pm": "C3"}
         fig, ax = plt.subplots(1, 3, figsize=(15, 4))
         for name, f in curves.items():
