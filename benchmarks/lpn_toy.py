@@ -219,9 +219,9 @@ def main() -> None:
                 opt = torch.optim.Adam(m.parameters())
                 opt.load_state_dict(torch.load(runs / "pm_paper_adam.pt", weights_only=True))
                 loss = ProximalMatchingLoss(0.1)
+                steps["pm_paper"] = json.loads((runs / "budget_pm_paper.json").read_text())["steps"]["pm_paper"]
             if args.ext_beta is not None:
                 m.beta = float(args.ext_beta)
-                steps["pm_paper"] = json.loads((runs / "budget_pm_paper.json").read_text())["steps"]["pm_paper"]
             print("extending proximal matching below gamma 0.1", flush=True)
             phases = extra_phases(args.ext_lr, args.ext_gammas)
             n, opt = train(m, loss, phases, gen, args.batch, args.scale, "pm", opt)
