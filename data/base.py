@@ -10,6 +10,7 @@ map-style loaders over the fixed splits (default collate).
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Callable, Mapping, NamedTuple, Optional
 
@@ -22,7 +23,7 @@ from unroll.operators import LinearOperator
 
 from .batch import Batch
 from .checks import check_int
-from .stream import BatchStream, StreamLoader, fit_position
+from .stream import BatchStream, StreamLoader, fit_position, make_generator
 
 __all__ = ["SplitData", "SplitDataset", "SyntheticDataModule"]
 
@@ -61,7 +62,7 @@ class SyntheticDataModule(lightning.LightningDataModule):
         num_workers: DataLoader worker processes (the training stream starts its workers each
             epoch, at the epoch's position in the stream; the evaluation loaders keep theirs).
 
-    Subclasses implement :meth:`build` and :meth:`batch_maker`, and :meth:`build_operator`
+    Subclasses implement :meth:`draw` (or :meth:`build` and :meth:`batch_maker`), and :meth:`build_operator`
     when their batches carry what builds their operator.
     """
 
@@ -80,15 +81,29 @@ class SyntheticDataModule(lightning.LightningDataModule):
         self._data: Optional[SplitData] = None
         self._train_stream: Optional[BatchStream] = None
 
+    #: stream ids of the fixed validation and test draws of the default :meth:`build`
+    VAL_STREAM, TEST_STREAM = 1, 2
+
     # ------------------------------------------------------------------ what subclasses give
+    def draw(self) -> Callable[..., Batch]:
+        """``draw(index, generator, batch_size=…) → Batch``, for modules whose every split is drawn
+        from one generator function (picklable for workers): the default :meth:`build` and
+        :meth:`batch_maker` use it. Others override those two instead."""
+        raise NotImplementedError(f"{type(self).__name__} must implement draw(), or build() and batch_maker()")
+
     def build(self) -> SplitData:
-        """Build the global operator and the fixed splits (called once, on first use)."""
-        raise NotImplementedError(f"{type(self).__name__} must implement build()")
+        """Build the global operator and the fixed splits (called once, on first use). Default:
+        no global operator, and validation and test sets of ``val_size``/``test_size`` drawn
+        by :meth:`draw` from their own streams."""
+        draw = self.draw()
+        val = draw(0, make_generator(self.seed, self.VAL_STREAM), batch_size=self.val_size)
+        test = draw(0, make_generator(self.seed, self.TEST_STREAM), batch_size=self.test_size)
+        return SplitData(None, val, test)
 
     def batch_maker(self) -> Callable[[int, torch.Generator], Batch]:
         """``make_batch(index, generator) → Batch`` of the training stream (picklable for workers);
-        called once, after :meth:`build`."""
-        raise NotImplementedError(f"{type(self).__name__} must implement batch_maker()")
+        called once, after :meth:`build`. Default: :meth:`draw` at ``batch_size``."""
+        return functools.partial(self.draw(), batch_size=self.batch_size)
 
     def build_operator(self, params: Mapping[str, Tensor]) -> LinearOperator:
         """The operator of a batch from what the batch carries (``batch.operator``, a mapping of

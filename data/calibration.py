@@ -16,14 +16,11 @@ import torch
 
 from unroll.calibration import make_calibration_instances
 
-from .base import SplitData, SyntheticDataModule
+from .base import SyntheticDataModule
 from .batch import Batch
 from .checks import as_dtype, check_finite_number, check_int
-from .stream import make_generator
 
 __all__ = ["make_calibration_batch", "BlindCalibrationDataModule"]
-
-_STREAM_VAL, _STREAM_TEST = 1, 2
 
 
 def make_calibration_batch(index: int, generator: torch.Generator, batch_size: int, n: int, m: int, p: int,
@@ -66,18 +63,9 @@ class BlindCalibrationDataModule(SyntheticDataModule):
         self.dtype = dtype
         self.save_hyperparameters()
 
-    def _draw(self) -> Callable[..., Batch]:
+    def draw(self) -> Callable[..., Batch]:
         return functools.partial(make_calibration_batch, n=self.n, m=self.m, p=self.p, rho=self.rho,
                                  noise_std=self.noise_std, dtype=self.torch_dtype)
-
-    def build(self) -> SplitData:
-        draw = self._draw()
-        val = draw(0, make_generator(self.seed, _STREAM_VAL), batch_size=self.val_size)
-        test = draw(0, make_generator(self.seed, _STREAM_TEST), batch_size=self.test_size)
-        return SplitData(None, val, test)
-
-    def batch_maker(self) -> Callable[[int, torch.Generator], Batch]:
-        return functools.partial(self._draw(), batch_size=self.batch_size)
 
     def describe(self) -> Dict[str, object]:
         """The task's parameters (what makes two test sets the same)."""

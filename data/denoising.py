@@ -40,7 +40,7 @@ TRAIN_IMAGES: Tuple[str, ...] = (
 VAL_IMAGES: Tuple[str, ...] = ("astronaut",)
 TEST_IMAGES: Tuple[str, ...] = ("camera", "coins")
 
-_STREAM_VAL, _STREAM_TEST = 1, 2
+_STREAM_VAL, _STREAM_TEST = SyntheticDataModule.VAL_STREAM, SyntheticDataModule.TEST_STREAM
 
 
 @functools.lru_cache(maxsize=None)
@@ -246,17 +246,9 @@ class LaplaceDenoisingDataModule(SyntheticDataModule):
         self.dtype = dtype
         self.save_hyperparameters()
 
-    def _draw(self) -> Callable[..., Batch]:
+    def draw(self) -> Callable[..., Batch]:
         return functools.partial(make_laplace_batch, dim=self.dim, scale=self.scale, noise_std=self.noise_std,
                                  dtype=self.torch_dtype)
-
-    def build(self) -> SplitData:
-        draw = self._draw()
-        return SplitData(None, draw(0, make_generator(self.seed, _STREAM_VAL), batch_size=self.val_size),
-                         draw(0, make_generator(self.seed, _STREAM_TEST), batch_size=self.test_size))
-
-    def batch_maker(self) -> Callable[[int, torch.Generator], Batch]:
-        return functools.partial(self._draw(), batch_size=self.batch_size)
 
     def describe(self) -> Dict[str, object]:
         """The task's parameters."""

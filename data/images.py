@@ -22,14 +22,11 @@ from torch import Tensor
 
 from unroll.operators import Diagonal, LinearOperator
 
-from .base import SplitData, SyntheticDataModule
+from .base import SyntheticDataModule
 from .batch import Batch
 from .checks import as_dtype, check_finite_number, check_int, check_probability
-from .stream import make_generator
 
 __all__ = ["make_smooth_images", "make_inpainting_batch", "InpaintingDataModule"]
-
-_STREAM_VAL, _STREAM_TEST = 1, 2
 
 
 def make_smooth_images(batch: int, channels: int, size: int, smoothness: float, generator: torch.Generator,
@@ -106,19 +103,10 @@ class InpaintingDataModule(SyntheticDataModule):
         self.dtype = dtype
         self.save_hyperparameters()
 
-    def _draw(self) -> Callable[[int, torch.Generator], Batch]:
+    def draw(self) -> Callable[[int, torch.Generator], Batch]:
         return functools.partial(make_inpainting_batch, channels=self.channels, size=self.image_size,
                                  smoothness=self.smoothness, observed=self.observed, noise_std=self.noise_std,
                                  dtype=self.torch_dtype)
-
-    def build(self) -> SplitData:
-        draw = self._draw()
-        val = draw(0, make_generator(self.seed, _STREAM_VAL), batch_size=self.val_size)
-        test = draw(0, make_generator(self.seed, _STREAM_TEST), batch_size=self.test_size)
-        return SplitData(None, val, test)
-
-    def batch_maker(self) -> Callable[[int, torch.Generator], Batch]:
-        return functools.partial(self._draw(), batch_size=self.batch_size)
 
     def build_operator(self, params: Mapping[str, Tensor]) -> LinearOperator:
         """``Diagonal(params["mask"], per_sample=True)``: the batch's ``(B, C, H, W)`` mask."""

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from unroll.adversarial import STEPS, PGDAttack, check_eps, check_norm
 
 from .checkpoint import CheckpointError, load_checkpoint
-from .task import log_train_loss
+from .task import log_train_loss, optimizers_for
 
 __all__ = ["AdversarialTrainingTask", "Accuracy", "eps_key"]
 
@@ -299,11 +299,7 @@ class AdversarialTrainingTask(L.LightningModule):
         return self.model(batch.x).argmax(1)
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.model.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer),
-                                                          "monitor": "val/robust_acc"}}
+        return optimizers_for(self, "val/robust_acc")
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:

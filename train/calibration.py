@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from unroll.calibration import calibration_errors
 
-from .task import log_train_loss
+from .task import log_train_loss, optimizers_for
 
 __all__ = ["BlindCalibrationTask"]
 
@@ -107,8 +107,4 @@ class BlindCalibrationTask(L.LightningModule):
         return out.x, out.state.d
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.model.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer),
-                                                          "monitor": "val/loss"}}
+        return optimizers_for(self, "val/loss")

@@ -28,7 +28,7 @@ from unroll.losses import Loss, MSELoss, ProximalMatchingLoss
 from unroll.metrics import PSNR, SSIM
 from unroll.models.lpn import LearnedProxNet
 
-from .task import log_train_loss
+from .task import log_train_loss, optimizers_for
 
 __all__ = ["ProjectLPN", "ProximalMatchingSchedule", "DenoisingTask"]
 
@@ -225,8 +225,4 @@ class DenoisingTask(L.LightningModule):
         return self(batch.y)
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.model.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer),
-                                                          "monitor": "val/loss"}}
+        return optimizers_for(self, "val/loss")

@@ -33,6 +33,17 @@ CKPT_KEY = "unroll"
 _COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
+def optimizers_for(module: L.LightningModule, monitor: str):
+    """What ``configure_optimizers`` returns for a task with ``optimizer_factory`` and an optional
+    ``scheduler_factory`` (the CLI's callables): the optimiser over the task's model, with the
+    scheduler stepping on ``monitor`` when one is configured."""
+    optimizer = module.optimizer_factory(module.model.parameters())
+    if module.scheduler_factory is None:
+        return optimizer
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": module.scheduler_factory(optimizer),
+                                                      "monitor": monitor}}
+
+
 def log_train_loss(module: L.LightningModule, loss: Tensor, batch_size: int,
                    causes: str = "a learning rate too high, or bad input") -> Tensor:
     """Log ``train/loss`` after checking it is finite (one scalar sync per step): a non-finite loss
