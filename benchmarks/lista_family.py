@@ -1,7 +1,9 @@
 """The LISTA-family table: NMSE (dB) per layer on the standard problem, noiseless and at SNR 40 dB.
 
 Trains LISTA, LISTA-CP, LISTA-CPSS, TiLISTA and ALISTA (16 layers, stage-wise, the configs in
-``configs/``) with a wall-clock budget each (``--budget``, or ``--budget_for`` one run), evaluates
+``configs/``) with a budget of CPU time each (``--budget``, or ``--budget_for`` one run; counted by
+:class:`unroll.train.CPUTimer`, so other work on the machine slows a run down but does not shorten
+its training), evaluates
 all checkpoints of one setting in one ``unroll evaluate`` table on the 1000 published test signals
 (next to ISTA and FISTA with λ = 0.1), and compares layer 16 with the published curves (Chen et
 al. 2018, Fig. 3 and 4; Liu et al. 2019, Fig. 1 and 2). In the noisy setting it also reports the
@@ -10,14 +12,16 @@ and the large-system limits of the best soft threshold and of the Bayes-optimal 
 
     python benchmarks/lista_family.py                       # 8 min per model, 2 runs at a time
     python benchmarks/lista_family.py --budget 00:00:15:00 --budget_for noiseless:ALISTA=00:00:25:00 \
-        snr40:LISTA=00:00:30:00 snr40:LISTA-CP=00:02:25:00  # the run in BENCHMARKS.md (about 2.5 h of wall clock)
+        snr40:LISTA=00:00:30:00 snr40:LISTA-CP=00:02:25:00 --reuse  # the run in BENCHMARKS.md (4.2 h of CPU)
     python benchmarks/lista_family.py --short               # 40 s per model: a smoke run
 
 Each run uses one thread (``OMP_NUM_THREADS=1``) and ``--jobs`` runs go in parallel.
 ``--reuse`` keeps checkpoints already in the work folder, but only those whose ``run.json`` records
 the same code (git trees of the code folders, plus any uncommitted change to them), the same
 resolved config (a hash of ``unroll fit --print_config``) and the same budget as the run asked for
-now; any other is retrained, saying why. Writes
+now; any other is retrained, saying why. With ``--reuse`` an interrupted run (its ``partial.json``
+matching the same way) resumes from its ``last.ckpt`` with the CPU time it has left, so the long
+command can be stopped and run again. Writes
 ``benchmarks/results/lista_family.json``, ``benchmarks/figures/lista_family_<setting>.png`` and
 prints the Markdown for BENCHMARKS.md.
 """
@@ -140,14 +144,18 @@ def code_version() -> Dict[str, Optional[str]]:
 
 
 def fit_command(setting: str, name: str, budget: str, extra: List[str]) -> List[str]:
-    """The ``unroll fit`` command line of one run."""
-    # a wall-clock budget shared out by StageWise (stages end on patience or their time share, not
-    # on the configs' cap of validations per stage, which is for runs without max_time)
-    cmd = [*_unroll(), "fit", "--config", str(ROOT / "configs" / f"{MODELS[name]}.yaml"), f"--trainer.max_time={budget}",
+    """The ``unroll fit`` command line of one run: the config, the setting, ``extra`` overrides and
+    a budget of ``budget`` CPU seconds (:class:`unroll.train.CPUTimer`, so a run trains about as
+    much on a loaded machine as on an idle one)."""
+    # the budget is shared out by StageWise (stages end on patience or their time share, not on
+    # the configs' cap of validations per stage, which is for runs without a time budget)
+    cmd = [*_unroll(), "fit", "--config", str(ROOT / "configs" / f"{MODELS[name]}.yaml"),
            "--trainer.callbacks.init_args.max_validations=null"]
     if SETTINGS[setting] is not None:
         cmd.append(f"--data.init_args.snr_db={SETTINGS[setting]}")
-    return cmd + list(extra)
+    # the timer goes last: until it is appended, --trainer.callbacks.init_args.* in extra set StageWise's
+    return cmd + list(extra) + ["--trainer.callbacks+=unroll.train.CPUTimer",
+                                f"--trainer.callbacks.init_args.duration={budget}"]
 
 
 def config_sha256(cmd: List[str]) -> str:
@@ -181,34 +189,66 @@ def reuse_refusal(saved: Optional[Dict[str, object]], current: Dict[str, object]
     return None
 
 
+def _train_seconds(ckpt: Path) -> Optional[float]:
+    """The training CPU seconds a checkpoint's :class:`~unroll.train.CPUTimer` had counted."""
+    from unroll.train import load_checkpoint
+
+    state = load_checkpoint(ckpt, map_location="cpu").get("callbacks", {}).get("CPUTimer")
+    return None if state is None else float(state["time_elapsed"]["train"])
+
+
 def train(work: Path, setting: str, name: str, budget: str, reuse: bool, extra: List[str]) -> Dict[str, object]:
     """``unroll fit`` one config (with its overrides ``extra``) in ``work/setting/name``; returns
-    where, how long, with which overrides, code version and config hash."""
+    where, how long (wall and CPU seconds), with which overrides, code version and config hash.
+
+    With ``reuse``, a finished run whose ``run.json`` matches (code, resolved config, budget,
+    overrides) is kept, and an interrupted one whose ``partial.json`` matches is resumed from its
+    ``last.ckpt`` (``--ckpt_path last``: the CPU time it had used counts against the budget)."""
     cfg = MODELS[name]
     run_dir = work / setting / cfg
     ckpt = run_dir / "runs" / cfg / "version_0" / "checkpoints" / "last.ckpt"  # the first run in a fresh run_dir
     record = run_dir / "run.json"  # wall time, budget, overrides, code and config of the run that made ckpt
+    partial = run_dir / "partial.json"  # the same for a run under way: its segments' wall-clock spans
     cmd = fit_command(setting, name, budget, extra)
-    current = {**code_version(), "config_sha256": config_sha256(cmd), "budget": budget, "args": list(extra)}
-    if reuse and ckpt.is_file():
-        saved = json.loads(record.read_text()) if record.is_file() else None
+    current = {**code_version(), "config_sha256": config_sha256(cmd), "budget": f"{budget} CPU", "args": list(extra)}
+    segments: List[List[float]] = []
+    if reuse and ckpt.is_file() and record.is_file():
+        saved = json.loads(record.read_text())
         why = reuse_refusal(saved, current)
         if why is None:
             return {"ckpt": str(ckpt), **saved, "reused": True}
         print(f"retraining {name} ({setting}): {why}", flush=True)
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
+    elif reuse and ckpt.is_file() and partial.is_file():
+        saved = json.loads(partial.read_text())
+        why = reuse_refusal(saved, current)
+        if why is None:
+            segments = saved["segments"]
+            segments[-1][1] = segments[-1][1] or ckpt.stat().st_mtime  # killed: it ended at its last checkpoint
+            cmd = cmd + ["--ckpt_path", "last"]
+            print(f"resuming {name} ({setting}) from {ckpt}", flush=True)
+        else:
+            print(f"retraining {name} ({setting}): {why}", flush=True)
+    elif reuse and ckpt.is_file():
+        print(f"retraining {name} ({setting}): {reuse_refusal(None, current)}", flush=True)
+    if not segments:
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True)
+    segments.append([time.time(), None])
+    partial.write_text(json.dumps({**current, "segments": segments}))
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    t0 = time.perf_counter()
-    with open(run_dir / "fit.log", "w") as log:
+    with open(run_dir / "fit.log", "a") as log:
         proc = subprocess.run(cmd, cwd=run_dir, env=env, stdout=log, stderr=subprocess.STDOUT)
-    wall = time.perf_counter() - t0
+    segments[-1][1] = time.time()
     if proc.returncode != 0 or not ckpt.is_file():
         raise RuntimeError(f"{name} ({setting}) failed, see {run_dir / 'fit.log'}")
-    print(f"trained {name:<10} {setting:<9} in {wall:.0f} s", flush=True)
-    done = {"wall_s": wall, **current}
+    wall = sum(b - a for a, b in segments)
+    cpu = _train_seconds(ckpt)
+    print(f"trained {name:<10} {setting:<9} in {wall:.0f} s ({cpu or 0:.0f} s of training CPU time"
+          f"{f', {len(segments)} segments' if len(segments) > 1 else ''})", flush=True)
+    done = {"wall_s": wall, "cpu_s": cpu, "segments": len(segments), **current}
     record.write_text(json.dumps(done))
+    partial.unlink()
     return {"ckpt": str(ckpt), **done, "reused": False}
 
 
@@ -344,23 +384,26 @@ def markdown(results: Dict[str, Dict], budget: str) -> str:
                                             f"no ({curves[c][-1] - target:+.1f} dB)")
             lines.append(f"| {c} | {curves[c][-1]:.2f} | {text} | {ok} |")
         lines.append("")
-        lines.append("| model | budget | config overrides | steps | stage-wise position at the end | wall (s) |")
-        lines.append("|---|---|---|---:|---|---:|")
+        lines.append("| model | budget | config overrides | steps | stage-wise position at the end | CPU (s) | wall (s) "
+                     "| commit |")
+        lines.append("|---|---|---|---:|---|---:|---:|---|")
         for k in cols[2:]:
             p = res["progress"][k]
             pos = "all 16 layers done" if p.get("done") else f"layer {p.get('layer')}, stage {p.get('stage')}"
             wall = res["runs"][k]["wall_s"]
             run_budget = res["runs"][k].get("budget", budget)
             extra = " ".join(f"`{a}`" for a in res["runs"][k].get("args", [])) or "–"
+            cpu = res["runs"][k].get("cpu_s")
+            commit = (res["runs"][k].get("commit") or "–")[:7]
             lines.append(f"| {k} | {run_budget} | {extra} | {p['steps']} | {pos} | "
-                         f"{'' if wall is None else f'{wall:.0f}'} |")
+                         f"{'–' if cpu is None else f'{cpu:.0f}'} | {'' if wall is None else f'{wall:.0f}'} | {commit} |")
         lines.append("")
     return "\n".join(lines)
 
 
 def main(argv: Optional[List[str]] = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--budget", default="00:00:08:00", help="trainer.max_time per model (DD:HH:MM:SS)")
+    ap.add_argument("--budget", default="00:00:08:00", help="training CPU time per model (DD:HH:MM:SS; unroll.train.CPUTimer)")
     ap.add_argument("--short", action="store_true", help="40 s per model")
     ap.add_argument("--budget_for", nargs="*", default=[], metavar="SETTING:MODEL=TIME",
                     help="another budget for one run, e.g. noiseless:ALISTA=00:00:25:00")
@@ -373,7 +416,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     ap.add_argument("--work", default=str(ROOT / "benchmarks" / "runs" / "lista_family"))
     ap.add_argument("--reuse", action="store_true",
                     help="keep checkpoints already in --work whose run.json records the same code, resolved config "
-                         "and budget (others are retrained)")
+                         "and budget, resume interrupted runs that match the same way (others are retrained)")
     ap.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "lista_family.json"))
     ap.add_argument("--report", action="store_true",
                     help="only print the Markdown of an earlier --results file and redraw its figures "

@@ -151,6 +151,8 @@ def test_lista_family_and_last_layer_bound_smallest(bench, tmp_path, capsys):
     assert set(curves) == {"LISTA-CP", "ista", "fista"} and all(len(v) == 16 for v in curves.values())
     assert res["lasso"] is None and res["limits"] is None  # noiseless: no LASSO reference, no limits
     assert res["progress"]["LISTA-CP"]["steps"] > 0
+    run_ = res["runs"]["LISTA-CP"]  # the budget is training CPU time, read back from the checkpoint
+    assert run_["budget"] == "00:00:00:03 CPU" and run_["cpu_s"] >= 3.0 or res["progress"]["LISTA-CP"]["done"]
     assert (root / "benchmarks" / "figures" / "lista_family_noiseless.png").read_bytes()[:4] == b"\x89PNG"
     rows = table_rows(capsys.readouterr().out, "| layer |")
     assert len(rows) == 16 and rows[0][0] == "1"

@@ -451,7 +451,7 @@ def test_train_reuses_only_a_matching_run(lista_family, tmp_path, monkeypatch):
     ckpt.parent.mkdir(parents=True)
     ckpt.write_bytes(b"old")
     (run_dir / "run.json").write_text(json.dumps({"wall_s": 5.0, "commit": "abc", "code": "c1",
-                                                  "config_sha256": "h1", "budget": "00:00:08:00", "args": []}))
+                                                  "config_sha256": "h1", "budget": "00:00:08:00 CPU", "args": []}))
     out = lf.train(tmp_path, "noiseless", "ALISTA", "00:00:08:00", True, [])
     assert out["reused"] and out["wall_s"] == 5.0 and ckpt.read_bytes() == b"old"
 
@@ -464,8 +464,57 @@ def test_train_reuses_only_a_matching_run(lista_family, tmp_path, monkeypatch):
         target.write_bytes(b"new")
         return subprocess.CompletedProcess(cmd, 0)
     monkeypatch.setattr(lf.subprocess, "run", fake_run)
+    monkeypatch.setattr(lf, "_train_seconds", lambda ckpt: 7.0)
     monkeypatch.setattr(lf, "config_sha256", lambda cmd: "h2")  # e.g. an edited config
     out = lf.train(tmp_path, "noiseless", "ALISTA", "00:00:08:00", True, [])
     assert not out["reused"] and ran and ckpt.read_bytes() == b"new"
     saved = json.loads((run_dir / "run.json").read_text())
     assert saved["config_sha256"] == "h2" and saved["code"] == "c1" and saved["commit"] == "abc"
+    assert saved["budget"] == "00:00:08:00 CPU" and saved["cpu_s"] == 7.0 and saved["segments"] == 1
+    assert not (run_dir / "partial.json").exists()
+    # the budget is CPU time, and the timer is appended after the overrides that address StageWise
+    cmd = ran[-1]
+    assert cmd[-2:] == ["--trainer.callbacks+=unroll.train.CPUTimer", "--trainer.callbacks.init_args.duration=00:00:08:00"]
+    assert not any(a.startswith("--trainer.max_time") for a in cmd)
+
+
+def test_train_resumes_an_interrupted_matching_run(lista_family, tmp_path, monkeypatch):
+    """--reuse on a run that was killed (partial.json, no run.json): the same identity resumes
+    from last.ckpt in the same folder and counts both segments; another identity starts over."""
+    lf = lista_family
+    monkeypatch.setattr(lf, "code_version", lambda: {"commit": "abc", "code": "c1"})
+    monkeypatch.setattr(lf, "config_sha256", lambda cmd: "h1")
+    monkeypatch.setattr(lf, "_train_seconds", lambda ckpt: 9.0)
+    run_dir = tmp_path / "snr40" / "lista_cp"
+    ckpt = run_dir / "runs" / "lista_cp" / "version_0" / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"half")
+    identity = {"commit": "abc", "code": "c1", "config_sha256": "h1", "budget": "00:00:08:00 CPU", "args": []}
+    start = ckpt.stat().st_mtime - 100.0
+    (run_dir / "partial.json").write_text(json.dumps({**identity, "segments": [[start, None]]}))
+    ran = []
+
+    def fake_run(cmd, cwd=None, **kwargs):
+        ran.append(cmd)
+        assert (Path(cwd) / "runs" / "lista_cp" / "version_0" / "checkpoints" / "last.ckpt").read_bytes() == b"half"
+        return subprocess.CompletedProcess(cmd, 0)
+    monkeypatch.setattr(lf.subprocess, "run", fake_run)
+    out = lf.train(tmp_path, "snr40", "LISTA-CP", "00:00:08:00", True, [])
+    assert ran[-1][-2:] == ["--ckpt_path", "last"] and not out["reused"]
+    assert out["segments"] == 2 and out["wall_s"] >= 100.0 and out["cpu_s"] == 9.0
+    assert not (run_dir / "partial.json").exists() and (run_dir / "run.json").is_file()
+
+    # an interrupted run of another config is not resumed
+    (run_dir / "run.json").unlink()
+    (run_dir / "partial.json").write_text(json.dumps({**identity, "config_sha256": "old", "segments": [[start, None]]}))
+
+    def fresh_run(cmd, cwd=None, **kwargs):
+        ran.append(cmd)
+        assert not (Path(cwd) / "runs").exists()  # the old folder was cleared
+        target = Path(cwd) / "runs" / "lista_cp" / "version_0" / "checkpoints" / "last.ckpt"
+        target.parent.mkdir(parents=True)
+        target.write_bytes(b"new")
+        return subprocess.CompletedProcess(cmd, 0)
+    monkeypatch.setattr(lf.subprocess, "run", fresh_run)
+    out = lf.train(tmp_path, "snr40", "LISTA-CP", "00:00:08:00", True, [])
+    assert "--ckpt_path" not in ran[-1] and out["segments"] == 1 and ckpt.read_bytes() == b"new"

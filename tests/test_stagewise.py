@@ -307,3 +307,47 @@ def test_max_validations_caps_every_stage_in_steps(tmp_path):
     trainer([sw2], tmp_path, max_steps=500, val_check_interval=3).fit(task(2), datamodule=data(train_batches=6),
                                                                          ckpt_path=str(ckpt_dir / "last.ckpt"))
     assert [h["step"] for h in sw2.history] == [6 * (i + 1) for i in range(6)]
+
+
+# ---------------------------------------------------------------- CPUTimer: a budget of CPU time
+def test_cpu_timer_counts_cpu_not_waiting():
+    """CPUTimer reads the process's CPU time: sleeping adds (almost) nothing, computing adds it;
+    its state round-trips as the offset a resumed run starts from."""
+    import time
+
+    from unroll.train import CPUTimer
+
+    t = CPUTimer(duration="00:00:01:00")
+    t.on_train_start(None, None)
+    time.sleep(0.3)
+    assert t.time_elapsed() < 0.1
+    c0, end = time.process_time(), time.perf_counter() + 0.3
+    while time.perf_counter() < end:
+        sum(range(1000))
+    spent = time.process_time() - c0
+    assert t.time_elapsed() == pytest.approx(spent, abs=0.05) and t.time_remaining() == pytest.approx(60 - spent, abs=0.05)
+    t.on_train_end(None, None)
+    state = t.state_dict()
+    t2 = CPUTimer(duration="00:00:01:00")
+    t2.load_state_dict(state)
+    assert t2.time_elapsed() == pytest.approx(state["time_elapsed"]["train"])
+
+
+def test_cpu_timer_ends_a_run_and_drives_the_stage_shares(tmp_path):
+    """With a clock that advances one second per reading, a 40 s CPU budget ends the run and
+    StageWise, finding the timer like Lightning's, still reaches the last layer."""
+    from unroll.train import CPUTimer
+
+    class Ticking(CPUTimer):
+        now = 0.0
+
+        def clock(self):
+            Ticking.now += 1.0
+            return Ticking.now
+
+    sw = StageWise(patience=10_000)  # only the time shares end stages
+    t = Ticking(duration={"seconds": 40})
+    tr = trainer([sw, t], tmp_path, val_check_interval=2)
+    tr.fit(task(2), datamodule=data())
+    assert t.time_elapsed() >= 40 and tr.global_step < 200
+    assert sw.layer == 2 or {h["layer"] for h in sw.history} == {1, 2}

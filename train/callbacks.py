@@ -4,17 +4,20 @@ writing."""
 from __future__ import annotations
 
 import os
+import time
+from datetime import timedelta
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint, RichProgressBar, Timer
+from lightning.pytorch.trainer.states import RunningStage
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from .io import atomic_write
 
-__all__ = ["ReportPaths", "PredictionWriter", "RunProgressBar", "say", "fit_summary"]
+__all__ = ["ReportPaths", "PredictionWriter", "RunProgressBar", "CPUTimer", "say", "fit_summary"]
 
 
 def say(trainer: Optional[L.Trainer], message: str, log: bool = True) -> None:
@@ -34,6 +37,63 @@ def say(trainer: Optional[L.Trainer], message: str, log: bool = True) -> None:
         print(message, flush=True)
 
 
+class CPUTimer(Timer):
+    """Lightning's :class:`~lightning.pytorch.callbacks.Timer` on the process's CPU time.
+
+    ``Trainer(max_time=...)`` stops on the wall clock, so a run on a busy machine gets less
+    computation for the same budget. This timer counts :func:`time.process_time` instead (CPU
+    seconds of all the process's threads, so with ``OMP_NUM_THREADS=1`` one core's seconds):
+    a budget then buys about the same training however loaded the machine is. Everything that
+    reads a ``Timer`` (:class:`~unroll.train.StageWise`'s time shares, the progress bar, the fit
+    summary) reads this one the same way; its state is saved in checkpoints, so a resumed run
+    continues with what it had left. Use it instead of ``trainer.max_time``, not with it::
+
+        unroll fit --config configs/alista.yaml --trainer.callbacks+=unroll.train.CPUTimer \
+            --trainer.callbacks.init_args.duration=00:00:15:00
+
+    Args:
+        duration: the CPU-time budget, as ``Timer`` takes it (``"DD:HH:MM:SS"``, a
+            :class:`~datetime.timedelta` or a dict of its arguments); ``None``: no limit, only timing.
+        interval: check the budget after every ``"step"`` or ``"epoch"``.
+        verbose: say when the budget ends the run.
+    """
+
+    #: the clock the timer reads (seconds); the CPU time of this process
+    clock = staticmethod(time.process_time)
+
+    def __init__(self, duration: Optional[Union[str, timedelta, Dict[str, int]]] = None, interval: str = "step",
+                 verbose: bool = True) -> None:
+        super().__init__(duration=duration, interval=interval, verbose=verbose)
+
+    def time_elapsed(self, stage: str = RunningStage.TRAINING) -> float:
+        start, end = self.start_time(stage), self.end_time(stage)
+        offset = self._offset if RunningStage(stage) == RunningStage.TRAINING else 0
+        if start is None:
+            return offset
+        return (self.clock() if end is None else end) - start + offset
+
+    def _mark(self, table: Dict[RunningStage, Optional[float]], stage: RunningStage) -> None:
+        table[stage] = self.clock()
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._mark(self._start_time, RunningStage.TRAINING)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._mark(self._end_time, RunningStage.TRAINING)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._mark(self._start_time, RunningStage.VALIDATING)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._mark(self._end_time, RunningStage.VALIDATING)
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._mark(self._start_time, RunningStage.TESTING)
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._mark(self._end_time, RunningStage.TESTING)
+
+
 def _stagewise(trainer: L.Trainer):
     from .stagewise import StageWise
 
@@ -46,7 +106,7 @@ def fit_summary(trainer: L.Trainer) -> List[str]:
     lines = [f"trained {trainer.global_step} steps"]
     timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
     if timer is not None and timer.time_elapsed("train") > 0:
-        lines[0] += f" in {timer.time_elapsed('train'):.0f} s"
+        lines[0] += f" in {timer.time_elapsed('train'):.0f} s" + (" of CPU time" if isinstance(timer, CPUTimer) else "")
     sw = _stagewise(trainer)
     model = getattr(trainer.lightning_module, "model", None) if trainer.lightning_module is not None else None
     if sw is not None and model is not None:
@@ -115,7 +175,8 @@ class RunProgressBar(RichProgressBar):
         timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
         limit = getattr(timer, "_duration", None) if timer is not None else None
         if limit:
-            parts.append(f"{_clock(timer.time_elapsed('train'))}/{_clock(limit)} max_time")
+            kind = "CPU time" if isinstance(timer, CPUTimer) else "max_time"
+            parts.append(f"{_clock(timer.time_elapsed('train'))}/{_clock(limit)} {kind}")
         return " · ".join(parts)
 
     def _get_train_description(self, current_epoch: int) -> str:
