@@ -334,6 +334,15 @@ class ConvLPN(LearnedProxNet):
         layers: hidden-to-hidden layers (non-negative kernels).
         downsample: how many of them have stride 2 (layers 1, 3, 5, …); ``<= ceil(layers / 2)``.
         kernel_size: odd kernel size of every convolution.
+        init: how the non-negative weights start. ``"small"`` (default, the paper's
+            ``init_weights(-10, 0.1)``): every entry ``exp(N(−10, 0.1²)) ≈ 4.5e-5``, so each layer
+            starts driven by its unconstrained skip from the input (softplus units switching on
+            and off with the image, ``ψ`` curved everywhere) and the non-negative path grows as it
+            trains. ``"default"``: PyTorch's convolution initialisation clipped at 0 (about half
+            the entries zero), the output weights scaled by ``1 / (hidden · 4^downsample)``; the
+            non-negative path then dominates from the start, most units sit on the linear side of
+            the softplus and ``f = ∇ψ`` is nearly constant in ``x``, which trained far more slowly
+            as a denoiser (``BENCHMARKS.md``).
         beta, alpha, nonneg, check_input: see :class:`LearnedProxNet`.
 
     ``min_size = kernel_size · 2^downsample``: images must be at least that high and wide, so
@@ -343,9 +352,12 @@ class ConvLPN(LearnedProxNet):
     """
 
     def __init__(self, channels: int = 1, hidden: int = 32, layers: int = 4, downsample: int = 2,
-                 kernel_size: int = 3, beta: float = 100.0, alpha: float = 1e-6, nonneg: str = "project",
-                 check_input: bool = True) -> None:
+                 kernel_size: int = 3, init: str = "small", beta: float = 100.0, alpha: float = 1e-6,
+                 nonneg: str = "project", check_input: bool = True) -> None:
         super().__init__(beta, alpha, nonneg, check_input)
+        if init not in ("small", "default"):
+            raise ValueError(f"init: expected 'small' or 'default', got {init!r}")
+        self.init = init
         self.channels = _check_int("channels", channels, 1)
         self.hidden = _check_int("hidden", hidden, 1)
         self.layers = _check_int("layers", layers, 1)
@@ -368,6 +380,10 @@ class ConvLPN(LearnedProxNet):
         # it (the sum over the last map adds up hidden · 4^downsample contributions per pixel)
         w = torch.rand(1, hidden) / (hidden * 4 ** downsample)
         self.out_weight = nn.Parameter(w)
+        if init == "small":
+            with torch.no_grad():
+                for q in self.constrained_weights():
+                    q.normal_(-10.0, 0.1).exp_()
         if nonneg == "softplus":
             with torch.no_grad():
                 for q in self.constrained_weights():

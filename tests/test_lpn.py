@@ -32,7 +32,8 @@ def lpn(dim=3, seed=0, **kw):
 
 def conv_lpn(seed=0, **kw):
     torch.manual_seed(seed)
-    kw = {"hidden": 6, "layers": 3, "downsample": 1, "beta": 5.0, "alpha": 0.05, **kw}
+    # init="default": the non-negative path as strong as the unconstrained one, the harder case
+    kw = {"hidden": 6, "layers": 3, "downsample": 1, "beta": 5.0, "alpha": 0.05, "init": "default", **kw}
     return ConvLPN(1, **kw).to(DT)
 
 
@@ -41,10 +42,11 @@ def randn(*shape, seed=0):
 
 
 # ---------------------------------------------------------------------- convexity
-@pytest.mark.parametrize("kind", ["lpn", "lpn_softplus", "conv", "conv_softplus"])
+@pytest.mark.parametrize("kind", ["lpn", "lpn_softplus", "conv", "conv_softplus", "conv_small"])
 def test_potential_satisfies_the_convexity_inequality_on_random_pairs(kind):
     net = (lpn(nonneg="softplus") if kind == "lpn_softplus" else lpn() if kind == "lpn"
-           else conv_lpn(nonneg="softplus") if kind == "conv_softplus" else conv_lpn())
+           else conv_lpn(nonneg="softplus") if kind == "conv_softplus"
+           else conv_lpn(init="small", alpha=0.0) if kind == "conv_small" else conv_lpn())
     shape = (64, 3) if kind.startswith("lpn") else (16, 1, 9, 7)
     x, y = 2 * randn(*shape, seed=1), 2 * randn(*shape, seed=2)
     t = torch.rand(shape[0], generator=torch.Generator().manual_seed(3), dtype=DT)
@@ -375,6 +377,8 @@ def test_bad_input_gets_a_clear_error():
         LPN(2, nonneg="clip")
     with pytest.raises(ValueError, match="downsample"):
         ConvLPN(1, layers=2, downsample=3)
+    with pytest.raises(ValueError, match=r"init: expected 'small' or 'default', got 'paper'"):
+        ConvLPN(1, init="paper")
     with pytest.raises(ValueError, match="kernel_size"):
         ConvLPN(1, kernel_size=4)
     assert conv.min_size == 6 and conv(randn(1, 1, 6, 9)).shape == (1, 1, 6, 9)  # any size from min_size
