@@ -290,3 +290,35 @@ def test_blind_calibration_learned_grid_short(bench, tmp_path, capsys):
     res = json.loads((mod.ROOT / "benchmarks" / "results" / "blind_calibration_learned.json").read_text())
     assert len(res["cells"]) == 4 and all(0 <= c["learned"]["success"] <= 1 for c in res["cells"])
     assert (mod.ROOT / "benchmarks" / "figures" / "blind_calibration_learned.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_pnp_deblur_short(bench, tmp_path, capsys):
+    """benchmarks/pnp_deblur.py (issue 15) in its smoke mode: the three learned denoisers through
+    the CLI for a few steps, their denoising check, PnP-ADMM with every prior on one setting, the
+    unrolled PnP for two steps; the JSON and both figures."""
+    load, run = bench
+    mod = load("pnp_deblur")
+    mod.ROOT = scratch_root(tmp_path)
+    run(mod, "--short")
+    res = json.loads((mod.ROOT / "benchmarks" / "results" / "pnp_deblur_short.json").read_text())
+    assert set(res["denoising"]) == {"noisy input", "DnCNN", "U-Net", "LPN"}
+    # the noisy input's PSNR at σ_d = 0.05 is 20·log10(1/0.05) ≈ 26 dB (a fixed draw, data range 1)
+    assert res["denoising"]["noisy input"] == pytest.approx(26.0, abs=0.3)
+    (rows,) = res["settings"].values()
+    assert set(rows) == {"blurred", "TV", "wavelet-l1", "DnCNN", "U-Net", "LPN"}
+    assert all(math.isfinite(r["psnr"]) and len(r["psnr_per_image"]) == 2 for r in rows.values())
+    assert all(len(r["final_residual"]) == 2 for k, r in rows.items() if k != "blurred")
+    assert res["unrolled"]["K"] == 10 and math.isfinite(res["unrolled"]["unrolled PnP, K = 10"]["psnr"])
+    for name in ("pnp_deblur_panel_short.png", "pnp_deblur_residuals_short.png"):
+        assert (mod.ROOT / "benchmarks" / "figures" / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_compile_task_smallest(bench, capsys):
+    """benchmarks/compile_task.py: eager against compiled task (``compile: true``) on one config,
+    one round of one step; the table row."""
+    load, run = bench
+    mod = load("compile_task")
+    run(mod, "--configs", "learned_ista", "--rounds", "1", "--steps", "1", "--warmup", "1", "--threads", "1")
+    rows = table_rows(capsys.readouterr().out, "| config (model, K=16, batch 64) |")
+    assert len(rows) == 1 and rows[0][0] == "`learned_ista.yaml`"
+    assert float(rows[0][1]) > 0 and float(rows[0][2]) > 0
