@@ -308,3 +308,4 @@ def test_benchmark_script_runs_at_its_smallest(tmp_path, monkeypatch, capsys):
         assert case["DCDM"]["iterations"][0] is not None  # the safeguard keeps even a barely trained net convergent
     text = capsys.readouterr().out
     assert "| case | systems | CG | Jacobi-PCG | IC-PCG | DCDM |" in text
+    assert r["train_budget"] == {"minutes": 0.05, "clock": "cpu"}
