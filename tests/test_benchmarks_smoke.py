@@ -322,3 +322,16 @@ def test_compile_task_smallest(bench, capsys):
     rows = table_rows(capsys.readouterr().out, "| config (model, K=16, batch 64) |")
     assert len(rows) == 1 and rows[0][0] == "`learned_ista.yaml`"
     assert float(rows[0][1]) > 0 and float(rows[0][2]) > 0
+
+
+def test_lpn_denoise_short(bench, capsys):
+    """benchmarks/lpn_denoise.py: a small ConvLPN and DnCNN trained for a few steps, the table."""
+    load, run = bench
+    mod = load("lpn_denoise")
+    run(mod, "--short")
+    rows = table_rows(capsys.readouterr().out, "| variant |")
+    assert [r[0] for r in rows] == ["small:10", "dncnn"]
+    assert all(float(r[1]) == pytest.approx(26.0, abs=0.5) for r in rows)  # σ = 0.05: 20·log10(20) dB
+    assert all(math.isfinite(float(v)) for r in rows for v in r[2:])
+    with pytest.raises(SystemExit, match="INIT:BETA"):
+        mod.build("paper:100", 4, 2)
