@@ -43,7 +43,8 @@ class CPUTimer(Timer):
     ``Trainer(max_time=...)`` stops on the wall clock, so a run on a busy machine gets less
     computation for the same budget. This timer counts :func:`time.process_time` instead (CPU
     seconds of all the process's threads, so with ``OMP_NUM_THREADS=1`` one core's seconds):
-    a budget then buys about the same training however loaded the machine is. Everything that
+    other processes taking turns on the core no longer shorten a run's training (a busy sibling
+    hyperthread still slows each step, and so still costs training within a budget). Everything that
     reads a ``Timer`` (:class:`~unroll.train.StageWise`'s time shares, the progress bar, the fit
     summary) reads this one the same way; its state is saved in checkpoints, so a resumed run
     continues with what it had left. Use it instead of ``trainer.max_time``, not with it::
@@ -61,6 +62,7 @@ class CPUTimer(Timer):
     #: the clock the timer reads (seconds); the CPU time of this process
     clock = staticmethod(time.process_time)
 
+    # Timer's own signature defaults interval to an enum, which --print_config cannot write out
     def __init__(self, duration: Optional[Union[str, timedelta, Dict[str, int]]] = None, interval: str = "step",
                  verbose: bool = True) -> None:
         super().__init__(duration=duration, interval=interval, verbose=verbose)
