@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import math
 import re
 import sys
@@ -29,6 +30,9 @@ def bench(monkeypatch, tmp_path):
     monkeypatch.syspath_prepend(str(BENCH))
     monkeypatch.chdir(tmp_path)
     threads = torch.get_num_threads()
+    # the scripts quieten loggers for their own output: give the next tests the levels they had
+    levels = {name: log.level for name, log in logging.root.manager.loggerDict.items()
+              if isinstance(log, logging.Logger)}
 
     def load(name):
         spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH / f"{name}.py")
@@ -43,6 +47,9 @@ def bench(monkeypatch, tmp_path):
 
     yield load, run
     torch.set_num_threads(threads)  # the scripts set their own
+    for name, log in list(logging.root.manager.loggerDict.items()):
+        if isinstance(log, logging.Logger):
+            log.setLevel(levels.get(name, logging.NOTSET))
 
 
 def scratch_root(tmp_path) -> Path:
