@@ -20,7 +20,9 @@ Proximal matching starts from the ℓ1 model and its Adam state (as the notebook
 paper's schedule (saved as ``pm_paper``) an extension (``--part ext``, saved as ``pm``) continues
 with 4000-step stages at ``--ext-gammas`` (default 0.05 0.03 0.02 0.02), ``--ext-lr`` (the last
 stage at a tenth), optionally another ``--batch`` or ``--ext-beta``. See BENCHMARKS.md for what
-each variant does.
+each variant does. ``--sampling posterior`` draws y uniformly on ``[−y_range, y_range]`` and x from
+its posterior (the same minimiser at every y, more samples in the tails); ``--pm-lr steady`` keeps
+proximal matching's learning rate at 1e-4 where the notebook drops it.
 
     nice -n 5 python benchmarks/lpn_toy.py                 # everything, one process
     python benchmarks/lpn_toy.py --scale 0.001 --batch 64 --grid 41 --inverse-iters 100  # a smoke run
@@ -48,7 +50,8 @@ from typing import Optional, Tuple
 
 import torch
 
-from unroll.data.denoising import make_laplace_batch
+from unroll.data import Batch
+from unroll.data.denoising import make_laplace_batch, sample_laplace_posterior
 from unroll.losses import L1Loss, MSELoss, ProximalMatchingLoss
 from unroll.models import LPN
 from unroll.prox import soft_threshold
@@ -62,6 +65,24 @@ PM_PHASES = [(2000, 0.5, 1e-3), (2000, 0.5, 1e-4), (4000, 0.4, 1e-4), (4000, 0.3
 #: the extension below γ = 0.1 (steps, gamma, lr): at γ = 0.1 even the best map is 0.111 from soft
 #: thresholding at the kink (``proximal_matching_optimum``); 0.03 at γ = 0.02
 EXTRA_GAMMAS = [(4000, 0.05), (4000, 0.03), (4000, 0.02), (4000, 0.02)]
+#: ``--schedule steady``: the paper's γ stages, with the learning rate kept at 1e-4 where the notebook
+#: drops it to 1e-5 and 1e-6 (at γ ≤ 0.2, where the map then hardly moves)
+STEADY_PHASES = [(s, g, max(lr, 1e-4)) for s, g, lr in PM_PHASES]
+
+
+def toy_batch(index: int, gen: torch.Generator, batch: int, sampling: str, y_range: float) -> Batch:
+    """A training batch ``(y, x)`` of shape ``(batch, 1)``. ``sampling="joint"``: the toy as the
+    paper draws it (x ~ Laplace(0, 1), y = x + N(0, 1)). ``"posterior"``: y uniform on
+    ``[−y_range, y_range]`` and x drawn exactly from p(x | y) (``sample_laplace_posterior``). The law
+    of x given y is the same, so is the minimiser of the expected loss at every y (soft thresholding
+    in the limit γ → 0); what changes is how the batch is spread over y: the joint puts 3 % of its
+    samples at |y| > 4 and 20 % within 0.25 of the kinks (|y| = 1), uniform on [−5, 5] puts 20 %
+    and 10 %."""
+    if sampling == "joint":
+        return make_laplace_batch(index, gen, batch, 1, 1.0, 1.0, torch.float32)
+    y = (2 * torch.rand((batch, 1), generator=gen, dtype=torch.float64) - 1) * y_range
+    x = sample_laplace_posterior(y, gen)
+    return Batch(y.float(), x.float(), {}, {})
 
 
 def extra_phases(lr: float, gammas: Optional[list] = None) -> list:
@@ -72,8 +93,9 @@ def extra_phases(lr: float, gammas: Optional[list] = None) -> list:
 
 
 def train(model: LPN, loss_fn, phases, gen: torch.Generator, batch: int, scale: float, log: str,
-          opt: Optional[torch.optim.Optimizer] = None) -> Tuple[int, torch.optim.Optimizer]:
-    """Adam over ``phases`` ``[(steps, lr, gamma or None)]`` with fresh Laplace batches; the
+          opt: Optional[torch.optim.Optimizer] = None, sampling: str = "joint",
+          y_range: float = 5.0) -> Tuple[int, torch.optim.Optimizer]:
+    """Adam over ``phases`` ``[(steps, lr, gamma or None)]`` with fresh batches (``toy_batch``); the
     weights are projected after every step. ``opt``: an optimiser to continue (the notebook keeps
     the ℓ1 run's Adam for proximal matching). Returns the number of steps run and the optimiser."""
     if opt is None:
@@ -86,7 +108,7 @@ def train(model: LPN, loss_fn, phases, gen: torch.Generator, batch: int, scale: 
         if gamma is not None:
             loss_fn.gamma = gamma
         for _ in range(n):
-            b = make_laplace_batch(done, gen, batch, 1, 1.0, 1.0, torch.float32)
+            b = toy_batch(done, gen, batch, sampling, y_range)
             loss = loss_fn(model.gradient(b.y), b.x)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -159,6 +181,13 @@ def main() -> None:
     ap.add_argument("--schedule", choices=["extended", "paper"], default="extended",
                     help="proximal matching: the paper's 24k steps down to gamma 0.1, or those then the extension "
                          "down to gamma 0.02 (default; both models are saved and evaluated)")
+    ap.add_argument("--sampling", choices=["joint", "posterior"], default="joint",
+                    help="training pairs: as the paper (x ~ Laplace, y = x + noise), or y uniform on "
+                         "[-y_range, y_range] and x drawn from its posterior (same minimiser at every y)")
+    ap.add_argument("--y-range", type=float, default=5.0, help="--sampling posterior: y ~ U[-y_range, y_range]")
+    ap.add_argument("--pm-lr", choices=["paper", "steady"], default="paper",
+                    help="proximal matching's learning rates: the notebook's (1e-5, 1e-6 at gamma 0.2, 0.1) "
+                         "or 1e-4 throughout after the first stage")
     ap.add_argument("--runs", default=str(HERE / "runs" / "lpn_toy"), help="where the trained models are saved")
     ap.add_argument("--out", default=str(HERE / "results" / "lpn_toy.json"))
     ap.add_argument("--figure", default=str(HERE / "figures" / "lpn_toy.png"))
@@ -168,6 +197,7 @@ def main() -> None:
     gen = torch.Generator().manual_seed(args.seed)
     runs = Path(args.runs)
     runs.mkdir(parents=True, exist_ok=True)
+    sampling = (args.sampling, args.y_range)
 
     def new_model() -> LPN:
         return LPN(1, hidden=50, layers=4, beta=10.0, alpha=0.0)
@@ -179,19 +209,20 @@ def main() -> None:
     def save_budget(part: str, steps: dict, phases: list, beta: float = 10.0) -> None:
         (runs / f"budget_{part}.json").write_text(json.dumps({"steps": steps, "seconds": time.time() - t_start,
                                                               "scale": args.scale, "phases": phases,
-                                                              "batch": args.batch, "beta": beta}))
+                                                              "batch": args.batch, "beta": beta,
+                                                              "sampling": args.sampling, "y_range": args.y_range}))
 
     if not args.eval_only:
         if args.part in ("all", "l2"):
             print("training l2", flush=True)
             m = new_model()
-            steps["l2"], _ = train(m, MSELoss(), base, gen, args.batch, args.scale, "l2")
+            steps["l2"], _ = train(m, MSELoss(), base, gen, args.batch, args.scale, "l2", None, *sampling)
             torch.save(m.state_dict(), runs / "l2.pt")
             save_budget("l2", {"l2": steps["l2"]}, base)
         if args.part in ("all", "l1", "l1pm"):
             print("training l1", flush=True)
             m = new_model()
-            steps["l1"], opt = train(m, L1Loss(), base, gen, args.batch, args.scale, "l1")
+            steps["l1"], opt = train(m, L1Loss(), base, gen, args.batch, args.scale, "l1", None, *sampling)
             torch.save(m.state_dict(), runs / "l1.pt")
             torch.save(opt.state_dict(), runs / "l1_adam.pt")
             save_budget("l1", {"l1": steps["l1"]}, base)
@@ -205,8 +236,8 @@ def main() -> None:
                 steps["l1"] = json.loads((runs / "budget_l1.json").read_text())["steps"]["l1"]
             print("training proximal matching (from the l1 model)", flush=True)
             loss = ProximalMatchingLoss(0.5)
-            phases = [(s, lr, g) for s, g, lr in PM_PHASES]
-            n, opt = train(m, loss, phases, gen, args.batch, args.scale, "pm", opt)
+            phases = [(s, lr, g) for s, g, lr in (STEADY_PHASES if args.pm_lr == "steady" else PM_PHASES)]
+            n, opt = train(m, loss, phases, gen, args.batch, args.scale, "pm", opt, *sampling)
             steps["pm_paper"] = steps["l1"] + n
             torch.save(m.state_dict(), runs / "pm_paper.pt")
             torch.save(opt.state_dict(), runs / "pm_paper_adam.pt")
@@ -224,20 +255,21 @@ def main() -> None:
                 m.beta = float(args.ext_beta)
             print("extending proximal matching below gamma 0.1", flush=True)
             phases = extra_phases(args.ext_lr, args.ext_gammas)
-            n, opt = train(m, loss, phases, gen, args.batch, args.scale, "pm", opt)
+            n, opt = train(m, loss, phases, gen, args.batch, args.scale, "pm", opt, *sampling)
             torch.save(m.state_dict(), runs / "pm.pt")
             save_budget("pm", {"pm": steps["pm_paper"] + n}, phases, m.beta)
         if args.part != "all":
             return
     steps, seconds, schedules = {}, {}, {}
     for part in ("l2", "l1", "pm_paper", "pm"):
-        if not (runs / f"budget_{part}.json").exists() and part == "pm":
-            continue  # --schedule paper
+        if not (runs / f"budget_{part}.json").exists() and part in ("pm", "l2"):
+            continue  # --schedule paper; --part l1pm without l2
         saved = json.loads((runs / f"budget_{part}.json").read_text())
         steps.update(saved["steps"])
         seconds[part] = round(saved["seconds"], 1)
         schedules[part] = {"scale": saved.get("scale"), "phases_steps_lr_gamma_unscaled": saved.get("phases"),
-                           "batch": saved.get("batch", args.batch), "beta": saved.get("beta", 10.0)}
+                           "batch": saved.get("batch", args.batch), "beta": saved.get("beta", 10.0),
+                           "sampling": saved.get("sampling", "joint"), "y_range": saved.get("y_range")}
     for name in ("l2", "l1", "pm_paper", "pm"):
         if name in steps:
             models[name] = new_model()

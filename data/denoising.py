@@ -213,6 +213,43 @@ def make_laplace_batch(index: int, generator: torch.Generator, batch_size: int, 
     return Batch(y.to(dtype), x.to(dtype), {}, {})
 
 
+def sample_laplace_posterior(y: torch.Tensor, generator: torch.Generator, scale: float = 1.0,
+                             noise_std: float = 1.0) -> torch.Tensor:
+    """Exact draws of ``x`` given ``y`` for ``x ~ Laplace(0, scale)``, ``y = x + noise_std · e``.
+
+    The posterior ``∝ exp(−|x|/b − (y − x)²/(2σ²))`` is two truncated Gaussians: on ``x > 0`` with
+    mean ``m₊ = y − σ²/b`` and mass ``∝ exp(m₊²/(2σ²)) Φ(m₊/σ)``, on ``x < 0`` with mean
+    ``m₋ = y + σ²/b`` and mass ``∝ exp(m₋²/(2σ²)) Φ(−m₋/σ)``. A half is picked by its mass, then
+    sampled by the inverse CDF written so that it stays exact far in the tails (``ndtri`` of a
+    small probability rather than of one minus it). Computed in float64.
+
+    With it, the y of training pairs can follow any distribution (e.g. uniform over the range
+    to be learnt) while the conditional law of x given y, hence the minimiser at each y of any
+    loss E[ℓ(f(y), x) | y], stays that of the toy.
+
+    Args:
+        y: ``(*)`` observations.
+        generator: the random stream.
+
+    Returns:
+        ``(*)`` float64, one draw per entry of ``y``.
+    """
+    if not (scale > 0 and noise_std > 0):
+        raise ValueError(f"sample_laplace_posterior: scale and noise_std must be > 0, got {scale} and {noise_std}")
+    y = y.to(torch.float64)
+    var = noise_std ** 2
+    m_pos, m_neg = y - var / scale, y + var / scale
+    log_ndtr = torch.special.log_ndtr
+    log_pos = m_pos ** 2 / (2 * var) + log_ndtr(m_pos / noise_std)  # log mass of x > 0 (+ a common constant)
+    log_neg = m_neg ** 2 / (2 * var) + log_ndtr(-m_neg / noise_std)
+    positive = torch.rand(y.shape, generator=generator, dtype=torch.float64) < torch.sigmoid(log_pos - log_neg)
+    v = torch.rand(y.shape, generator=generator, dtype=torch.float64).clamp_min(1e-300)
+    # x > 0: x = m₊ + σ z with z > −m₊/σ, i.e. −z = ndtri(Φ(m₊/σ) v); x < 0 symmetrically
+    x_pos = m_pos - noise_std * torch.special.ndtri(torch.exp(log_ndtr(m_pos / noise_std) + v.log()))
+    x_neg = m_neg + noise_std * torch.special.ndtri(torch.exp(log_ndtr(-m_neg / noise_std) + v.log()))
+    return torch.where(positive, x_pos.clamp_min(0.0), x_neg.clamp_max(0.0))
+
+
 class LaplaceDenoisingDataModule(SyntheticDataModule):
     """The 1-D Laplace toy of the learned-proximal-network paper: ``x ~ Laplace(0, scale)``,
     ``y = x + σ e``. For ``scale = σ = 1`` the MAP denoiser is soft thresholding at

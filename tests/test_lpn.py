@@ -323,6 +323,29 @@ def test_laplace_data_module_draws_the_toy():
     assert float((v.y - v.x).std()) == pytest.approx(1.0, abs=0.03)
 
 
+@pytest.mark.parametrize("scale,noise", [(1.0, 1.0), (0.5, 0.3)])
+def test_laplace_posterior_draws_match_quadrature(scale, noise):
+    """sample_laplace_posterior against p(x | y) ∝ exp(−|x|/b − (y − x)²/(2σ²)) on a fine grid:
+    mean, standard deviation and P(x > 0), from the kink to far in the tails (y = ±6)."""
+    from unroll.data.denoising import sample_laplace_posterior
+
+    gen = torch.Generator().manual_seed(3)
+    t = torch.linspace(-12, 12, 24001, dtype=DT)
+    n = 50000
+    for y0 in (-6.0, -1.0, 0.0, 0.6, 1.0, 2.5, 6.0):
+        x = sample_laplace_posterior(torch.full((n,), y0), gen, scale, noise)
+        assert x.dtype == DT and bool(torch.isfinite(x).all())
+        w = torch.softmax(-t.abs() / scale - (y0 - t) ** 2 / (2 * noise ** 2), 0)
+        mean = float((w * t).sum())
+        sd = float(((w * t * t).sum() - mean ** 2).sqrt())
+        se = 5 * sd / n ** 0.5
+        assert float(x.mean()) == pytest.approx(mean, abs=se), y0
+        assert float(x.std()) == pytest.approx(sd, rel=0.02), y0
+        assert float((x > 0).double().mean()) == pytest.approx(float(w[t > 0].sum()), abs=0.006), y0
+    with pytest.raises(ValueError, match="noise_std"):
+        sample_laplace_posterior(torch.zeros(3), gen, 1.0, 0.0)
+
+
 # ---------------------------------------------------------------------- configs through the CLI
 @pytest.mark.parametrize("name", ["lpn_laplace_toy", "lpn_patches"])
 def test_configs_run_through_the_cli(name, tmp_path, monkeypatch):
@@ -409,6 +432,25 @@ def test_toy_benchmark_runs_in_its_smallest_mode(tmp_path, monkeypatch):
     assert res["maps"]["pm"]["final_gamma"] < res["maps"]["pm_paper"]["final_gamma"]
     assert all(math.isfinite(v["max_err_soft_threshold"]) for v in res["maps"].values())
     assert fig.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_toy_benchmark_posterior_sampling_spreads_y_and_keeps_the_posterior():
+    """--sampling posterior: y uniform on [−y_range, y_range], x given y the toy's posterior (whose
+    mean is below y in magnitude, shrunk by about 1 in the tails)."""
+    import importlib.util
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    spec = importlib.util.spec_from_file_location("_bench_lpn_toy_sampling", bench / "lpn_toy.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    gen = torch.Generator().manual_seed(0)
+    b = mod.toy_batch(0, gen, 20000, "posterior", 5.0)
+    assert b.y.shape == b.x.shape == (20000, 1) and b.y.dtype == torch.float32
+    assert float(b.y.abs().max()) <= 5.0 and float((b.y.abs() > 4).float().mean()) == pytest.approx(0.2, abs=0.02)
+    tail = b.y[:, 0] > 3.5
+    assert float((b.y - b.x)[tail].mean()) == pytest.approx(1.0, abs=0.05)  # posterior mean ≈ y − 1 there
+    j = mod.toy_batch(0, gen, 20000, "joint", 5.0)
+    assert float((j.y.abs() > 4).float().mean()) < 0.05
 
 
 def test_toy_benchmark_best_map_at_a_given_gamma_matches_brute_force_quadrature(monkeypatch):
