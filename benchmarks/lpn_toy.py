@@ -43,7 +43,6 @@ import argparse
 import copy
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Optional, Tuple
@@ -65,7 +64,7 @@ PM_PHASES = [(2000, 0.5, 1e-3), (2000, 0.5, 1e-4), (4000, 0.4, 1e-4), (4000, 0.3
 #: the extension below γ = 0.1 (steps, gamma, lr): at γ = 0.1 even the best map is 0.111 from soft
 #: thresholding at the kink (``proximal_matching_optimum``); 0.03 at γ = 0.02
 EXTRA_GAMMAS = [(4000, 0.05), (4000, 0.03), (4000, 0.02), (4000, 0.02)]
-#: ``--schedule steady``: the paper's γ stages, with the learning rate kept at 1e-4 where the notebook
+#: ``--pm-lr steady``: the paper's γ stages, with the learning rate kept at 1e-4 where the notebook
 #: drops it to 1e-5 and 1e-6 (at γ ≤ 0.2, where the map then hardly moves)
 STEADY_PHASES = [(s, g, max(lr, 1e-4)) for s, g, lr in PM_PHASES]
 

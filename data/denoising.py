@@ -239,14 +239,15 @@ def sample_laplace_posterior(y: torch.Tensor, generator: torch.Generator, scale:
     y = y.to(torch.float64)
     var = noise_std ** 2
     m_pos, m_neg = y - var / scale, y + var / scale
-    log_ndtr = torch.special.log_ndtr
-    log_pos = m_pos ** 2 / (2 * var) + log_ndtr(m_pos / noise_std)  # log mass of x > 0 (+ a common constant)
-    log_neg = m_neg ** 2 / (2 * var) + log_ndtr(-m_neg / noise_std)
+    log_cdf_pos = torch.special.log_ndtr(m_pos / noise_std)  # log Φ(m₊/σ): P(x > 0) within the half
+    log_cdf_neg = torch.special.log_ndtr(-m_neg / noise_std)
+    log_pos = m_pos ** 2 / (2 * var) + log_cdf_pos  # log mass of x > 0 (+ a common constant)
+    log_neg = m_neg ** 2 / (2 * var) + log_cdf_neg
     positive = torch.rand(y.shape, generator=generator, dtype=torch.float64) < torch.sigmoid(log_pos - log_neg)
-    v = torch.rand(y.shape, generator=generator, dtype=torch.float64).clamp_min(1e-300)
+    log_v = torch.rand(y.shape, generator=generator, dtype=torch.float64).clamp_min(1e-300).log()
     # x > 0: x = m₊ + σ z with z > −m₊/σ, i.e. −z = ndtri(Φ(m₊/σ) v); x < 0 symmetrically
-    x_pos = m_pos - noise_std * torch.special.ndtri(torch.exp(log_ndtr(m_pos / noise_std) + v.log()))
-    x_neg = m_neg + noise_std * torch.special.ndtri(torch.exp(log_ndtr(-m_neg / noise_std) + v.log()))
+    x_pos = m_pos - noise_std * torch.special.ndtri(torch.exp(log_cdf_pos + log_v))
+    x_neg = m_neg + noise_std * torch.special.ndtri(torch.exp(log_cdf_neg + log_v))
     return torch.where(positive, x_pos.clamp_min(0.0), x_neg.clamp_max(0.0))
 
 

@@ -407,16 +407,23 @@ def test_bad_input_gets_a_clear_error():
     assert conv.min_size == 6 and conv(randn(1, 1, 6, 9)).shape == (1, 1, 6, 9)  # any size from min_size
 
 
-def test_toy_benchmark_runs_in_its_smallest_mode(tmp_path, monkeypatch):
+def _toy_benchmark():
+    """benchmarks/lpn_toy.py imported afresh as a module (its helpers and ``main``)."""
     import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_bench_lpn_toy", Path(__file__).resolve().parents[1]
+                                                  / "benchmarks" / "lpn_toy.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_toy_benchmark_runs_in_its_smallest_mode(tmp_path, monkeypatch):
     import json
     import sys
 
-    bench = Path(__file__).resolve().parents[1] / "benchmarks"
-    monkeypatch.syspath_prepend(str(bench))
-    spec = importlib.util.spec_from_file_location("_bench_lpn_toy", bench / "lpn_toy.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    mod = _toy_benchmark()
     threads = torch.get_num_threads()
     out, fig = tmp_path / "toy.json", tmp_path / "toy.png"
     monkeypatch.setattr(sys, "argv", ["lpn_toy.py", "--scale", "0.0002", "--batch", "64", "--grid", "11",
@@ -437,12 +444,7 @@ def test_toy_benchmark_runs_in_its_smallest_mode(tmp_path, monkeypatch):
 def test_toy_benchmark_posterior_sampling_spreads_y_and_keeps_the_posterior():
     """--sampling posterior: y uniform on [−y_range, y_range], x given y the toy's posterior (whose
     mean is below y in magnitude, shrunk by about 1 in the tails)."""
-    import importlib.util
-
-    bench = Path(__file__).resolve().parents[1] / "benchmarks"
-    spec = importlib.util.spec_from_file_location("_bench_lpn_toy_sampling", bench / "lpn_toy.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _toy_benchmark()
     gen = torch.Generator().manual_seed(0)
     b = mod.toy_batch(0, gen, 20000, "posterior", 5.0)
     assert b.y.shape == b.x.shape == (20000, 1) and b.y.dtype == torch.float32
@@ -457,12 +459,7 @@ def test_toy_benchmark_best_map_at_a_given_gamma_matches_brute_force_quadrature(
     """The closed-form minimiser of the expected proximal-matching loss on the toy (the yardstick
     of BENCHMARKS.md: no map can beat it at that γ) against a plain grid search over c of a
     quadrature over x; it tends to soft thresholding as γ → 0, slowest at the kink y = 1."""
-    import importlib.util
-
-    bench = Path(__file__).resolve().parents[1] / "benchmarks"
-    spec = importlib.util.spec_from_file_location("_bench_lpn_toy_opt", bench / "lpn_toy.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _toy_benchmark()
     y = torch.tensor([-2.0, -0.5, 0.3, 1.0, 1.4, 3.0], dtype=DT)
     t = torch.linspace(-9, 9, 9001, dtype=DT)
     post = torch.softmax(-t.abs()[None] - 0.5 * (y[:, None] - t[None]) ** 2, dim=1)  # p(x | y) on the grid
