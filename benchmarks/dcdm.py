@@ -45,7 +45,8 @@ def train(minutes: float, root: Path, extra=(), clock: str = "cpu") -> Path:
             f"--data.init_args.cache={root / 'dcdm_poisson_32.h5'}",
             "--data.init_args.test_lanczos_vectors=200", *extra, *timer]  # the timer last: extra's init_args are not its
     cli = UnrollCLI(args=args)
-    ckpt = Path(cli.trainer.log_dir) / "checkpoints" / "last.ckpt"
+    best = cli.trainer.checkpoint_callback.best_model_path  # the config's first checkpoint: fewest val/iterations
+    ckpt = Path(best) if best else Path(cli.trainer.log_dir) / "checkpoints" / "last.ckpt"
     print(f"trained {cli.trainer.global_step} steps; checkpoint {ckpt}", flush=True)
     return ckpt
 

@@ -271,6 +271,14 @@ def test_config_trains_through_the_cli_and_evaluate_reports_every_method(tmp_pat
                           "--trainer.max_steps=3", "--trainer.val_check_interval=3",
                           "--trainer.enable_progress_bar=false", "--trainer.accelerator=cpu"])
     assert cli.trainer.global_step == 3
+    # validation solves its systems: the logged mean iterations are the solver's, and pick the best checkpoint
+    task, logged = cli.model, float(cli.trainer.callback_metrics["val/iterations"])
+    with torch.no_grad():
+        its = [task.solve(task.batch_operator(b), b.y, record_history=False)[1].iterations.double()
+               for b in cli.datamodule.val_dataloader()]
+    assert 1 <= logged <= 150 and logged == pytest.approx(float(torch.cat(its).mean()))
+    assert cli.trainer.checkpoint_callback.monitor == "val/iterations"
+    assert cli.trainer.checkpoint_callback.best_model_path
     ckpt = next((tmp_path / "runs" / "dcdm_poisson").glob("*/checkpoints/last.ckpt"))
     results = evaluate_main(["--ckpt_path", str(ckpt), "--output_dir", str(tmp_path / "eval")])
     assert set(results) == {"DCDM", "CG", "Jacobi-PCG", "IC-PCG"}

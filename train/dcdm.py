@@ -177,6 +177,11 @@ class DCDMTask(ReconstructionTask):
         max_iter: budget of every test solve (and the length of the residual curves).
         orthogonalize: previous directions the learned one is A-orthogonalised against.
         safeguard: :func:`~unroll.solvers.conjugate_directions`'s fallback ratio.
+        val_solve: also solve every validation system with the solver and log ``val/iterations``
+            (mean iterations to ``tol``, ``max_iter`` for a system that did not reach it) and
+            ``val/fallbacks``. The loss ranks networks by one step from ``b``; the solver's count
+            depends on every later residual too, and the two can disagree (BENCHMARKS.md, DCDM), so
+            ``configs/dcdm_poisson.yaml`` keeps the best checkpoint by ``val/iterations``.
         metrics: default ``rel_residual`` (:class:`RelativeResidual`), ``iterations``
             (:class:`unroll.metrics.Iterations`) and ``ms_per_system`` (:class:`SolveTime`).
         baselines: default CG, Jacobi-PCG and IC-PCG (:class:`KrylovBaseline`) at ``tol``.
@@ -185,19 +190,21 @@ class DCDMTask(ReconstructionTask):
     Batches: ``unroll.data.Batch(y=b, x=solution or None, operator={"mask": ...})`` from
     :class:`unroll.data.PoissonDataModule`. The network's output is zeroed on solid cells
     (where the Laplacian is the identity and ``b`` is zero) before the loss, as the solver does.
-    Logged: ``train/loss``, ``val/loss``; at test ``test/iterations``, ``test/rel_residual``,
+    Logged: ``train/loss``, ``val/loss`` (and ``val/iterations``, ``val/fallbacks``); at test ``test/iterations``, ``test/rel_residual``,
     ``test/ms_per_system`` and ``test/fallbacks`` (mean steps per system that used the CG direction).
     """
 
     def __init__(self, model: nn.Module, loss: Optional[Loss] = None,
                  optimizer: OptimizerCallable = torch.optim.Adam, lr_scheduler: Optional[LRSchedulerCallable] = None,
                  tol: float = 1e-4, max_iter: int = 300, orthogonalize: int = 2, safeguard: float = 1.0,
-                 metrics: Optional[Dict[str, Metric]] = None, baselines: Optional[List[Baseline]] = None,
+                 val_solve: bool = True, metrics: Optional[Dict[str, Metric]] = None, baselines: Optional[List[Baseline]] = None,
                  compile: bool = False, compile_mode: Optional[str] = None) -> None:
         if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
             raise ValueError(f"max_iter: expected an int >= 1, got {max_iter!r}")
         if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 <= tol < float("inf"):
             raise ValueError(f"tol: expected a finite number >= 0, got {tol!r}")
+        if not isinstance(val_solve, bool):
+            raise ValueError(f"val_solve: expected a bool, got {val_solve!r}")
         super().__init__(model, loss=loss if loss is not None else ScaleInvariantLoss(), weighting="last",
                          optimizer=optimizer, lr_scheduler=lr_scheduler,
                          metrics=metrics if metrics is not None else _default_metrics(),
@@ -205,6 +212,7 @@ class DCDMTask(ReconstructionTask):
                              KrylovBaseline("cg", tol), KrylovBaseline("jacobi", tol), KrylovBaseline("ic", tol)],
                          compile=compile, compile_mode=compile_mode)
         self.tol, self.max_iter, self.orthogonalize, self.safeguard = float(tol), max_iter, orthogonalize, safeguard
+        self.val_solve = val_solve
 
     # ------------------------------------------------------------------ the network's direction
     def _problem(self, y: Tensor, operator: LinearOperator) -> QuadraticProblem:
@@ -228,7 +236,12 @@ class DCDMTask(ReconstructionTask):
     def validation_step(self, batch, batch_idx: int) -> None:
         op = self.batch_operator(batch)
         loss = self.loss(self._mask(self(batch.y, op), op), None, self._problem(batch.y, op))
-        self.log("val/loss", loss, batch_size=batch.y.shape[0], prog_bar=True, sync_dist=True)
+        bsz = batch.y.shape[0]
+        self.log("val/loss", loss, batch_size=bsz, prog_bar=True, sync_dist=True)
+        if self.val_solve:
+            _, info = self.solve(op, batch.y, record_history=False)
+            self.log("val/iterations", info.iterations.double().mean(), batch_size=bsz, prog_bar=True, sync_dist=True)
+            self.log("val/fallbacks", info.fallbacks.double().mean(), batch_size=bsz, sync_dist=True)
 
     # ------------------------------------------------------------------ solving
     def solve(self, operator: LinearOperator, b: Tensor, record_history: bool = True):
