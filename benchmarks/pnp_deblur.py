@@ -58,6 +58,7 @@ from unroll.models import UnrolledPnP, pnp_admm  # noqa: E402
 from unroll.prox import TotalVariation, WaveletL1  # noqa: E402
 
 SIGMA_D = 0.05
+LPN_BOUNDED = "LPN, ‖J‖ ≤ 1"
 
 
 def train_with_config(name: str, steps: int, workdir: str, extra=()):
@@ -75,9 +76,19 @@ def train_with_config(name: str, steps: int, workdir: str, extra=()):
     return cli.model.model.eval(), time.time() - t0
 
 
-def train_lpn(steps: int, workdir: str):
+def train_lpn(steps: int, workdir: str, lipschitz: float = 0.0, bound: float = 0.9):
+    """The LPN as the paper trains it; with ``lipschitz > 0`` also under
+    :class:`unroll.lipschitz.LipschitzPenalty` (that weight, ``bound``, symmetric: ψ's Hessian),
+    which keeps ``f``'s Jacobian at most ``bound`` between the noisy and the clean patches."""
     half = max(1, steps // 2)
-    extra = ["--trainer.callbacks+=unroll.train.ProjectLPN",
+    extra = []
+    if lipschitz > 0:
+        extra = ["--model.init_args.lipschitz=unroll.lipschitz.LipschitzPenalty",
+                 f"--model.init_args.lipschitz.init_args.weight={lipschitz}",
+                 f"--model.init_args.lipschitz.init_args.bound={bound}",
+                 "--model.init_args.lipschitz.init_args.symmetric=true",
+                 "--model.init_args.lipschitz.init_args.iters=5", "--model.init_args.lipschitz.init_args.samples=4"]
+    extra += ["--trainer.callbacks+=unroll.train.ProjectLPN",
              "--trainer.callbacks+=unroll.train.ProximalMatchingSchedule",
              f"--trainer.callbacks.warmup_steps={half}", "--trainer.callbacks.warmup_lr=0.001",
              "--trainer.callbacks.gamma_start=0.5", "--trainer.callbacks.gamma_end=0.1",
@@ -127,13 +138,18 @@ def run(args):
     results = {"machine": {"cpu": cpu_name(), "threads": torch.get_num_threads(), "python": platform.python_version(),
                            "torch": torch.__version__},
                "budget": {"denoiser_steps": args.steps, "lpn_steps": args.lpn_steps, "batch": 16, "patch": 32,
+                          "lpn_lipschitz": {"weight": args.lpn_lipschitz, "bound": args.lpn_bound,
+                                            "samples": 4, "iters": 5},
                           "sigma_d": SIGMA_D, "pnp_iterations": args.iters, "unrolled_steps": args.unrolled_steps},
                "train_seconds": {}, "settings": {}}
     work = tempfile.mkdtemp(prefix="pnp_deblur_")
     priors_learned = {}
     for name, fn in (("DnCNN", lambda: train_with_config("dncnn_denoise", args.steps, work)),
                      ("U-Net", lambda: train_with_config("unet_denoise", args.steps, work)),
-                     ("LPN", lambda: train_lpn(args.lpn_steps, work))):
+                     ("LPN", lambda: train_lpn(args.lpn_steps, work)),
+                     (LPN_BOUNDED, lambda: train_lpn(args.lpn_steps, work, args.lpn_lipschitz, args.lpn_bound))):
+        if name == LPN_BOUNDED and args.lpn_lipschitz <= 0:
+            continue
         net, secs = fn()
         for p in net.parameters():
             p.requires_grad_(False)
@@ -269,6 +285,10 @@ def main():
     ap.add_argument("--short", action="store_true", help="smoke run: tiny budgets, one setting")
     ap.add_argument("--steps", type=int, default=1000, help="Adam steps of DnCNN and U-Net")
     ap.add_argument("--lpn-steps", type=int, default=3000, help="Adam steps of the LPN (half l1, half prox. matching)")
+    ap.add_argument("--lpn-lipschitz", type=float, default=10.0,
+                    help="weight of the Lipschitz penalty of a second LPN (0: train only the paper's LPN)")
+    ap.add_argument("--lpn-bound", type=float, default=0.9, help="the bound that penalty enforces (power iteration "
+                    "underestimates: below 1 for a margin)")
     ap.add_argument("--iters", type=int, default=100, help="PnP-ADMM iterations")
     ap.add_argument("--unrolled-steps", type=int, default=120, help="Adam steps of the unrolled PnP")
     ap.add_argument("--unrolled-lr", type=float, default=2e-4, help="Adam learning rate of the unrolled PnP")

@@ -24,6 +24,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
+from unroll.lipschitz import LipschitzPenalty, jacobian_norm
 from unroll.losses import Loss, MSELoss, ProximalMatchingLoss
 from unroll.metrics import PSNR, SSIM
 from unroll.models.lpn import LearnedProxNet
@@ -160,6 +161,10 @@ class DenoisingTask(L.LightningModule):
             :class:`ProximalMatchingSchedule`).
         optimizer: optimiser factory (``params → Optimizer``); Adam(lr=1e-3) by default.
         lr_scheduler: optional scheduler factory.
+        lipschitz: an optional :class:`unroll.lipschitz.LipschitzPenalty` added to the training
+            loss (e.g. ``symmetric: true, bound: 0.9`` for an LPN whose ``R`` must be convex, so
+            that plug-and-play with it converges); ``train/jacobian_norm`` (the largest estimate
+            in the batch) and ``train/lipschitz_penalty`` are logged, and ``val/jacobian_norm``.
 
     Batches are ``unroll.data.Batch(y, x, ...)``. Validation logs ``val/loss`` (the loss as it is
     at that step), ``val/mse`` and, for images ``(B, C, H, W)``, ``val/psnr_db``. Test logs
@@ -169,9 +174,14 @@ class DenoisingTask(L.LightningModule):
 
     def __init__(self, model: nn.Module, loss: Optional[Loss] = None,
                  optimizer: OptimizerCallable = torch.optim.Adam,
-                 lr_scheduler: Optional[LRSchedulerCallable] = None) -> None:
+                 lr_scheduler: Optional[LRSchedulerCallable] = None,
+                 lipschitz: Optional[LipschitzPenalty] = None) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["model", "loss", "optimizer", "lr_scheduler"])
+        self.save_hyperparameters(ignore=["model", "loss", "optimizer", "lr_scheduler", "lipschitz"])
+        if lipschitz is not None and not isinstance(lipschitz, LipschitzPenalty):
+            raise TypeError(f"lipschitz: expected an unroll.lipschitz.LipschitzPenalty or None, got "
+                            f"{type(lipschitz).__name__}")
+        self.lipschitz = lipschitz
         self.model = model
         self.loss = loss if loss is not None else MSELoss()
         self.optimizer_factory = optimizer
@@ -192,6 +202,12 @@ class DenoisingTask(L.LightningModule):
         if batch.x is None:
             raise ValueError("batch.x: DenoisingTask is supervised but the batch has no clean signal")
         loss = self.loss(self(batch.y), batch.x, None)
+        if self.lipschitz is not None:
+            penalty, sigma = self.lipschitz(self.model, batch.y, batch.x)
+            n = sigma.shape[0]
+            self.log("train/jacobian_norm", sigma.max(), batch_size=n)
+            self.log("train/lipschitz_penalty", penalty.detach(), batch_size=n)
+            loss = loss + penalty
         return log_train_loss(self, loss, batch.y.shape[0])
 
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -202,6 +218,11 @@ class DenoisingTask(L.LightningModule):
         if batch.x.dim() == 4:
             self.val_psnr.update(x_hat, batch.x, self._range(batch))
             self.log("val/psnr_db", self.val_psnr, prog_bar=True, batch_size=n)
+        if self.lipschitz is not None:  # at the noisy inputs, more iterations than in training
+            with torch.inference_mode(False), torch.enable_grad():
+                sigma, _ = jacobian_norm(self.model, batch.y.clone(), 4 * self.lipschitz.iters,
+                                         symmetric=self.lipschitz.symmetric)
+            self.log("val/jacobian_norm", sigma.max(), batch_size=n, reduce_fx="max", sync_dist=True)
 
     def test_step(self, batch, batch_idx: int) -> None:
         x_hat = self(batch.y)

@@ -6,7 +6,7 @@ losses and metrics. Networks live in ``unroll.models``, data in ``unroll.data`` 
 Lightning tasks and CLI in ``unroll.train``.
 """
 
-from . import autodiff, bilevel, linalg, operators, prox, solvers
+from . import autodiff, bilevel, linalg, lipschitz, operators, prox, solvers
 from .checks import check_finite, check_measurements
 from .info import SolverInfo, Status
 from .linalg import CG, BiCGSTAB, CGInfo, LinearSolver, Neumann, SolverWarning, cg, solve_normal
@@ -27,7 +27,7 @@ from .operators import FFT2c, SENSE, Mask, MultiCoilMRI, fft2c, ifft2c, rss, sen
 __version__ = "0.1.0"
 
 __all__ = [
-    "operators", "prox", "solvers", "autodiff", "linalg", "bilevel", "cg", "solve_normal", "CGInfo", "GradMode",
+    "operators", "prox", "solvers", "autodiff", "lipschitz", "linalg", "bilevel", "cg", "solve_normal", "CGInfo", "GradMode",
     "SolverWarning",
     "SolverInfo", "Status", "LinearSolver", "CG", "BiCGSTAB", "Neumann",
     "LinearOperator", "MatrixOperator", "Convolution2d", "Diagonal", "Identity", "adjoint_test", "as_operator",
