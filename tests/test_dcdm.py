@@ -187,6 +187,31 @@ def test_a_trained_network_solves_unseen_systems_in_fewer_iterations_than_cg():
     assert float(x[:, ~mask].abs().max()) == 0.0
 
 
+def test_training_residuals_are_the_solvers_normalised_residuals():
+    """With the residual as direction (CG), one iteration leaves r₁ = b − (bᵀb / bᵀAb) A b and two
+    leave CG's second residual: the task's training residuals are those, normalised."""
+    from unroll.train import DCDMTask
+
+    class Residual(torch.nn.Module):  # q = r: conjugate directions is then CG
+        def __init__(self):
+            super().__init__()
+            self.unused = torch.nn.Parameter(torch.zeros((), dtype=torch.float64))
+
+        def forward(self, r, A=None):
+            return r
+
+    A, _, b = _system((7, 6, 5), "box", num=2)
+    task = DCDMTask(Residual(), train_residual_steps=2)
+    Ab = A(b)
+    r1 = b - ((b * b).flatten(1).sum(1) / (b * Ab).flatten(1).sum(1)).view(-1, 1, 1, 1) * Ab
+    torch.testing.assert_close(task.solver_residuals(A, b, 1), r1 / r1.flatten(1).norm(dim=1).view(-1, 1, 1, 1))
+    xc, _ = unroll.cg(A, b, tol=0.0, max_iter=2, on_failure="ignore")
+    r2 = b - A(xc)
+    torch.testing.assert_close(task.solver_residuals(A, b, 2), r2 / r2.flatten(1).norm(dim=1).view(-1, 1, 1, 1))
+    with pytest.raises(ValueError, match="train_residual_steps: expected an int >= 0, got -1"):
+        DCDMTask(Residual(), train_residual_steps=-1)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_a_random_network_still_converges_through_the_fallback(dtype):
     torch.manual_seed(0)
@@ -266,7 +291,7 @@ def test_config_trains_through_the_cli_and_evaluate_reports_every_method(tmp_pat
              "--data.init_args.train_obstacles=[none]", "--data.init_args.test_obstacles=[box]",
              "--data.init_args.val_systems=2", "--data.init_args.test_systems=2",
              f"--data.init_args.cache={tmp_path / 'c.h5'}", "--model.init_args.model.init_args.dim=2",
-             "--model.init_args.max_iter=150"]
+             "--model.init_args.max_iter=150", "--model.init_args.train_residual_steps=2"]
     cli = UnrollCLI(args=["fit", "--config", str(CONFIGS / "dcdm_poisson.yaml"), *small,
                           "--trainer.max_steps=3", "--trainer.val_check_interval=3",
                           "--trainer.enable_progress_bar=false", "--trainer.accelerator=cpu"])

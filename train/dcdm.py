@@ -177,6 +177,12 @@ class DCDMTask(ReconstructionTask):
         max_iter: budget of every test solve (and the length of the residual curves).
         orthogonalize: previous directions the learned one is A-orthogonalised against.
         safeguard: :func:`~unroll.solvers.conjugate_directions`'s fallback ratio.
+        train_residual_steps: ``K >= 0``. With ``K > 0``, each training batch has the second half of
+            its right-hand sides replaced by the residuals the solver leaves after ``k`` iterations
+            (``k`` uniform in ``1..K`` per batch, the current network, no graph), normalised: the
+            solver feeds the network those residuals from its second iteration on, and a network
+            trained on right-hand sides alone got worse on them as its loss kept falling
+            (BENCHMARKS.md, DCDM). ``0``: the paper's training on right-hand sides only.
         val_solve: also solve every validation system with the solver and log ``val/iterations``
             (mean iterations to ``tol``, ``max_iter`` for a system that did not reach it) and
             ``val/fallbacks``. The loss ranks networks by one step from ``b``; the solver's count
@@ -197,12 +203,14 @@ class DCDMTask(ReconstructionTask):
     def __init__(self, model: nn.Module, loss: Optional[Loss] = None,
                  optimizer: OptimizerCallable = torch.optim.Adam, lr_scheduler: Optional[LRSchedulerCallable] = None,
                  tol: float = 1e-4, max_iter: int = 300, orthogonalize: int = 2, safeguard: float = 1.0,
-                 val_solve: bool = True, metrics: Optional[Dict[str, Metric]] = None, baselines: Optional[List[Baseline]] = None,
+                 train_residual_steps: int = 0, val_solve: bool = True, metrics: Optional[Dict[str, Metric]] = None, baselines: Optional[List[Baseline]] = None,
                  compile: bool = False, compile_mode: Optional[str] = None) -> None:
         if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
             raise ValueError(f"max_iter: expected an int >= 1, got {max_iter!r}")
         if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 <= tol < float("inf"):
             raise ValueError(f"tol: expected a finite number >= 0, got {tol!r}")
+        if isinstance(train_residual_steps, bool) or not isinstance(train_residual_steps, int) or train_residual_steps < 0:
+            raise ValueError(f"train_residual_steps: expected an int >= 0, got {train_residual_steps!r}")
         if not isinstance(val_solve, bool):
             raise ValueError(f"val_solve: expected a bool, got {val_solve!r}")
         super().__init__(model, loss=loss if loss is not None else ScaleInvariantLoss(), weighting="last",
@@ -212,7 +220,7 @@ class DCDMTask(ReconstructionTask):
                              KrylovBaseline("cg", tol), KrylovBaseline("jacobi", tol), KrylovBaseline("ic", tol)],
                          compile=compile, compile_mode=compile_mode)
         self.tol, self.max_iter, self.orthogonalize, self.safeguard = float(tol), max_iter, orthogonalize, safeguard
-        self.val_solve = val_solve
+        self.val_solve, self.train_residual_steps = val_solve, train_residual_steps
 
     # ------------------------------------------------------------------ the network's direction
     def _problem(self, y: Tensor, operator: LinearOperator) -> QuadraticProblem:
@@ -228,9 +236,25 @@ class DCDMTask(ReconstructionTask):
         dtype = next((p.dtype for p in self.model.parameters() if p.is_floating_point()), r.dtype)
         return self(r.to(dtype), None).to(r.dtype)
 
+    def solver_residuals(self, operator: LinearOperator, b: Tensor, k: int) -> Tensor:
+        """``r_k / ‖r_k‖``: the residuals after ``k`` iterations of the solver from ``x = 0`` (no
+        graph; a sample already solved to round-off keeps ``b``): ``(B, *grid)``."""
+        with torch.no_grad():
+            x, _ = conjugate_directions(operator, b, direction=self.direction, tol=0.0, max_iter=k,
+                                        orthogonalize=self.orthogonalize, safeguard=self.safeguard, on_failure="ignore")
+            r = b - operator(x)
+            n = r.flatten(1).norm(dim=1)
+            ok = (n > 1e-6 * b.flatten(1).norm(dim=1)).view(-1, *([1] * (b.dim() - 1)))
+            return torch.where(ok, r / n.clamp_min(torch.finfo(r.dtype).tiny).view_as(ok), b)
+
     def training_step(self, batch, batch_idx: int) -> Tensor:
         op = self.batch_operator(batch)
-        loss = self.loss(self._mask(self(batch.y, op), op), None, self._problem(batch.y, op))
+        b = batch.y
+        if self.train_residual_steps > 0 and b.shape[0] >= 2:
+            k = int(torch.randint(1, self.train_residual_steps + 1, ()))
+            h = b.shape[0] // 2
+            b = torch.cat([b[:h], self.solver_residuals(op, b[h:], k)])
+        loss = self.loss(self._mask(self(b, op), op), None, self._problem(b, op))
         return log_train_loss(self, loss, batch.y.shape[0], "a learning rate too high?")
 
     def validation_step(self, batch, batch_idx: int) -> None:
