@@ -308,11 +308,14 @@ def test_pnp_deblur_short(bench, tmp_path, capsys):
     mod.ROOT = scratch_root(tmp_path)
     run(mod, "--short")
     res = json.loads((mod.ROOT / "benchmarks" / "results" / "pnp_deblur_short.json").read_text())
-    assert set(res["denoising"]) == {"noisy input", "DnCNN", "U-Net", "LPN"}
+    assert set(res["denoising"]) == {"noisy input", "DnCNN", "U-Net", "LPN", "LPN + Lipschitz penalty"}
+    # ‖J‖₂ by power iteration of every learned prox at noisy and blurred test crops (2 images each)
+    assert set(res["jacobian_norm"]) == {"DnCNN", "U-Net", "LPN", "LPN + Lipschitz penalty"}
+    assert all(len(v["noisy"]) == 2 and min(v["blurred"]) > 0 for v in res["jacobian_norm"].values())
     # the noisy input's PSNR at σ_d = 0.05 is 20·log10(1/0.05) ≈ 26 dB (a fixed draw, data range 1)
     assert res["denoising"]["noisy input"] == pytest.approx(26.0, abs=0.3)
     (rows,) = res["settings"].values()
-    assert set(rows) == {"blurred", "TV", "wavelet-l1", "DnCNN", "U-Net", "LPN"}
+    assert set(rows) == {"blurred", "TV", "wavelet-l1", "DnCNN", "U-Net", "LPN", "LPN + Lipschitz penalty"}
     assert all(math.isfinite(r["psnr"]) and len(r["psnr_per_image"]) == 2 for r in rows.values())
     assert all(len(r["final_residual"]) == 2 for k, r in rows.items() if k != "blurred")
     assert res["unrolled"]["K"] == 10 and math.isfinite(res["unrolled"]["unrolled PnP, K = 10"]["psnr"])
