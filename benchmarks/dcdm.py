@@ -51,6 +51,45 @@ def train(minutes: float, root: Path, extra=(), clock: str = "cpu") -> Path:
     return ckpt
 
 
+def validation_curve(metrics_csv: Path, out_png: Path, label: str = "") -> list:
+    """``val/loss``, ``val/iterations`` and ``val/fallbacks`` against the step, from a run's
+    CSVLogger ``metrics.csv``; plotted to ``out_png``. Returns the rows ``[step, loss, iterations,
+    fallbacks]``."""
+    import csv
+
+    rows = []
+    with open(metrics_csv) as fh:
+        for r in csv.DictReader(fh):
+            if r.get("val/iterations"):
+                rows.append([int(r["step"]) + 1, float(r["val/loss"]), float(r["val/iterations"]),
+                             float(r["val/fallbacks"])])
+    if not rows:
+        return rows
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r[0] for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.plot(steps, [r[2] for r in rows], "o-", label="val/iterations (solver, to 1e-4)")
+    ax.plot(steps, [r[3] for r in rows], "s--", label="val/fallbacks (CG steps)")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("per system")
+    ax2 = ax.twinx()
+    ax2.plot(steps, [r[1] for r in rows], "k:", label="val/loss (right)")
+    ax2.set_ylabel("scale-invariant loss")
+    lines = ax.get_legend_handles_labels()
+    lines2 = ax2.get_legend_handles_labels()
+    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=7, loc="upper left")
+    ax.set_title(f"DCDM validation, 32³ training domains {label}".strip(), fontsize=9)
+    fig.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return rows
+
+
 def systems(n: int, obstacles: bool, count: int, m: int, seed: int, rhs: str = "ritz"):
     from unroll.data.poisson import _laplacian, _start_vector, lanczos, obstacle_mask, ritz_rhs
 
@@ -164,7 +203,13 @@ def main(argv=None) -> None:
     p.add_argument("--rhs", choices=["ritz", "noise"], default="ritz",
                    help="right-hand sides: as in training (Ritz vectors) or white noise on the fluid cells")
     p.add_argument("--report-only", type=str, default=None, help="print the tables of a results JSON and stop")
+    p.add_argument("--plot-validation", type=str, nargs=2, metavar=("METRICS_CSV", "PNG"), default=None,
+                   help="plot a run's validation curve (loss, iterations, fallbacks) and stop")
     a = p.parse_args(argv)
+    if a.plot_validation:
+        for row in validation_curve(Path(a.plot_validation[0]), Path(a.plot_validation[1])):
+            print(row)
+        return
     if a.report_only:
         print(report(json.loads(Path(a.report_only).read_text())))
         return
@@ -173,6 +218,9 @@ def main(argv=None) -> None:
     t0 = time.perf_counter()
     ckpt = Path(a.ckpt) if a.ckpt else train(a.train_minutes, root, a.extra, a.clock)
     train_seconds = time.perf_counter() - t0
+    curve = []
+    if not a.ckpt:  # the run's validation curve, next to the results
+        curve = validation_curve(ckpt.parent.parent / "metrics.csv", Path(a.out).with_suffix(".png"))
     from unroll.train import DCDMTask
 
     task = DCDMTask.load_from_checkpoint(str(ckpt))
@@ -183,7 +231,8 @@ def main(argv=None) -> None:
     results = {"command": "nice -n 5 python benchmarks/dcdm.py " + " ".join(sys.argv[1:] if argv is None else argv),
                "checkpoint": str(ckpt), "train_steps": steps, "train_seconds_incl_data": train_seconds,
                "train_budget": None if a.ckpt else {"minutes": a.train_minutes, "clock": a.clock},
-               "threads": a.threads, "tol": 1e-4, "rhs": a.rhs, "eval_lanczos": a.eval_lanczos, "cases": {}}
+               "threads": a.threads, "tol": 1e-4, "rhs": a.rhs, "eval_lanczos": a.eval_lanczos,
+               "validation": [dict(zip(("step", "loss", "iterations", "fallbacks"), r)) for r in curve], "cases": {}}
     for n, count in zip(a.sizes, a.systems):
         for obstacles in (False, True):
             key = f"{n}^3 {'obstacles (box+blobs)' if obstacles else 'no obstacles'}"
