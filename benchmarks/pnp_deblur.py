@@ -81,7 +81,8 @@ def train_with_config(name: str, steps: int, workdir: str, extra=()):
     return cli.model.model.eval(), time.time() - t0
 
 
-def train_lpn(steps: int, workdir: str, lipschitz: float = 0.0, bound: float = 0.9, beta=None):
+def train_lpn(steps: int, workdir: str, lipschitz: float = 0.0, bound: float = 0.9, beta=None, samples: int = 8,
+              iters: int = 10):
     """The LPN as the paper trains it; with ``lipschitz > 0`` also under
     :class:`unroll.lipschitz.LipschitzPenalty` (that weight, ``bound``, symmetric: ψ's Hessian),
     which keeps ``f``'s Jacobian at most ``bound`` between the noisy and the clean patches;
@@ -94,7 +95,8 @@ def train_lpn(steps: int, workdir: str, lipschitz: float = 0.0, bound: float = 0
                  f"--model.init_args.lipschitz.init_args.weight={lipschitz}",
                  f"--model.init_args.lipschitz.init_args.bound={bound}",
                  "--model.init_args.lipschitz.init_args.symmetric=true",
-                 "--model.init_args.lipschitz.init_args.iters=5", "--model.init_args.lipschitz.init_args.samples=4"]
+                 f"--model.init_args.lipschitz.init_args.iters={iters}",
+                 f"--model.init_args.lipschitz.init_args.samples={samples}"]
     extra += ["--trainer.callbacks+=unroll.train.ProjectLPN",
              "--trainer.callbacks+=unroll.train.ProximalMatchingSchedule",
              f"--trainer.callbacks.warmup_steps={half}", "--trainer.callbacks.warmup_lr=0.001",
@@ -167,7 +169,7 @@ def run(args):
                            "torch": torch.__version__},
                "budget": {"denoiser_steps": args.steps, "lpn_steps": args.lpn_steps, "batch": 16, "patch": 32,
                           "lpn_lipschitz": {"weight": args.lpn_lipschitz, "bound": args.lpn_bound, "beta": args.lpn_bounded_beta,
-                                            "samples": 4, "iters": 5},
+                                            "samples": args.lpn_penalty_samples, "iters": args.lpn_penalty_iters},
                           "sigma_d": SIGMA_D, "pnp_iterations": args.iters, "unrolled_steps": args.unrolled_steps},
                "train_seconds": {}, "settings": {}}
     work = tempfile.mkdtemp(prefix="pnp_deblur_")
@@ -176,7 +178,8 @@ def run(args):
                      ("U-Net", lambda: train_with_config("unet_denoise", args.steps, work)),
                      ("LPN", lambda: train_lpn(args.lpn_steps, work)),
                      (LPN_BOUNDED, lambda: train_lpn(args.lpn_steps, work, args.lpn_lipschitz, args.lpn_bound,
-                                                     args.lpn_bounded_beta))):
+                                                     args.lpn_bounded_beta, args.lpn_penalty_samples,
+                                                     args.lpn_penalty_iters))):
         if name == LPN_BOUNDED and args.lpn_lipschitz <= 0:
             continue
         net, secs = fn()
@@ -319,12 +322,14 @@ def main():
     ap.add_argument("--short", action="store_true", help="smoke run: tiny budgets, one setting")
     ap.add_argument("--steps", type=int, default=1000, help="Adam steps of DnCNN and U-Net")
     ap.add_argument("--lpn-steps", type=int, default=3000, help="Adam steps of the LPN (half l1, half prox. matching)")
-    ap.add_argument("--lpn-lipschitz", type=float, default=10.0,
+    ap.add_argument("--lpn-lipschitz", type=float, default=100.0,
                     help="weight of the Lipschitz penalty of a second LPN (0: train only the paper's LPN)")
     ap.add_argument("--lpn-bound", type=float, default=0.9, help="the bound that penalty enforces (power iteration "
                     "underestimates: below 1 for a margin)")
     ap.add_argument("--lpn-bounded-beta", type=float, default=10.0,
                     help="softplus β of the bounded LPN (the paper's LPN keeps the config's 100)")
+    ap.add_argument("--lpn-penalty-samples", type=int, default=8, help="patches per batch the penalty is taken at")
+    ap.add_argument("--lpn-penalty-iters", type=int, default=10, help="power iterations per penalty estimate")
     ap.add_argument("--iters", type=int, default=100, help="PnP-ADMM iterations")
     ap.add_argument("--unrolled-steps", type=int, default=120, help="Adam steps of the unrolled PnP")
     ap.add_argument("--unrolled-lr", type=float, default=2e-4, help="Adam learning rate of the unrolled PnP")
