@@ -168,7 +168,8 @@ def run(args):
     results = {"machine": {"cpu": cpu_name(), "threads": torch.get_num_threads(), "python": platform.python_version(),
                            "torch": torch.__version__},
                "budget": {"denoiser_steps": args.steps, "lpn_steps": args.lpn_steps, "batch": 16, "patch": 32,
-                          "lpn_lipschitz": {"weight": args.lpn_lipschitz, "bound": args.lpn_bound, "beta": args.lpn_bounded_beta,
+                          "lpn_lipschitz": {"weight": args.lpn_lipschitz, "bound": args.lpn_bound,
+                                            "beta": args.lpn_bounded_beta,
                                             "samples": args.lpn_penalty_samples, "iters": args.lpn_penalty_iters},
                           "sigma_d": SIGMA_D, "pnp_iterations": args.iters, "unrolled_steps": args.unrolled_steps},
                "train_seconds": {}, "settings": {}}

@@ -117,9 +117,11 @@ def test_denoising_task_trains_with_the_penalty_through_the_cli(tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     cfg = Path(__file__).resolve().parents[1] / "configs" / "lpn_patches.yaml"
     cli = UnrollCLI(args=["fit", "--config", str(cfg), f"--trainer.default_root_dir={tmp_path}",
-                          "--trainer.max_steps=2", "--trainer.val_check_interval=2", "--trainer.enable_progress_bar=false",
-                          "--trainer.logger=false", "--trainer.enable_checkpointing=false", "--trainer.callbacks=null",
-                          "--data.init_args.val_size=4", "--data.init_args.test_size=4", "--data.init_args.batch_size=4",
+                          "--trainer.max_steps=2", "--trainer.val_check_interval=2",
+                          "--trainer.enable_progress_bar=false", "--trainer.logger=false",
+                          "--trainer.enable_checkpointing=false", "--trainer.callbacks=null",
+                          "--data.init_args.val_size=4", "--data.init_args.test_size=4",
+                          "--data.init_args.batch_size=4",
                           "--model.init_args.model.init_args.hidden=4",
                           "--model.init_args.lipschitz=unroll.lipschitz.LipschitzPenalty",
                           "--model.init_args.lipschitz.init_args.symmetric=true",

@@ -196,20 +196,23 @@ class DCDMTask(ReconstructionTask):
     Batches: ``unroll.data.Batch(y=b, x=solution or None, operator={"mask": ...})`` from
     :class:`unroll.data.PoissonDataModule`. The network's output is zeroed on solid cells
     (where the Laplacian is the identity and ``b`` is zero) before the loss, as the solver does.
-    Logged: ``train/loss``, ``val/loss`` (and ``val/iterations``, ``val/fallbacks``); at test ``test/iterations``, ``test/rel_residual``,
-    ``test/ms_per_system`` and ``test/fallbacks`` (mean steps per system that used the CG direction).
+    Logged: ``train/loss``, ``val/loss`` (and ``val/iterations``, ``val/fallbacks``); at test
+    ``test/iterations``, ``test/rel_residual``, ``test/ms_per_system`` and ``test/fallbacks`` (mean
+    steps per system that used the CG direction).
     """
 
     def __init__(self, model: nn.Module, loss: Optional[Loss] = None,
                  optimizer: OptimizerCallable = torch.optim.Adam, lr_scheduler: Optional[LRSchedulerCallable] = None,
                  tol: float = 1e-4, max_iter: int = 300, orthogonalize: int = 2, safeguard: float = 1.0,
-                 train_residual_steps: int = 0, val_solve: bool = True, metrics: Optional[Dict[str, Metric]] = None, baselines: Optional[List[Baseline]] = None,
-                 compile: bool = False, compile_mode: Optional[str] = None) -> None:
+                 train_residual_steps: int = 0, val_solve: bool = True, metrics: Optional[Dict[str, Metric]] = None,
+                 baselines: Optional[List[Baseline]] = None, compile: bool = False,
+                 compile_mode: Optional[str] = None) -> None:
         if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
             raise ValueError(f"max_iter: expected an int >= 1, got {max_iter!r}")
         if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 <= tol < float("inf"):
             raise ValueError(f"tol: expected a finite number >= 0, got {tol!r}")
-        if isinstance(train_residual_steps, bool) or not isinstance(train_residual_steps, int) or train_residual_steps < 0:
+        if isinstance(train_residual_steps, bool) or not isinstance(train_residual_steps, int) \
+                or train_residual_steps < 0:
             raise ValueError(f"train_residual_steps: expected an int >= 0, got {train_residual_steps!r}")
         if not isinstance(val_solve, bool):
             raise ValueError(f"val_solve: expected a bool, got {val_solve!r}")
@@ -241,7 +244,8 @@ class DCDMTask(ReconstructionTask):
         graph; a sample already solved to round-off keeps ``b``): ``(B, *grid)``."""
         with torch.no_grad():
             x, _ = conjugate_directions(operator, b, direction=self.direction, tol=0.0, max_iter=k,
-                                        orthogonalize=self.orthogonalize, safeguard=self.safeguard, on_failure="ignore")
+                                        orthogonalize=self.orthogonalize, safeguard=self.safeguard,
+                                        on_failure="ignore")
             r = b - operator(x)
             n = r.flatten(1).norm(dim=1)
             ok = (n > 1e-6 * b.flatten(1).norm(dim=1)).view(-1, *([1] * (b.dim() - 1)))
@@ -264,7 +268,8 @@ class DCDMTask(ReconstructionTask):
         self.log("val/loss", loss, batch_size=bsz, prog_bar=True, sync_dist=True)
         if self.val_solve:
             _, info = self.solve(op, batch.y, record_history=False)
-            self.log("val/iterations", info.iterations.double().mean(), batch_size=bsz, prog_bar=True, sync_dist=True)
+            self.log("val/iterations", info.iterations.double().mean(), batch_size=bsz, prog_bar=True,
+                     sync_dist=True)
             self.log("val/fallbacks", info.fallbacks.double().mean(), batch_size=bsz, sync_dist=True)
 
     # ------------------------------------------------------------------ solving

@@ -27,8 +27,8 @@ from .operators import FFT2c, SENSE, Mask, MultiCoilMRI, fft2c, ifft2c, rss, sen
 __version__ = "0.1.0"
 
 __all__ = [
-    "operators", "prox", "solvers", "autodiff", "lipschitz", "linalg", "bilevel", "cg", "solve_normal", "CGInfo", "GradMode",
-    "SolverWarning",
+    "operators", "prox", "solvers", "autodiff", "lipschitz", "linalg", "bilevel", "cg", "solve_normal", "CGInfo",
+    "GradMode", "SolverWarning",
     "SolverInfo", "Status", "LinearSolver", "CG", "BiCGSTAB", "Neumann",
     "LinearOperator", "MatrixOperator", "Convolution2d", "Diagonal", "Identity", "adjoint_test", "as_operator",
     "Laplacian", "JacobiPreconditioner", "IncompleteCholesky",
