@@ -65,8 +65,8 @@ def jacobian_norm(f: Callable[[Tensor], Tensor], x: Tensor, iters: int = 10, *, 
     if isinstance(iters, bool) or not isinstance(iters, int) or iters < 0:
         raise ValueError(f"iters: expected an int >= 0, got {iters!r}")
     if v0 is None:
-        v = torch.randn(x.shape, generator=generator, dtype=x.dtype, device="cpu" if generator is None
-                        or generator.device.type == "cpu" else generator.device).to(x.device)
+        dev = x.device if generator is None else generator.device
+        v = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=dev).to(x.device)
     else:
         if not isinstance(v0, Tensor) or v0.shape != x.shape:
             got = tuple(v0.shape) if isinstance(v0, Tensor) else type(v0).__name__
