@@ -45,10 +45,20 @@ class DCDM(nn.Module):
     on the residual's scale or the grid's size (a unit-norm residual on 32³ cells has entries
     of about 0.005, far below the biases); the direction is only defined up to scale anyway.
 
+    With ``levels = L > 1`` the pooling nests (a U-Net): ``pre`` blocks and a pooling at each of
+    the ``L`` finer resolutions, ``low`` blocks at the coarsest (``2^L`` times coarser), and on the
+    way up an upsampling added to that resolution's features, then ``post`` blocks. Each level
+    doubles the distance a residual's information travels in one application, which is what
+    finer grids need (the paper's network, and the default, has one level: a receptive field of
+    about 30 cells; BENCHMARKS.md measures two). ``levels=1`` has exactly the parameters (and
+    state-dict keys) of the one-level network.
+
     Args:
         dim: 2 or 3 (the grid's dimension; 3 by default, so ``DCDM()`` is the 3-D network).
         channels: feature maps (16 in the paper).
-        pre, low, post: residual blocks before pooling, at half resolution and after the skip.
+        pre, low, post: residual blocks before pooling, at the coarsest resolution and after the
+            skip (per level).
+        levels: pooling levels (1 in the paper).
 
     Shapes:
         ``forward(r, A=None)``: ``(B, *grid) → (B, *grid)`` with ``len(grid) == dim``; ``A`` is
@@ -56,19 +66,24 @@ class DCDM(nn.Module):
         solid cells).
     """
 
-    def __init__(self, dim: int = 3, channels: int = 16, pre: int = 1, low: int = 2, post: int = 1) -> None:
+    def __init__(self, dim: int = 3, channels: int = 16, pre: int = 1, low: int = 2, post: int = 1,
+                 levels: int = 1) -> None:
         super().__init__()
         if dim not in (2, 3) or isinstance(dim, bool):
             raise ValueError(f"dim: expected 2 or 3 (a 2-D or 3-D grid), got {dim!r}")
         _check_int("channels", channels, 1)
         for name, v in (("pre", pre), ("low", low), ("post", post)):
             _check_int(name, v, 0)
-        self.dim, self.channels = dim, channels
+        _check_int("levels", levels, 1)
+        self.dim, self.channels, self.levels = dim, channels, levels
         conv = nn.Conv3d if dim == 3 else nn.Conv2d
         self.first = conv(1, channels, 3, padding=1)  # linear: no activation after it
         self.pre = nn.Sequential(*[_Block(conv, channels) for _ in range(pre)])
         self.low = nn.Sequential(*[_Block(conv, channels) for _ in range(low)])
         self.post = nn.Sequential(*[_Block(conv, channels) for _ in range(post)])
+        # levels 2..L (empty for the paper's one level): blocks after each further pooling / skip
+        self.down = nn.ModuleList(nn.Sequential(*[_Block(conv, channels) for _ in range(pre)]) for _ in range(levels - 1))
+        self.up = nn.ModuleList(nn.Sequential(*[_Block(conv, channels) for _ in range(post)]) for _ in range(levels - 1))
         self.last = conv(channels, 1, 3, padding=1)  # linear output
 
     def forward(self, r: Tensor, A: Optional[Any] = None) -> Tensor:
@@ -77,11 +92,18 @@ class DCDM(nn.Module):
             raise ValueError(f"r: expected a batch of {self.dim}-D grids (B, {', '.join('n' * self.dim)}), got {got}")
         rms = r.flatten(1).square().mean(1).sqrt()
         rms = torch.where(rms > 0, rms, torch.ones_like(rms)).view(-1, *([1] * self.dim))
-        h = self.pre(self.first((r / rms).unsqueeze(1)))
-        pool = F.avg_pool3d if self.dim == 3 else F.avg_pool2d
-        l_ = self.low(pool(h, 2, ceil_mode=True))
-        h = h + F.interpolate(l_, size=tuple(h.shape[2:]), mode="nearest")
-        return self.last(self.post(h)).squeeze(1)
+        avg_pool = F.avg_pool3d if self.dim == 3 else F.avg_pool2d
+
+        def pool(h: Tensor) -> Tensor:  # 2× per axis; an axis already down to one cell stays (tiny grids, deep U)
+            return avg_pool(h, tuple(min(2, n) for n in h.shape[2:]), ceil_mode=True)
+
+        skips = [self.pre(self.first((r / rms).unsqueeze(1)))]  # (B, C, *grid) at each finer level
+        for down in self.down:
+            skips.append(down(pool(skips[-1])))
+        h = self.low(pool(skips[-1]))  # the coarsest level
+        for skip, up in zip(reversed(skips), [*reversed(self.up), self.post]):
+            h = up(skip + F.interpolate(h, size=tuple(skip.shape[2:]), mode="nearest"))
+        return self.last(h).squeeze(1)
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, channels={self.channels}"
+        return f"dim={self.dim}, channels={self.channels}, levels={self.levels}"

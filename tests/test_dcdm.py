@@ -143,6 +143,14 @@ def test_dcdm_is_3d_by_default_and_applies_to_any_grid_size():
     assert torch.allclose(net.first(-2 * u) - bias, -2 * (net.first(u) - bias), atol=1e-5)  # linear: no ReLU
     with pytest.raises(ValueError, match="r: expected a batch of 3-D grids"):
         net(torch.randn(4, 4, 4))
+    # more pooling levels (a deeper U): any grid size still, and one level is the paper's network, key for key
+    deep = DCDM(levels=3)
+    for shape in [(1, 7, 9, 5), (2, 3, 3, 3)]:
+        assert deep(torch.randn(shape)).shape == shape
+    assert DCDM(dim=2, levels=2)(torch.randn(1, 13, 6)).shape == (1, 13, 6)
+    assert set(DCDM(levels=1).state_dict()) == set(net.state_dict()) < set(deep.state_dict())
+    with pytest.raises(ValueError, match="levels: expected an int >= 1, got 0"):
+        DCDM(levels=0)
 
 
 def test_scale_invariant_loss_is_invariant_to_scaling_q_and_zero_at_the_solution():
