@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import time
 from pathlib import Path
 from typing import Optional, Tuple
@@ -50,7 +49,7 @@ from typing import Optional, Tuple
 import torch
 
 from unroll.data import Batch
-from unroll.data.denoising import make_laplace_batch, sample_laplace_posterior
+from unroll.data.denoising import laplace_posterior_kernel_log_mean, make_laplace_batch, sample_laplace_posterior
 from unroll.losses import L1Loss, MSELoss, ProximalMatchingLoss
 from unroll.models import LPN
 from unroll.prox import soft_threshold
@@ -108,7 +107,8 @@ def train(model: LPN, loss_fn, phases, gen: torch.Generator, batch: int, scale: 
             loss_fn.gamma = gamma
         for _ in range(n):
             b = toy_batch(done, gen, batch, sampling, y_range)
-            loss = loss_fn(model.gradient(b.y), b.x)
+            target = b.y if isinstance(loss_fn, ConditionalProximalMatching) else b.x
+            loss = loss_fn(model.gradient(b.y), target)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -135,26 +135,27 @@ def proximal_matching_optimum(y: torch.Tensor, gamma: float, width: float = 1.5)
     ``argmax_c E[exp(−((c − x)/γ)²) | y]`` (the minimiser of the expected loss), searched within
     ``width`` of ``soft_threshold(y, 1)`` on a grid of spacing 10⁻², then 10⁻⁴ around the best. It
     tends to the posterior mode (soft thresholding) as ``γ → 0``; at ``γ > 0`` it is the mode of
-    the posterior smoothed by the loss' kernel, which rounds the kink at ``|y| = 1``.
-
-    In closed form: the posterior is ``∝ e^{−y}·N(x; y − 1, 1)`` on ``x > 0`` and
-    ``∝ e^{y}·N(x; y + 1, 1)`` on ``x < 0``; each half times the Gaussian kernel integrates to a
-    Gaussian factor times a normal CDF. ``y``: ``(Y,)`` float64 → ``(Y,)``."""
-    a = 0.5 + 1.0 / gamma ** 2
+    the posterior smoothed by the loss' kernel, which rounds the kink at ``|y| = 1``. The
+    expectation is in closed form (``laplace_posterior_kernel_log_mean``). ``y``: ``(Y,)`` float64
+    → ``(Y,)``."""
     yy = y[:, None]
-
-    def log_score(c: torch.Tensor) -> torch.Tensor:  # (Y, C): log E[exp(−((c − x)/γ)²) | y] + const(y)
-        def half(m: torch.Tensor, sign: float) -> torch.Tensor:  # log ∫_{sign·x>0} e^{−(x−m)²/2 − (x−c)²/γ²} dx
-            mu = (m + 2.0 * c / gamma ** 2) / (2.0 * a)
-            return a * mu ** 2 - 0.5 * m ** 2 - c ** 2 / gamma ** 2 + torch.special.log_ndtr(sign * mu * math.sqrt(2 * a))
-
-        return torch.logaddexp(-yy + half(yy - 1.0, 1.0), yy + half(yy + 1.0, -1.0))
-
     best = soft_threshold(y, 1.0)
     for span, step in ((width, 1e-2), (2e-2, 1e-4)):
         c = best[:, None] + torch.arange(-span, span + step / 2, step, dtype=y.dtype)[None, :]
-        best = c.gather(1, log_score(c).argmax(1, keepdim=True))[:, 0]
+        best = c.gather(1, laplace_posterior_kernel_log_mean(c, yy, gamma).argmax(1, keepdim=True))[:, 0]
     return best
+
+
+class ConditionalProximalMatching(ProximalMatchingLoss):
+    """Proximal matching with the draw of ``x`` averaged out: the mean over the batch of
+    ``1 − E[exp(−((f(y) − x)/γ)²) | y]``, the expectation over the toy's posterior in closed form
+    (``laplace_posterior_kernel_log_mean``). Its expectation over ``y`` is the sampled loss's, so
+    the minimiser is the same (``proximal_matching_optimum``); its gradient has no noise from ``x``
+    (Rao–Blackwellisation), which at small ``γ`` is nearly all of the sampled loss's: there only
+    the few draws within ~γ of ``f(y)`` move the map. Called as ``loss(f(y), y)``."""
+
+    def forward(self, x_hat: torch.Tensor, y: torch.Tensor, problem=None) -> torch.Tensor:
+        return 1.0 - laplace_posterior_kernel_log_mean(x_hat.double(), y.double(), self.gamma).exp().mean()
 
 
 def main() -> None:
@@ -187,6 +188,9 @@ def main() -> None:
     ap.add_argument("--pm-lr", choices=["paper", "steady"], default="paper",
                     help="proximal matching's learning rates: the notebook's (1e-5, 1e-6 at gamma 0.2, 0.1) "
                          "or 1e-4 throughout after the first stage")
+    ap.add_argument("--pm-estimate", choices=["sample", "conditional"], default="sample",
+                    help="proximal matching's loss per pair: at the drawn x (the paper), or its exact expectation "
+                         "over x given y (ConditionalProximalMatching: the same minimiser, no noise from x)")
     ap.add_argument("--runs", default=str(HERE / "runs" / "lpn_toy"), help="where the trained models are saved")
     ap.add_argument("--out", default=str(HERE / "results" / "lpn_toy.json"))
     ap.add_argument("--figure", default=str(HERE / "figures" / "lpn_toy.png"))
@@ -209,7 +213,8 @@ def main() -> None:
         (runs / f"budget_{part}.json").write_text(json.dumps({"steps": steps, "seconds": time.time() - t_start,
                                                               "scale": args.scale, "phases": phases,
                                                               "batch": args.batch, "beta": beta,
-                                                              "sampling": args.sampling, "y_range": args.y_range}))
+                                                              "sampling": args.sampling, "y_range": args.y_range,
+                                                              "pm_estimate": args.pm_estimate}))
 
     if not args.eval_only:
         if args.part in ("all", "l2"):
@@ -234,7 +239,7 @@ def main() -> None:
                 opt.load_state_dict(torch.load(runs / "l1_adam.pt", weights_only=True))
                 steps["l1"] = json.loads((runs / "budget_l1.json").read_text())["steps"]["l1"]
             print("training proximal matching (from the l1 model)", flush=True)
-            loss = ProximalMatchingLoss(0.5)
+            loss = ConditionalProximalMatching(0.5) if args.pm_estimate == "conditional" else ProximalMatchingLoss(0.5)
             phases = [(s, lr, g) for s, g, lr in (STEADY_PHASES if args.pm_lr == "steady" else PM_PHASES)]
             n, opt = train(m, loss, phases, gen, args.batch, args.scale, "pm", opt, *sampling)
             steps["pm_paper"] = steps["l1"] + n
@@ -248,7 +253,8 @@ def main() -> None:
                 m.load_state_dict(torch.load(runs / "pm_paper.pt", weights_only=True))
                 opt = torch.optim.Adam(m.parameters())
                 opt.load_state_dict(torch.load(runs / "pm_paper_adam.pt", weights_only=True))
-                loss = ProximalMatchingLoss(0.1)
+                loss = (ConditionalProximalMatching(0.1) if args.pm_estimate == "conditional"
+                        else ProximalMatchingLoss(0.1))
                 steps["pm_paper"] = json.loads((runs / "budget_pm_paper.json").read_text())["steps"]["pm_paper"]
             if args.ext_beta is not None:
                 m.beta = float(args.ext_beta)
@@ -268,7 +274,8 @@ def main() -> None:
         seconds[part] = round(saved["seconds"], 1)
         schedules[part] = {"scale": saved.get("scale"), "phases_steps_lr_gamma_unscaled": saved.get("phases"),
                            "batch": saved.get("batch", args.batch), "beta": saved.get("beta", 10.0),
-                           "sampling": saved.get("sampling", "joint"), "y_range": saved.get("y_range")}
+                           "sampling": saved.get("sampling", "joint"), "y_range": saved.get("y_range"),
+                           "pm_estimate": saved.get("pm_estimate", "sample")}
     for name in ("l2", "l1", "pm_paper", "pm"):
         if name in steps:
             models[name] = new_model()

@@ -346,6 +346,39 @@ def test_laplace_posterior_draws_match_quadrature(scale, noise):
         sample_laplace_posterior(torch.zeros(3), gen, 1.0, 0.0)
 
 
+@pytest.mark.parametrize("scale,noise", [(1.0, 1.0), (0.5, 0.7)])
+def test_laplace_posterior_kernel_mean_matches_quadrature_and_the_sampled_loss(scale, noise):
+    """laplace_posterior_kernel_log_mean (the conditional expectation of proximal matching's kernel,
+    in closed form) against a quadrature of the kernel over p(x | y), from the kink to the tails
+    and down to γ = 0.02; its gradient in c against central differences; and 1 − exp(it) against
+    the sampled loss averaged over exact posterior draws."""
+    from unroll.data.denoising import laplace_posterior_kernel_log_mean, sample_laplace_posterior
+
+    t = torch.linspace(-25, 25, 500001, dtype=DT)
+    for y0 in (-3.0, -1.0, 0.2, 1.0, 2.5, 6.0):
+        w = torch.softmax(-t.abs() / scale - (y0 - t) ** 2 / (2 * noise ** 2), 0)
+        for gamma in (0.5, 0.1, 0.02):
+            c = torch.tensor([-1.0, 0.0, 0.3, y0 - 1.0], dtype=DT)
+            ref = torch.log(w @ torch.exp(-((c[None, :] - t[:, None]) / gamma) ** 2))
+            got = laplace_posterior_kernel_log_mean(c, torch.full_like(c, y0), gamma, scale, noise)
+            assert torch.allclose(got, ref, rtol=1e-6, atol=1e-8), (y0, gamma, got, ref)
+    c = torch.tensor([0.05, 0.7, 1.9], dtype=DT, requires_grad=True)
+    y = torch.tensor([0.9, 1.6, 3.0], dtype=DT)
+    g, = torch.autograd.grad(laplace_posterior_kernel_log_mean(c, y, 0.1, scale, noise).sum(), c)
+    h = 1e-6
+    fd = (laplace_posterior_kernel_log_mean(c.detach() + h, y, 0.1, scale, noise)
+          - laplace_posterior_kernel_log_mean(c.detach() - h, y, 0.1, scale, noise)) / (2 * h)
+    assert torch.allclose(g, fd, rtol=1e-5, atol=1e-7)
+    gen = torch.Generator().manual_seed(0)
+    x = sample_laplace_posterior(torch.full((200000,), 1.3, dtype=DT), gen, scale, noise)
+    sampled = float((1 - torch.exp(-((0.4 - x) / 0.3) ** 2)).mean())
+    exact = 1 - float(laplace_posterior_kernel_log_mean(torch.tensor(0.4, dtype=DT), torch.tensor(1.3, dtype=DT),
+                                                         0.3, scale, noise).exp())
+    assert sampled == pytest.approx(exact, abs=4e-3)
+    with pytest.raises(ValueError, match="gamma"):
+        laplace_posterior_kernel_log_mean(c, y, 0.0)
+
+
 # ---------------------------------------------------------------------- configs through the CLI
 @pytest.mark.parametrize("name", ["lpn_laplace_toy", "lpn_patches"])
 def test_configs_run_through_the_cli(name, tmp_path, monkeypatch):
