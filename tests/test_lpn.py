@@ -451,7 +451,8 @@ def _toy_benchmark():
     return mod
 
 
-def test_toy_benchmark_runs_in_its_smallest_mode(tmp_path, monkeypatch):
+@pytest.mark.parametrize("estimate", ["sample", "conditional"])
+def test_toy_benchmark_runs_in_its_smallest_mode(tmp_path, monkeypatch, estimate):
     import json
     import sys
 
@@ -460,7 +461,7 @@ def test_toy_benchmark_runs_in_its_smallest_mode(tmp_path, monkeypatch):
     threads = torch.get_num_threads()
     out, fig = tmp_path / "toy.json", tmp_path / "toy.png"
     monkeypatch.setattr(sys, "argv", ["lpn_toy.py", "--scale", "0.0002", "--batch", "64", "--grid", "11",
-                                      "--inverse-iters", "50",
+                                      "--inverse-iters", "50", "--pm-estimate", estimate,
                                       "--runs", str(tmp_path / "runs"), "--out", str(out), "--figure", str(fig)])
     try:
         mod.main()
@@ -471,6 +472,7 @@ def test_toy_benchmark_runs_in_its_smallest_mode(tmp_path, monkeypatch):
     assert res["budget_steps"]["pm"] > res["budget_steps"]["pm_paper"] > res["budget_steps"]["l1"] > 0
     assert res["maps"]["pm"]["final_gamma"] < res["maps"]["pm_paper"]["final_gamma"]
     assert all(math.isfinite(v["max_err_soft_threshold"]) for v in res["maps"].values())
+    assert res["schedules"]["pm"]["pm_estimate"] == res["schedules"]["pm_paper"]["pm_estimate"] == estimate
     assert fig.read_bytes()[:4] == b"\x89PNG"
 
 
