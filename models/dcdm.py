@@ -59,15 +59,20 @@ class DCDM(nn.Module):
         pre, low, post: residual blocks before pooling, at the coarsest resolution and after the
             skip (per level).
         levels: pooling levels (1 in the paper).
+        mask_input: also give the network the domain's geometry: ``A.mask`` (``True`` = fluid; a
+            grid of ones when ``A`` has no mask) as a second input channel. The paper's network
+            sees the residual only and must infer the walls from it. With it,
+            :attr:`takes_operator` is true, so :func:`unroll.solvers.conjugate_directions` calls
+            ``direction(r, A)``.
 
     Shapes:
-        ``forward(r, A=None)``: ``(B, *grid) → (B, *grid)`` with ``len(grid) == dim``; ``A`` is
-        accepted for the models' common call shape ``model(y, A)`` and not used (the solver masks
-        solid cells).
+        ``forward(r, A=None)``: ``(B, *grid) → (B, *grid)`` with ``len(grid) == dim``. ``A`` is
+        the operator of the models' common call shape ``model(y, A)``; only ``mask_input`` reads
+        it (its ``mask``: ``(*grid)`` bool). Otherwise it is not used: the solver masks solid cells.
     """
 
     def __init__(self, dim: int = 3, channels: int = 16, pre: int = 1, low: int = 2, post: int = 1,
-                 levels: int = 1) -> None:
+                 levels: int = 1, mask_input: bool = False) -> None:
         super().__init__()
         if dim not in (2, 3) or isinstance(dim, bool):
             raise ValueError(f"dim: expected 2 or 3 (a 2-D or 3-D grid), got {dim!r}")
@@ -75,9 +80,12 @@ class DCDM(nn.Module):
         for name, v in (("pre", pre), ("low", low), ("post", post)):
             _check_int(name, v, 0)
         _check_int("levels", levels, 1)
-        self.dim, self.channels, self.levels = dim, channels, levels
+        if not isinstance(mask_input, bool):
+            raise ValueError(f"mask_input: expected a bool, got {mask_input!r}")
+        self.dim, self.channels, self.levels, self.mask_input = dim, channels, levels, mask_input
+        self.takes_operator = mask_input  # conjugate_directions then calls direction(r, A)
         conv = nn.Conv3d if dim == 3 else nn.Conv2d
-        self.first = conv(1, channels, 3, padding=1)  # linear: no activation after it
+        self.first = conv(2 if mask_input else 1, channels, 3, padding=1)  # linear: no activation after it
         self.pre = nn.Sequential(*[_Block(conv, channels) for _ in range(pre)])
         self.low = nn.Sequential(*[_Block(conv, channels) for _ in range(low)])
         self.post = nn.Sequential(*[_Block(conv, channels) for _ in range(post)])
@@ -97,7 +105,10 @@ class DCDM(nn.Module):
         def pool(h: Tensor) -> Tensor:  # 2× per axis; an axis already down to one cell stays (tiny grids, deep U)
             return avg_pool(h, tuple(min(2, n) for n in h.shape[2:]), ceil_mode=True)
 
-        skips = [self.pre(self.first((r / rms).unsqueeze(1)))]  # (B, C, *grid) at each finer level
+        h = (r / rms).unsqueeze(1)  # (B, 1, *grid)
+        if self.mask_input:
+            h = torch.cat([h, self._geometry(r, A)], dim=1)
+        skips = [self.pre(self.first(h))]  # (B, C, *grid) at each finer level
         for down in self.down:
             skips.append(down(pool(skips[-1])))
         h = self.low(pool(skips[-1]))  # the coarsest level
@@ -105,5 +116,20 @@ class DCDM(nn.Module):
             h = up(skip + F.interpolate(h, size=tuple(skip.shape[2:]), mode="nearest"))
         return self.last(h).squeeze(1)
 
+    @staticmethod
+    def _geometry(r: Tensor, A: Optional[Any]) -> Tensor:
+        """``A.mask`` as a ``(B, 1, *grid)`` channel of ``r``'s dtype (ones without a mask)."""
+        grid = tuple(r.shape[1:])
+        if A is None:
+            raise ValueError("A: DCDM(mask_input=True) reads the domain from the operator (its .mask); got None "
+                             "(call model(r, A), or pass the model itself to conjugate_directions)")
+        mask = getattr(A, "mask", None)
+        if mask is None:
+            return torch.ones((r.shape[0], 1, *grid), dtype=r.dtype, device=r.device)
+        if not isinstance(mask, Tensor) or tuple(mask.shape) != grid:
+            got = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
+            raise ValueError(f"A: expected a mask of the residual's grid {grid}, got {got}")
+        return mask.to(device=r.device, dtype=r.dtype).expand(r.shape[0], *grid).unsqueeze(1)
+
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, channels={self.channels}, levels={self.levels}"
+        return f"dim={self.dim}, channels={self.channels}, levels={self.levels}, mask_input={self.mask_input}"

@@ -153,6 +153,29 @@ def test_dcdm_is_3d_by_default_and_applies_to_any_grid_size():
         DCDM(levels=0)
 
 
+
+def test_dcdm_with_the_mask_as_input_reads_the_geometry_from_the_operator_and_the_solver_passes_it():
+    """DCDM(mask_input=True): A.mask is a second input channel (ones without obstacles);
+    conjugate_directions calls it as direction(r, A) and converges on an obstacle domain; without
+    the operator it says so."""
+    torch.manual_seed(0)
+    A, _, b = _system((8, 8, 6), "sphere", num=2, m=40)
+    net = DCDM(mask_input=True, levels=2).double()
+    assert net.takes_operator and net.first.in_channels == 2 and not DCDM().takes_operator
+    r = b.double()
+    plain = Laplacian((8, 8, 6))
+    assert not torch.allclose(net(r, A), net(r, plain))  # the geometry changes the direction
+    ones = DCDM._geometry(r, plain)
+    assert ones.shape == (r.shape[0], 1, 8, 8, 6) and bool((ones == 1).all())
+    x, info = conjugate_directions(A, r, direction=net, tol=1e-6, max_iter=300)
+    assert info.status == Status.CONVERGED
+    assert float(((r - A(x)).flatten(1).norm(dim=1) / r.flatten(1).norm(dim=1)).max()) <= 1e-6
+    with pytest.raises(ValueError, match=r"A: DCDM\(mask_input=True\) reads the domain"):
+        net(r)
+    with pytest.raises(ValueError, match=r"A: expected a mask of the residual's grid \(8, 8, 6\), got \(4, 4, 4\)"):
+        net(r, Laplacian((4, 4, 4), torch.ones(4, 4, 4, dtype=torch.bool)))
+
+
 def test_scale_invariant_loss_is_invariant_to_scaling_q_and_zero_at_the_solution():
     A, _, b = _system((6, 6, 5), "sphere", num=4, m=50)
     q = torch.randn_like(b)

@@ -17,6 +17,7 @@ reads the iteration counts. ``unroll evaluate`` then prints and writes the curve
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Dict, List, Literal, Optional
 
@@ -234,16 +235,18 @@ class DCDMTask(ReconstructionTask):
         mask = getattr(operator, "mask", None)
         return q if mask is None else q * mask.to(q.dtype)
 
-    def direction(self, r: Tensor) -> Tensor:
-        """The network's direction ``(B, *grid) → (B, *grid)`` (through ``torch.compile`` with ``compile=True``)."""
+    def direction(self, r: Tensor, operator: Optional[LinearOperator] = None) -> Tensor:
+        """The network's direction ``(B, *grid) → (B, *grid)`` (through ``torch.compile`` with
+        ``compile=True``); ``operator`` is passed on (``DCDM(mask_input=True)`` reads its mask)."""
         dtype = next((p.dtype for p in self.model.parameters() if p.is_floating_point()), r.dtype)
-        return self(r.to(dtype), None).to(r.dtype)
+        return self(r.to(dtype), operator).to(r.dtype)
 
     def solver_residuals(self, operator: LinearOperator, b: Tensor, k: int) -> Tensor:
         """``r_k / ‖r_k‖``: the residuals after ``k`` iterations of the solver from ``x = 0`` (no
         graph; a sample already solved to round-off keeps ``b``): ``(B, *grid)``."""
         with torch.no_grad():
-            x, _ = conjugate_directions(operator, b, direction=self.direction, tol=0.0, max_iter=k,
+            x, _ = conjugate_directions(operator, b, direction=functools.partial(self.direction, operator=operator),
+                                        tol=0.0, max_iter=k,
                                         orthogonalize=self.orthogonalize, safeguard=self.safeguard,
                                         on_failure="ignore")
             r = b - operator(x)
@@ -276,7 +279,8 @@ class DCDMTask(ReconstructionTask):
     def solve(self, operator: LinearOperator, b: Tensor, record_history: bool = True):
         """``conjugate_directions(operator, b, direction=network, ...)`` with the task's settings →
         ``(x, info)``."""
-        return conjugate_directions(operator, b, direction=self.direction, tol=self.tol, max_iter=self.max_iter,
+        return conjugate_directions(operator, b, direction=functools.partial(self.direction, operator=operator),
+                                    tol=self.tol, max_iter=self.max_iter,
                                     orthogonalize=self.orthogonalize, safeguard=self.safeguard,
                                     record_history=record_history)
 

@@ -194,7 +194,9 @@ def conjugate_directions(A, b: Tensor, direction: Callable[[Tensor], Tensor], to
             callable ``x ↦ A x``. Symmetric positive definite.
         b: right-hand sides ``(B, *shape)``, real.
         direction: ``r ↦ q`` on ``(B, *shape)``, e.g. :class:`unroll.models.DCDM`; called without
-            a graph, on ``r`` cast to its parameters' dtype, its output cast back to ``b``'s.
+            a graph, on ``r`` cast to its parameters' dtype, its output cast back to ``b``'s. A
+            direction with a true attribute ``takes_operator`` is called as ``direction(r, A)``
+            (e.g. ``DCDM(mask_input=True)``, which reads the obstacles from ``A.mask``).
         tol: relative tolerance ``≥ 0`` on ``‖r‖/‖b‖``.
         max_iter: iteration budget ``≥ 1`` (default: entries per sample).
         orthogonalize: how many previous directions to A-orthogonalise against, ``≥ 0``.
@@ -261,7 +263,7 @@ def conjugate_directions(A, b: Tensor, direction: Callable[[Tensor], Tensor], to
 
     def net(r: Tensor) -> Tensor:
         inp = r if net_dtype is None else r.to(net_dtype)
-        q = direction(inp)
+        q = direction(inp, A) if getattr(direction, "takes_operator", False) else direction(inp)
         if not isinstance(q, Tensor) or tuple(q.shape) != tuple(b.shape):
             got = tuple(q.shape) if isinstance(q, Tensor) else type(q).__name__
             raise ValueError(f"direction: expected an output of the residual's shape {tuple(b.shape)}, got {got}")
