@@ -153,7 +153,6 @@ def test_dcdm_is_3d_by_default_and_applies_to_any_grid_size():
         DCDM(levels=0)
 
 
-
 def test_dcdm_with_the_mask_as_input_reads_the_geometry_from_the_operator_and_the_solver_passes_it():
     """DCDM(mask_input=True): A.mask is a second input channel (ones without obstacles);
     conjugate_directions calls it as direction(r, A) and converges on an obstacle domain; without
