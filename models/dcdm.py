@@ -5,8 +5,7 @@
 
 from __future__ import annotations
 
-import math
-from typing import Any, Literal, Optional, Union
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -24,13 +23,10 @@ def _check_int(name: str, value: Any, low: int) -> int:
 class _Block(nn.Module):
     """``h + ReLU(conv(ReLU(conv(h))))`` (two ``k``-wide convolutions, ``C → C``)."""
 
-    def __init__(self, conv, channels: int, identity: bool = False) -> None:
+    def __init__(self, conv, channels: int) -> None:
         super().__init__()
         self.a = conv(channels, channels, 3, padding=1)
         self.b = conv(channels, channels, 3, padding=1)
-        if identity:  # the block starts as the identity (SkipInit / Fixup style): trainable when deep
-            nn.init.zeros_(self.b.weight)
-            nn.init.zeros_(self.b.bias)
 
     def forward(self, h: Tensor) -> Tensor:
         return h + F.relu(self.b(F.relu(self.a(h))))
@@ -57,27 +53,12 @@ class DCDM(nn.Module):
     about 30 cells; BENCHMARKS.md measures two). ``levels=1`` has exactly the parameters (and
     state-dict keys) of the one-level network.
 
-    With ``levels="auto"`` the U is scale-recursive, like a multigrid V-cycle: the same ``pre``
-    blocks run at every resolution on the way down and the same ``post`` blocks on the way up, and
-    the number of poolings follows the grid: as many as keep the coarsest grid at least
-    ``coarsest`` cells along its shortest axis (at least one). A finer grid gets one more level of
-    the same weights rather than a network whose reach ends at a fixed number of cells: trained
-    at 32³ with ``coarsest=8`` it runs two levels (32 → 16 → 8), at 64³ three, at 128³ four. Its
-    parameters and state-dict keys are those of the one-level network.
-
     Args:
         dim: 2 or 3 (the grid's dimension; 3 by default, so ``DCDM()`` is the 3-D network).
         channels: feature maps (16 in the paper).
         pre, low, post: residual blocks before pooling, at the coarsest resolution and after the
             skip (per level).
-        levels: pooling levels (1 in the paper), or ``"auto"``: shared weights, levels set by the
-            grid (above).
-        coarsest: with ``levels="auto"``, the smallest coarsest-grid extent (cells); ignored
-            otherwise.
-        identity_init: start every residual block as the identity (its second convolution zero),
-            so the untrained network is a linear multiscale filter: the fine features plus the
-            upsampled pooled ones of every level. Without it a U deeper than two levels did not
-            train in our runs (BENCHMARKS.md).
+        levels: pooling levels (1 in the paper).
         mask_input: also give the network the domain's geometry: ``A.mask`` (``True`` = fluid; a
             grid of ones when ``A`` has no mask) as a second input channel. The paper's network
             sees the residual only and must infer the walls from it. With it,
@@ -91,36 +72,26 @@ class DCDM(nn.Module):
     """
 
     def __init__(self, dim: int = 3, channels: int = 16, pre: int = 1, low: int = 2, post: int = 1,
-                 levels: Union[int, Literal["auto"]] = 1, mask_input: bool = False, coarsest: int = 8,
-                 identity_init: bool = False) -> None:
+                 levels: int = 1, mask_input: bool = False) -> None:
         super().__init__()
         if dim not in (2, 3) or isinstance(dim, bool):
             raise ValueError(f"dim: expected 2 or 3 (a 2-D or 3-D grid), got {dim!r}")
         _check_int("channels", channels, 1)
         for name, v in (("pre", pre), ("low", low), ("post", post)):
             _check_int(name, v, 0)
-        if levels != "auto":
-            try:
-                _check_int("levels", levels, 1)
-            except ValueError:
-                raise ValueError(f"levels: expected an int >= 1 or 'auto', got {levels!r}") from None
-        _check_int("coarsest", coarsest, 1)
-        for name, v in (("mask_input", mask_input), ("identity_init", identity_init)):
-            if not isinstance(v, bool):
-                raise ValueError(f"{name}: expected a bool, got {v!r}")
+        _check_int("levels", levels, 1)
+        if not isinstance(mask_input, bool):
+            raise ValueError(f"mask_input: expected a bool, got {mask_input!r}")
         self.dim, self.channels, self.levels, self.mask_input = dim, channels, levels, mask_input
-        self.coarsest = coarsest
         self.takes_operator = mask_input  # conjugate_directions then calls direction(r, A)
         conv = nn.Conv3d if dim == 3 else nn.Conv2d
         self.first = conv(2 if mask_input else 1, channels, 3, padding=1)  # linear: no activation after it
-        self.pre = nn.Sequential(*[_Block(conv, channels, identity_init) for _ in range(pre)])
-        self.low = nn.Sequential(*[_Block(conv, channels, identity_init) for _ in range(low)])
-        self.post = nn.Sequential(*[_Block(conv, channels, identity_init) for _ in range(post)])
-        # levels 2..L (empty for the paper's one level and for "auto", which reuses pre and post):
-        # blocks after each further pooling / skip
-        extra = 0 if levels == "auto" else levels - 1
-        self.down = nn.ModuleList(nn.Sequential(*[_Block(conv, channels, identity_init) for _ in range(pre)]) for _ in range(extra))
-        self.up = nn.ModuleList(nn.Sequential(*[_Block(conv, channels, identity_init) for _ in range(post)]) for _ in range(extra))
+        self.pre = nn.Sequential(*[_Block(conv, channels) for _ in range(pre)])
+        self.low = nn.Sequential(*[_Block(conv, channels) for _ in range(low)])
+        self.post = nn.Sequential(*[_Block(conv, channels) for _ in range(post)])
+        # levels 2..L (empty for the paper's one level): blocks after each further pooling / skip
+        self.down = nn.ModuleList(nn.Sequential(*[_Block(conv, channels) for _ in range(pre)]) for _ in range(levels - 1))
+        self.up = nn.ModuleList(nn.Sequential(*[_Block(conv, channels) for _ in range(post)]) for _ in range(levels - 1))
         self.last = conv(channels, 1, 3, padding=1)  # linear output
 
     def forward(self, r: Tensor, A: Optional[Any] = None) -> Tensor:
@@ -137,26 +108,13 @@ class DCDM(nn.Module):
         h = (r / rms).unsqueeze(1)  # (B, 1, *grid)
         if self.mask_input:
             h = torch.cat([h, self._geometry(r, A)], dim=1)
-        if self.levels == "auto":  # the same blocks at every level, as many levels as the grid allows
-            n = self.auto_levels(tuple(r.shape[1:]))
-            downs, ups = [self.pre] * n, [self.post] * n
-        else:
-            downs, ups = [self.pre, *self.down], [self.post, *self.up]  # finest first
-        skips = [downs[0](self.first(h))]  # (B, C, *grid) at each finer level
-        for down in downs[1:]:
+        skips = [self.pre(self.first(h))]  # (B, C, *grid) at each finer level
+        for down in self.down:
             skips.append(down(pool(skips[-1])))
         h = self.low(pool(skips[-1]))  # the coarsest level
-        for skip, up in zip(reversed(skips), reversed(ups)):
+        for skip, up in zip(reversed(skips), [*reversed(self.up), self.post]):
             h = up(skip + F.interpolate(h, size=tuple(skip.shape[2:]), mode="nearest"))
         return self.last(h).squeeze(1)
-
-    def auto_levels(self, grid: tuple) -> int:
-        """Poolings of ``levels="auto"`` on ``grid``: the most that keep the shortest axis at
-        least :attr:`coarsest` cells after the last one (``ceil(n / 2)`` per pooling), at least 1."""
-        n, levels = min(grid), 0
-        while math.ceil(n / 2) >= self.coarsest:
-            n, levels = math.ceil(n / 2), levels + 1
-        return max(levels, 1)
 
     @staticmethod
     def _geometry(r: Tensor, A: Optional[Any]) -> Tensor:
@@ -174,5 +132,4 @@ class DCDM(nn.Module):
         return mask.to(device=r.device, dtype=r.dtype).expand(r.shape[0], *grid).unsqueeze(1)
 
     def extra_repr(self) -> str:
-        auto = f", coarsest={self.coarsest}" if self.levels == "auto" else ""
-        return f"dim={self.dim}, channels={self.channels}, levels={self.levels!r}{auto}, mask_input={self.mask_input}"
+        return f"dim={self.dim}, channels={self.channels}, levels={self.levels}, mask_input={self.mask_input}"

@@ -149,46 +149,8 @@ def test_dcdm_is_3d_by_default_and_applies_to_any_grid_size():
         assert deep(torch.randn(shape)).shape == shape
     assert DCDM(dim=2, levels=2)(torch.randn(1, 13, 6)).shape == (1, 13, 6)
     assert set(DCDM(levels=1).state_dict()) == set(net.state_dict()) < set(deep.state_dict())
-    with pytest.raises(ValueError, match="levels: expected an int >= 1 or 'auto', got 0"):
+    with pytest.raises(ValueError, match="levels: expected an int >= 1, got 0"):
         DCDM(levels=0)
-
-
-def test_dcdm_auto_levels_reuses_one_set_of_blocks_at_every_resolution():
-    """DCDM(levels="auto"): the number of poolings follows the grid (coarsest grid >= `coarsest`
-    cells), the parameters are the one-level network's, and on a grid that allows L levels it
-    computes exactly the L-level network whose extra down/up blocks are copies of pre/post."""
-    torch.manual_seed(0)
-    auto = DCDM(levels="auto").double()
-    assert [auto.auto_levels((n, n, n)) for n in (4, 16, 32, 64, 128)] == [1, 1, 2, 3, 4]
-    assert auto.auto_levels((64, 64, 20)) == 1 and DCDM(levels="auto", coarsest=4).auto_levels((32,) * 3) == 3
-    one = DCDM().double()
-    assert set(auto.state_dict()) == set(one.state_dict())
-    one.load_state_dict(auto.state_dict())
-    r16 = torch.randn(2, 16, 16, 16, dtype=torch.float64)
-    assert torch.equal(auto(r16), one(r16))  # one level on 16^3: the paper's network
-    two = DCDM(levels=2).double()
-    state = dict(auto.state_dict())
-    state.update({k.replace("pre.", "down.0.", 1): v for k, v in auto.state_dict().items() if k.startswith("pre.")})
-    state.update({k.replace("post.", "up.0.", 1): v for k, v in auto.state_dict().items() if k.startswith("post.")})
-    two.load_state_dict(state)
-    r32 = torch.randn(1, 32, 32, 32, dtype=torch.float64)
-    assert torch.allclose(auto(r32), two(r32), atol=1e-12)  # two levels on 32^3, shared blocks
-    assert not torch.allclose(auto(r32), one(r32))
-    assert DCDM(dim=2, levels="auto", coarsest=2)(torch.randn(1, 13, 6)).shape == (1, 13, 6)
-    with pytest.raises(ValueError, match="levels: expected an int >= 1 or 'auto', got 'deep'"):
-        DCDM(levels="deep")
-    with pytest.raises(ValueError, match="coarsest: expected an int >= 1, got 0"):
-        DCDM(levels="auto", coarsest=0)
-    # identity_init: every residual block starts as the identity, so the untrained U is affine in r / rms(r)
-    deep = DCDM(levels="auto", coarsest=2, identity_init=True).double()
-    h = torch.randn(2, 16, 8, 8, 8, dtype=torch.float64)
-    assert torch.equal(deep.pre(h), h) and torch.equal(deep.low(h), h) and torch.equal(deep.post(h), h)
-    u, v = torch.randn(2, 1, 16, 16, 16, dtype=torch.float64)  # equal rms: r / rms(r) is linear on +-u
-    assert torch.allclose(deep(u) + deep(-u), deep(v) + deep(-v), atol=1e-10)  # affine: both are twice deep(0)
-    relu = DCDM(levels="auto", coarsest=2).double()  # the default initialisation is not affine
-    assert not torch.allclose(relu(u) + relu(-u), relu(v) + relu(-v), atol=1e-6)
-    with pytest.raises(ValueError, match="identity_init: expected a bool, got 'yes'"):
-        DCDM(identity_init="yes")
 
 
 def test_dcdm_with_the_mask_as_input_reads_the_geometry_from_the_operator_and_the_solver_passes_it():
