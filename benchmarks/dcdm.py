@@ -109,7 +109,7 @@ def systems(n: int, obstacles: bool, count: int, m: int, seed: int, rhs: str = "
     return A, ritz_rhs(V, count, g, dtype=torch.float32)
 
 
-def solve_all(task, A, B, max_iter: int, pure: bool = False):
+def solve_all(task, A, B, max_iter: int, pure: bool = False, multilevel: int = 0):
     import unroll
     from unroll.preconditioners import IncompleteCholesky, JacobiPreconditioner
 
@@ -135,6 +135,19 @@ def solve_all(task, A, B, max_iter: int, pure: bool = False):
         its.append(int(info.iterations[0]) if info.status == "converged" else None)
         fb.append(int(info.fallbacks[0]))
     out["DCDM"] = {"iterations": its, "seconds": secs, "fallbacks": fb}
+    if multilevel:  # the same network, as its own coarse-grid solve on grids finer than `multilevel`
+        from unroll.models import MultilevelDirection
+
+        ml = MultilevelDirection(task.model, coarsest=multilevel)
+        its, secs, fb = [], [], []
+        for b in B:
+            t = time.perf_counter()
+            _, info = unroll.conjugate_directions(A, b[None], direction=ml, tol=1e-4, max_iter=max_iter)
+            secs.append(time.perf_counter() - t)
+            its.append(int(info.iterations[0]) if info.status == "converged" else None)
+            fb.append(int(info.fallbacks[0]))
+        out["DCDM multilevel"] = {"iterations": its, "seconds": secs, "fallbacks": fb, "coarsest": multilevel,
+                                  "levels": ml.levels(tuple(A.shape))}
     if pure:  # the paper's method: every finite network direction is kept (safeguard 0)
         its, secs = [], []
         for b in B:
@@ -174,6 +187,22 @@ def report(results) -> str:
         lines.append(f"| {key} | " + " | ".join(f"{ms[m]:.0f}" for m in methods)
                      + f" | {1000 * r['IC-PCG']['setup_seconds']:.0f} | {times(ms['DCDM'] / ms['CG'])} "
                      f"| {times(ms['DCDM'] / ms['IC-PCG'])} |")
+    multi = [(k, r) for k, r in results["cases"].items() if "DCDM multilevel" in r]
+    if multi:
+        lines += ["", "| case | grids | DCDM | DCDM multilevel | fallbacks | CG / multilevel | IC-PCG / multilevel "
+                  "| multilevel ms | multilevel / CG time | multilevel / IC-PCG time |", "|---|" + "---|" * 9]
+        for key, r in multi:
+            m = r["DCDM multilevel"]
+            its = {k: _mean(r[k]["iterations"]) for k in ("CG", "IC-PCG", "DCDM", "DCDM multilevel")}
+            ms = {k: 1000 * sum(r[k]["seconds"]) / len(r[k]["seconds"])
+                  for k in ("CG", "IC-PCG", "DCDM multilevel")}
+            ratio = lambda a, b: "—" if a is None or b in (None, 0) else f"{a / b:.2f}×"  # noqa: E731
+            lines.append(f"| {key} | {m['levels']} | {fmt(its['DCDM'])} | {fmt(its['DCDM multilevel'])} "
+                         f"| {sum(m['fallbacks']) / len(m['fallbacks']):.1f} "
+                         f"| {ratio(its['CG'], its['DCDM multilevel'])} "
+                         f"| {ratio(its['IC-PCG'], its['DCDM multilevel'])} "
+                         f"| {ms['DCDM multilevel']:.0f} | {times(ms['DCDM multilevel'] / ms['CG'])} "
+                         f"| {times(ms['DCDM multilevel'] / ms['IC-PCG'])} |")
     pure = [(k, r["DCDM (safeguard 0)"]) for k, r in results["cases"].items() if "DCDM (safeguard 0)" in r]
     if pure:
         lines += ["", "| case | DCDM iterations, safeguard 1 (default) | DCDM iterations, safeguard 0 (paper) |",
@@ -203,6 +232,9 @@ def main(argv=None) -> None:
     p.add_argument("--out", type=str, default=str(ROOT / "benchmarks" / "results" / "dcdm.json"))
     p.add_argument("--rhs", choices=["ritz", "noise"], default="ritz",
                    help="right-hand sides: as in training (Ritz vectors) or white noise on the fluid cells")
+    p.add_argument("--multilevel", type=int, default=0, metavar="N",
+                   help="also solve with unroll.models.MultilevelDirection(network, coarsest=N): on grids of 2N "
+                        "and more the network is its own coarse-grid solve (N: the training grid, 32)")
     p.add_argument("--report-only", type=str, default=None, help="print the tables of a results JSON and stop")
     p.add_argument("--plot-validation", type=str, nargs=2, metavar=("METRICS_CSV", "PNG"), default=None,
                    help="plot a run's validation curve (loss, iterations, fallbacks) and stop")
@@ -232,13 +264,14 @@ def main(argv=None) -> None:
     results = {"command": "nice -n 5 python benchmarks/dcdm.py " + " ".join(sys.argv[1:] if argv is None else argv),
                "checkpoint": str(ckpt), "train_steps": steps, "train_seconds_incl_data": train_seconds,
                "train_budget": None if a.ckpt else {"minutes": a.train_minutes, "clock": a.clock},
-               "threads": a.threads, "tol": 1e-4, "rhs": a.rhs, "eval_lanczos": a.eval_lanczos,
+               "threads": a.threads, "tol": 1e-4, "multilevel": a.multilevel, "rhs": a.rhs,
+               "eval_lanczos": a.eval_lanczos,
                "validation": [dict(zip(("step", "loss", "iterations", "fallbacks"), r)) for r in curve], "cases": {}}
     for n, count in zip(a.sizes, a.systems):
         for obstacles in (False, True):
             key = f"{n}^3 {'obstacles (box+blobs)' if obstacles else 'no obstacles'}"
             A, B = systems(n, obstacles, count, a.eval_lanczos, seed=1000 + n + int(obstacles), rhs=a.rhs)
-            results["cases"][key] = solve_all(task, A, B, a.max_iter, pure=n in a.pure_sizes)
+            results["cases"][key] = solve_all(task, A, B, a.max_iter, pure=n in a.pure_sizes, multilevel=a.multilevel)
             print(key, json.dumps(results["cases"][key]), flush=True)
             Path(a.out).parent.mkdir(parents=True, exist_ok=True)
             tmp = a.out + ".tmp"

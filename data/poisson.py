@@ -21,14 +21,13 @@ import math
 import os
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
 from unroll.linalg import cg
 from unroll.operators import Laplacian, LinearOperator
-from unroll.operators.laplacian import fluid_regions
+from unroll.operators.laplacian import fill_enclosed as _fill_enclosed
 
 from .base import SplitData, SplitDataset, SyntheticDataModule
 from .batch import Batch
@@ -106,15 +105,6 @@ def obstacle_mask(grid: Sequence[int], shape: str, count: int = 1,
                 solid |= _ball(coords, c, max(radius, 0.75))
                 c = c + (torch.rand(len(grid), generator=g, dtype=torch.float64) - 0.5) * 2 * radius
     return _fill_enclosed(~solid)
-
-
-def _fill_enclosed(fluid: Tensor) -> Tensor:
-    """``fluid`` with every fluid region that does not touch the domain boundary made solid."""
-    m = fluid.numpy()
-    if m.all():
-        return fluid
-    labels, _, touching = fluid_regions(m)
-    return torch.from_numpy(m & np.isin(labels, touching))
 
 
 # ---------------------------------------------------------------------------------- Lanczos / Ritz

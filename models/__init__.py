@@ -14,8 +14,9 @@ __all__ = ["UnrolledModel", "CNNProx", "LearnedISTA", "LearnedIHT", "LISTA", "LI
 
 # learned conjugate directions (issue 14)
 from .dcdm import DCDM  # noqa: E402
+from .multilevel import MultilevelDirection  # noqa: E402
 
-__all__ += ["DCDM"]
+__all__ += ["DCDM", "MultilevelDirection"]
 # MRI (issue 17): MoDL and the classical baselines
 from .modl import MoDL, MoDLDenoiser  # noqa: E402
 from .mri_baselines import CompressedSensing, HaarWaveletL1, ZeroFilled  # noqa: E402

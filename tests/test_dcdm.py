@@ -359,7 +359,7 @@ def test_benchmark_script_runs_at_its_smallest(tmp_path, monkeypatch, capsys):
     out = tmp_path / "r.json"
     try:
         mod.main(["--train-minutes", "0.05", "--root", str(tmp_path), "--sizes", "8", "--systems", "1",
-                  "--eval-lanczos", "30", "--pure-sizes", "8", "--out", str(out),
+                  "--eval-lanczos", "30", "--pure-sizes", "8", "--multilevel", "4", "--out", str(out),
                   "--extra=--data.init_args.grid=[8,8,8]", "--extra=--data.init_args.lanczos_vectors=30",
                   "--extra=--data.init_args.val_systems=2", "--extra=--data.init_args.test_systems=1"])
     finally:
@@ -369,6 +369,8 @@ def test_benchmark_script_runs_at_its_smallest(tmp_path, monkeypatch, capsys):
     for case in r["cases"].values():
         assert case["IC-PCG"]["iterations"][0] < case["CG"]["iterations"][0]
         assert case["DCDM"]["iterations"][0] is not None  # the safeguard keeps even a barely trained net convergent
+        assert case["DCDM multilevel"]["levels"] == 2 and case["DCDM multilevel"]["iterations"][0] is not None
     text = capsys.readouterr().out
     assert "| case | systems | CG | Jacobi-PCG | IC-PCG | DCDM |" in text
+    assert "| case | grids | DCDM | DCDM multilevel |" in text
     assert r["train_budget"] == {"minutes": 0.05, "clock": "cpu"}

@@ -29,6 +29,7 @@ from torchmetrics import Metric
 from unroll.linalg import cg
 from unroll.losses import Loss, ScaleInvariantLoss
 from unroll.metrics import Iterations, MeanOverSamples
+from unroll.models.multilevel import MultilevelDirection
 from unroll.operators import LinearOperator
 from unroll.preconditioners import IncompleteCholesky, JacobiPreconditioner
 from unroll.problem import QuadraticProblem
@@ -166,6 +167,19 @@ def _default_metrics() -> Dict[str, Metric]:
     return {"rel_residual": RelativeResidual(), "iterations": Iterations(), "ms_per_system": SolveTime()}
 
 
+class _TaskNetwork:
+    """``task(r, A)``: the task's network (compiled with ``compile=True``) as a direction of
+    :class:`MultilevelDirection`, which then passes it each level's operator."""
+
+    takes_operator = True
+
+    def __init__(self, task: "DCDMTask") -> None:
+        self.task = task
+
+    def __call__(self, r: Tensor, A: Optional[LinearOperator] = None) -> Tensor:
+        return self.task(r, A)
+
+
 class DCDMTask(ReconstructionTask):
     """Train a learned search direction ``model(r) → q`` (e.g. ``unroll.models.DCDM``) on the
     scale-invariant loss, and test it inside :func:`unroll.solvers.conjugate_directions`.
@@ -193,6 +207,12 @@ class DCDMTask(ReconstructionTask):
             (:class:`unroll.metrics.Iterations`) and ``ms_per_system`` (:class:`SolveTime`).
         baselines: default CG, Jacobi-PCG and IC-PCG (:class:`KrylovBaseline`) at ``tol``.
         compile, compile_mode: as :class:`ReconstructionTask`.
+        multilevel: ``None`` (the network alone), or the training grid's size ``N``: every solve
+            (validation, test, prediction) uses :class:`unroll.models.MultilevelDirection`
+            ``(network, coarsest=N)``, so on grids of ``2N`` cells and more the network is also
+            its own coarse-grid solve; grids under ``2N`` are unaffected, and so is the loss. It
+            adds no parameters: a checkpoint trained without it evaluates with it
+            (``unroll evaluate --config ... --model.init_args.multilevel=32``).
 
     Batches: ``unroll.data.Batch(y=b, x=solution or None, operator={"mask": ...})`` from
     :class:`unroll.data.PoissonDataModule`. The network's output is zeroed on solid cells
@@ -207,7 +227,10 @@ class DCDMTask(ReconstructionTask):
                  tol: float = 1e-4, max_iter: int = 300, orthogonalize: int = 2, safeguard: float = 1.0,
                  train_residual_steps: int = 0, val_solve: bool = True, metrics: Optional[Dict[str, Metric]] = None,
                  baselines: Optional[List[Baseline]] = None, compile: bool = False,
-                 compile_mode: Optional[str] = None) -> None:
+                 compile_mode: Optional[str] = None, multilevel: Optional[int] = None) -> None:
+        if multilevel is not None and (isinstance(multilevel, bool) or not isinstance(multilevel, int)
+                                       or multilevel < 1):
+            raise ValueError(f"multilevel: expected None or an int >= 1 (the training grid's size), got {multilevel!r}")
         if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
             raise ValueError(f"max_iter: expected an int >= 1, got {max_iter!r}")
         if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 <= tol < float("inf"):
@@ -225,6 +248,7 @@ class DCDMTask(ReconstructionTask):
                          compile=compile, compile_mode=compile_mode)
         self.tol, self.max_iter, self.orthogonalize, self.safeguard = float(tol), max_iter, orthogonalize, safeguard
         self.val_solve, self.train_residual_steps = val_solve, train_residual_steps
+        self.multilevel = multilevel
 
     # ------------------------------------------------------------------ the network's direction
     def _problem(self, y: Tensor, operator: LinearOperator) -> QuadraticProblem:
@@ -239,6 +263,8 @@ class DCDMTask(ReconstructionTask):
         """The network's direction ``(B, *grid) → (B, *grid)`` (through ``torch.compile`` with
         ``compile=True``); ``operator`` is passed on (``DCDM(mask_input=True)`` reads its mask)."""
         dtype = next((p.dtype for p in self.model.parameters() if p.is_floating_point()), r.dtype)
+        if self.multilevel is not None:  # built per call: a view of the network, not a submodule
+            return MultilevelDirection(_TaskNetwork(self), self.multilevel)(r.to(dtype), operator).to(r.dtype)
         return self(r.to(dtype), operator).to(r.dtype)
 
     def solver_residuals(self, operator: LinearOperator, b: Tensor, k: int) -> Tensor:

@@ -156,6 +156,31 @@ class Laplacian(LinearOperator):
         lam = sum(2.0 + 2.0 * math.cos(math.pi / (n + 1)) for n in self.shape)
         return torch.tensor(lam * lam, dtype=torch.get_default_dtype())
 
+    # ------------------------------------------------------------------ multigrid
+    def coarsen(self) -> "Laplacian":
+        """The same problem on the grid twice as coarse, ``ceil(n / 2)`` cells per axis (cell
+        ``i`` covers fine cells ``2i, 2i + 1``), for a coarse-grid correction: a coarse cell is
+        fluid when at least half of the fine cells it covers are, and a coarse fluid region that
+        would be enclosed by solid cells is made solid (its Laplacian would be singular). Without
+        a mask it is the mask-free Laplacian of the coarse grid. Cached per operator (on the
+        mask's device). The coarse ``A`` is the same integer stencil, so it approximates
+        ``4·A`` of the fine grid on smooth functions (spacing ``2h``); callers that combine coarse
+        and fine directions should not rely on that scale (a line search or Galerkin
+        combination removes it)."""
+        cached = self.__dict__.get("_coarse")
+        if cached is not None and (self.mask is None or cached.mask.device == self.mask.device):
+            return cached
+        shape = tuple((n + 1) // 2 for n in self.shape)
+        if self.mask is None:
+            coarse = Laplacian(shape)
+        else:
+            pool = F.avg_pool3d if self.ndim == 3 else F.avg_pool2d
+            fraction = pool(self.mask[None, None].to(torch.float64), 2, ceil_mode=True)[0, 0]
+            fluid = fill_enclosed((fraction >= 0.5).cpu())
+            coarse = Laplacian(shape, fluid.to(self.mask.device))
+        self.__dict__["_coarse"] = coarse  # not a submodule: no state-dict entries, no fingerprint change
+        return coarse
+
     def _fingerprint_extra(self) -> str:
         return self.boundary
 
@@ -193,6 +218,18 @@ def fluid_regions(fluid):
         sl[d] = -1
         border[tuple(sl)] = True
     return labels, count, np.unique(labels[border & fluid])
+
+
+def fill_enclosed(fluid: Tensor) -> Tensor:
+    """``fluid`` (bool ``(*grid)``, on the CPU) with every fluid region that does not touch the
+    domain boundary made solid: a mask the Laplacian accepts."""
+    import numpy as np
+
+    m = fluid.numpy()
+    if m.all() or not m.any():
+        return fluid
+    labels, _, touching = fluid_regions(m)
+    return torch.from_numpy(m & np.isin(labels, touching))
 
 
 def _check_connected(mask: Tensor) -> None:
