@@ -344,6 +344,13 @@ def test_config_trains_through_the_cli_and_evaluate_reports_every_method(tmp_pat
     report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert len(report["DCDM"]["per_sample_iterations"]) == 2
     assert (tmp_path / "eval" / "rel_residual.png").exists()
+    # the same checkpoint with the network as its own coarse-grid solve (12² → 6²; no new parameters),
+    # safeguard 0 so that the barely trained network's directions are used, not CG's
+    runs = {m: evaluate_main(["--config", str(CONFIGS / "dcdm_poisson.yaml"), *small, "--model.init_args.safeguard=0.0",
+                              f"--model.init_args.multilevel={m}", "--ckpt_path", str(ckpt),
+                              "--output_dir", str(tmp_path / f"eval_{m}")]) for m in ("null", "6")}
+    assert runs["6"]["DCDM"]["rel_residual"] != runs["null"]["DCDM"]["rel_residual"]  # a different solve
+    assert runs["6"]["CG"]["iterations"] == runs["null"]["CG"]["iterations"] == results["CG"]["iterations"]
 
 
 def test_benchmark_script_runs_at_its_smallest(tmp_path, monkeypatch, capsys):
