@@ -90,6 +90,52 @@ def validation_curve(metrics_csv: Path, out_png: Path, label: str = "") -> list:
     return rows
 
 
+def growth_plot(paths, out_png: Path) -> None:
+    """Mean iterations against the grid size (log–log), one panel per obstacle case: CG and
+    IC-PCG (from the first results JSON), and DCDM alone and multilevel for every JSON (given as
+    ``LABEL=PATH`` or ``PATH``, then named by its file). A count that does not grow with the
+    grid is a flat line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = []
+    for p in paths:  # PATH or LABEL=PATH
+        label, _, path = p.rpartition("=")
+        runs.append((label or Path(path).stem, json.loads(Path(path).read_text())))
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
+    for ax, obstacles in zip(axes, ("no obstacles", "obstacles (box+blobs)")):
+        def curve(res, method):
+            pts = [(int(k.split("^")[0]), _mean(r[method]["iterations"])) for k, r in res["cases"].items()
+                   if k.endswith(obstacles) and method in r]
+            return [p for p in pts if p[1] is not None]
+
+        for method, style in (("CG", "k-o"), ("IC-PCG", "k--s")):
+            pts = curve(runs[0][1], method)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=method)
+        for i, (name, res) in enumerate(runs):
+            color = f"C{i}"
+            for method, style in (("DCDM", ":^"), ("DCDM multilevel", "-D")):
+                pts = curve(res, method)
+                if pts:
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], style, color=color,
+                            label=f"{name}: {'alone' if method == 'DCDM' else 'multilevel'}")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks([32, 64, 128], ["32", "64", "128"])
+        ax.set_yscale("log")
+        ax.set_xlabel("grid n (n³ cells)")
+        ax.set_title(obstacles, fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel("mean iterations to 1e-4")
+    axes[1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.suptitle("DCDM trained at 32³ only: iterations against grid size", fontsize=10)
+    fig.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+
+
 def systems(n: int, obstacles: bool, count: int, m: int, seed: int, rhs: str = "ritz"):
     from unroll.data.poisson import _laplacian, _start_vector, lanczos, obstacle_mask, ritz_rhs
 
@@ -238,7 +284,13 @@ def main(argv=None) -> None:
     p.add_argument("--report-only", type=str, default=None, help="print the tables of a results JSON and stop")
     p.add_argument("--plot-validation", type=str, nargs=2, metavar=("METRICS_CSV", "PNG"), default=None,
                    help="plot a run's validation curve (loss, iterations, fallbacks) and stop")
+    p.add_argument("--plot-growth", type=str, nargs="+", metavar=("PNG", "RESULTS_JSON"), default=None,
+                   help="plot iterations against grid size from results JSONs ([LABEL=]PATH; the first argument is "
+                        "the PNG) and stop")
     a = p.parse_args(argv)
+    if a.plot_growth:
+        growth_plot(a.plot_growth[1:], Path(a.plot_growth[0]))
+        return
     if a.plot_validation:
         for row in validation_curve(Path(a.plot_validation[0]), Path(a.plot_validation[1])):
             print(row)

@@ -380,4 +380,6 @@ def test_benchmark_script_runs_at_its_smallest(tmp_path, monkeypatch, capsys):
     text = capsys.readouterr().out
     assert "| case | systems | CG | Jacobi-PCG | IC-PCG | DCDM |" in text
     assert "| case | grids | DCDM | DCDM multilevel |" in text
+    mod.main(["--plot-growth", str(tmp_path / "growth.png"), f"smoke={out}"])
+    assert (tmp_path / "growth.png").stat().st_size > 0
     assert r["train_budget"] == {"minutes": 0.05, "clock": "cpu"}
