@@ -44,8 +44,10 @@ class MultilevelDirection(nn.Module):
         direction: the network, ``direction(r)`` or, when its ``takes_operator`` attribute is
             true, ``direction(r, A)`` (``DCDM(mask_input=True)``), ``(B, *grid) → (B, *grid)``.
         coarsest: the smallest grid (cells along the shortest axis) a coarse level may have:
-            the training grid's size. A grid whose halving (``ceil(n / 2)``) is smaller runs the
-            network alone.
+            the training grid's size (the network alone on that grid), or half of it (a cycle on
+            the training grid too, with the network on a grid smaller than it saw: better on 32³
+            with obstacles in BENCHMARKS.md). A grid whose halving (``ceil(n / 2)``) is smaller
+            runs the network alone.
         interpolation: ``"linear"`` (bi-/trilinear, the default: one iteration fewer than
             nearest on 64³ in our runs) or ``"nearest"`` for the coarse direction's prolongation.
 
