@@ -155,54 +155,42 @@ def systems(n: int, obstacles: bool, count: int, m: int, seed: int, rhs: str = "
     return A, ritz_rhs(V, count, g, dtype=torch.float32)
 
 
+def _timed(B, solve, fallbacks: bool = True) -> dict:
+    """``solve(b[None]) → (x, info)`` on each system of ``B`` in turn: iterations (``None`` where it
+    did not converge), seconds and, for conjugate directions, fallbacks per system."""
+    its, secs, fb = [], [], []
+    for b in B:
+        t = time.perf_counter()
+        _, info = solve(b[None])
+        secs.append(time.perf_counter() - t)
+        its.append(int(info.iterations[0]) if info.status == "converged" else None)
+        if fallbacks:
+            fb.append(int(info.fallbacks[0]))
+    return {"iterations": its, "seconds": secs, **({"fallbacks": fb} if fallbacks else {})}
+
+
 def solve_all(task, A, B, max_iter: int, pure: bool = False, multilevel: int = 0):
     import unroll
     from unroll.preconditioners import IncompleteCholesky, JacobiPreconditioner
 
-    out = {}
     t0 = time.perf_counter()
     ic = IncompleteCholesky(A)
     ic_setup = time.perf_counter() - t0
-    pre = {"CG": None, "Jacobi-PCG": JacobiPreconditioner(A), "IC-PCG": ic}
-    for name, M in pre.items():
-        its, secs = [], []
-        for b in B:
-            t = time.perf_counter()
-            _, info = unroll.cg(A, b[None], M=M, tol=1e-4, max_iter=max_iter, check_every=1)
-            secs.append(time.perf_counter() - t)
-            its.append(int(info.iterations[0]) if info.status == "converged" else None)
-        out[name] = {"iterations": its, "seconds": secs}
+    out = {name: _timed(B, lambda b, M=M: unroll.cg(A, b, M=M, tol=1e-4, max_iter=max_iter, check_every=1), False)
+           for name, M in {"CG": None, "Jacobi-PCG": JacobiPreconditioner(A), "IC-PCG": ic}.items()}
     out["IC-PCG"]["setup_seconds"] = ic_setup
-    its, secs, fb = [], [], []
-    for b in B:
-        t = time.perf_counter()
-        _, info = unroll.conjugate_directions(A, b[None], direction=task.model, tol=1e-4, max_iter=max_iter)
-        secs.append(time.perf_counter() - t)
-        its.append(int(info.iterations[0]) if info.status == "converged" else None)
-        fb.append(int(info.fallbacks[0]))
-    out["DCDM"] = {"iterations": its, "seconds": secs, "fallbacks": fb}
+
+    def dcdm(direction, **kw):
+        return lambda b: unroll.conjugate_directions(A, b, direction=direction, tol=1e-4, max_iter=max_iter, **kw)
+
+    out["DCDM"] = _timed(B, dcdm(task.model))
     if multilevel:  # the same network, as its own coarse-grid solve on grids finer than `multilevel`
         from unroll.models import MultilevelDirection
 
         ml = MultilevelDirection(task.model, coarsest=multilevel)
-        its, secs, fb = [], [], []
-        for b in B:
-            t = time.perf_counter()
-            _, info = unroll.conjugate_directions(A, b[None], direction=ml, tol=1e-4, max_iter=max_iter)
-            secs.append(time.perf_counter() - t)
-            its.append(int(info.iterations[0]) if info.status == "converged" else None)
-            fb.append(int(info.fallbacks[0]))
-        out["DCDM multilevel"] = {"iterations": its, "seconds": secs, "fallbacks": fb, "coarsest": multilevel,
-                                  "levels": ml.levels(tuple(A.shape))}
+        out["DCDM multilevel"] = {**_timed(B, dcdm(ml)), "coarsest": multilevel, "levels": ml.levels(tuple(A.shape))}
     if pure:  # the paper's method: every finite network direction is kept (safeguard 0)
-        its, secs = [], []
-        for b in B:
-            t = time.perf_counter()
-            _, info = unroll.conjugate_directions(A, b[None], direction=task.model, tol=1e-4, max_iter=max_iter,
-                                                  safeguard=0.0, on_failure="ignore")
-            secs.append(time.perf_counter() - t)
-            its.append(int(info.iterations[0]) if info.status == "converged" else None)
-        out["DCDM (safeguard 0)"] = {"iterations": its, "seconds": secs}
+        out["DCDM (safeguard 0)"] = _timed(B, dcdm(task.model, safeguard=0.0, on_failure="ignore"), False)
     return out
 
 
