@@ -355,23 +355,32 @@ class PoissonDataModule(SyntheticDataModule):
 
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         tmp = f"{path}.tmp{os.getpid()}"
-        with h5py.File(tmp, "w") as f:
-            for k, v in self.settings().items():
-                f.attrs[k] = json.dumps(v)
-            f["train/masks"] = data["train_masks"].numpy()
-            f["train/ritz"] = torch.stack(data["train_ritz"]).numpy()
-            f["train"].attrs["obstacle"] = json.dumps(data["train_names"])
-            for split in ("val", "test"):
-                s = data[split]
-                for key in ("b", "x", "mask", "domain"):
-                    f[f"{split}/{key}"] = s[key].numpy()
-                f[split].attrs["obstacle"] = json.dumps(s["obstacle"])
-        os.replace(tmp, path)
+        try:
+            with h5py.File(tmp, "w") as f:
+                for k, v in self.settings().items():
+                    f.attrs[k] = json.dumps(v)
+                f["train/masks"] = data["train_masks"].numpy()
+                f["train/ritz"] = torch.stack(data["train_ritz"]).numpy()
+                f["train"].attrs["obstacle"] = json.dumps(data["train_names"])
+                for split in ("val", "test"):
+                    s = data[split]
+                    for key in ("b", "x", "mask", "domain"):
+                        f[f"{split}/{key}"] = s[key].numpy()
+                    f[split].attrs["obstacle"] = json.dumps(s["obstacle"])
+            os.replace(tmp, path)
+        finally:  # a failed write (disk full, interrupt) leaves no partial file behind
+            if os.path.exists(tmp):
+                os.remove(tmp)
 
     def _read_cache(self, path: str) -> Dict[str, object]:
         import h5py
 
-        with h5py.File(path, "r") as f:
+        try:
+            f = h5py.File(path, "r")
+        except OSError as e:
+            raise ValueError(f"cache: {path!r} exists but is not a readable HDF5 file ({e}); delete it, or give "
+                             "another cache path, to generate the data again") from e
+        with f:
             stored = {k: json.loads(v) for k, v in f.attrs.items()}
             wanted = json.loads(json.dumps(self.settings()))
             diff = [f"{k}: {stored.get(k, '<missing>')!r} in the file, {v!r} requested"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -128,6 +129,14 @@ def test_cache_is_reused_and_refused_when_made_with_other_settings(tmp_path):
     other = PoissonDataModule(**{**kw, "lanczos_vectors": 31})
     with pytest.raises(ValueError, match=r"cache: .*lanczos_vectors: 30 in the file, 31 requested"):
         other.setup()
+    assert sorted(os.listdir(tmp_path)) == ["cache.h5"]  # the temporary file of the atomic write is gone
+
+
+def test_a_cache_path_holding_something_else_than_hdf5_gets_a_clear_error(tmp_path):
+    path = tmp_path / "cache.h5"
+    path.write_text("not an HDF5 file")
+    with pytest.raises(ValueError, match=r"cache: .*cache\.h5' exists but is not a readable HDF5 file.*delete it"):
+        PoissonDataModule(grid=[6, 6, 6], lanczos_vectors=30, val_systems=2, test_systems=2, cache=str(path)).setup()
 
 
 # ---------------------------------------------------------------------------------- model and loss
@@ -300,6 +309,12 @@ def test_bad_shapes_get_clear_errors():
         conjugate_directions(A, torch.randn(2, 6, 6, 6), direction=lambda r: r[:, :3])
     with pytest.raises(ValueError, match="b: expected a batch"):
         conjugate_directions(A, torch.randn(6), direction=DCDM())
+
+
+def test_an_empty_batch_returns_an_empty_solution_as_cg_does():
+    A = Laplacian((6, 6, 6))
+    x, info = conjugate_directions(A, torch.zeros(0, 6, 6, 6), direction=DCDM())
+    assert x.shape == (0, 6, 6, 6) and info.iterations.shape == (0,) and info.status == "converged"
 
 
 def test_two_dimensional_problems_work_like_three_dimensional_ones():

@@ -120,6 +120,13 @@ def test_bad_arguments_name_themselves():
         A(torch.randn(8, 8))  # no batch dimension
     with pytest.raises(ValueError, match="preconditioner: is another name for M"):
         cg(A, torch.randn(1, 8, 8), M=JacobiPreconditioner(A), preconditioner=JacobiPreconditioner(A))
+    with pytest.raises(ValueError, match=r"M: expected a preconditioner on the shape of b \(B, 8, 8\), got Jacobi"):
+        cg(A, torch.randn(1, 8, 8), M=JacobiPreconditioner(Laplacian((8, 9))))
+    import numpy as np
+
+    assert Laplacian(np.array([8, 6])).in_shape == (8, 6)  # NumPy ints are grid sizes too
+    with pytest.raises(ValueError, match=r"shape: expected 2 or 3 positive ints.*got \(8, 6\.0\)"):
+        Laplacian((8, 6.0))
 
 
 @pytest.mark.parametrize("obstacles", [False, True])

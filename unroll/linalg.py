@@ -285,6 +285,9 @@ def cg(A: OperatorLike, b: Tensor, x0: Optional[Tensor] = None, M: Optional[Oper
     pre = None if M is None else _as_callable(M, "M")
     if isinstance(op, LinearOperator) and op.in_shape is not None and tuple(b.shape[1:]) != tuple(op.in_shape):
         raise ValueError(f"b: expected shape {fmt_shape(op.in_shape)} for {op.describe()}, got {tuple(b.shape)}")
+    if isinstance(pre, LinearOperator) and pre.in_shape is not None and tuple(b.shape[1:]) != tuple(pre.in_shape):
+        raise ValueError(f"M: expected a preconditioner on the shape of b {fmt_shape(b.shape[1:])}, got "
+                         f"{pre.describe()}")
     if x0 is not None:
         if not isinstance(x0, Tensor):
             raise TypeError(f"x0: expected a torch.Tensor, got {type(x0).__name__}")

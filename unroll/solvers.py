@@ -244,7 +244,7 @@ def conjugate_directions(A, b: Tensor, direction: Callable[[Tensor], Tensor], to
         if isinstance(value, bool) or not isinstance(value, int) or value < lo:
             raise ValueError(f"{name}: expected an int >= {lo}, got {value!r}")
     if max_iter is None:
-        max_iter = max(1, b[0].numel())
+        max_iter = max(1, b.shape[1:].numel())  # b.shape, not b[0]: an empty batch is valid
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
         raise ValueError(f"max_iter: expected an int >= 1, got {max_iter!r}")
     if isinstance(safeguard, bool) or not isinstance(safeguard, (int, float)) or not 0 <= safeguard < float("inf"):

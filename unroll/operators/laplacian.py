@@ -24,6 +24,7 @@ constant vector is in the null space, so ``A`` is singular and CG's contract (SP
 from __future__ import annotations
 
 import math
+import operator
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -40,6 +41,10 @@ def _check_shape(shape) -> Tuple[int, ...]:
         out = tuple(shape)
     except TypeError:
         raise TypeError(f"shape: expected a sequence of 2 or 3 grid sizes, got {type(shape).__name__}") from None
+    try:  # NumPy and 0-dim tensor ints are ints; floats and bools are not
+        out = tuple(s if isinstance(s, bool) else operator.index(s) for s in out)
+    except TypeError:
+        pass  # reported below, with the value
     if len(out) not in (2, 3) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in out):
         raise ValueError(f"shape: expected 2 or 3 positive ints (a 2-D or 3-D grid), got {shape!r}")
     return out
