@@ -264,6 +264,9 @@ def main(argv=None) -> None:
     p.add_argument("--extra", type=str, action="append", default=[],
                    help="one more `unroll fit` override, as --extra=--data.init_args.grid=[8,8,8] (repeatable)")
     p.add_argument("--out", type=str, default=str(ROOT / "benchmarks" / "results" / "dcdm.json"))
+    p.add_argument("--seed", type=int, default=1000,
+                   help="base seed of the evaluation systems (obstacles and right-hand sides); the default is the one "
+                        "of every table in BENCHMARKS.md, another one gives systems no choice was made on")
     p.add_argument("--rhs", choices=["ritz", "noise"], default="ritz",
                    help="right-hand sides: as in training (Ritz vectors) or white noise on the fluid cells")
     p.add_argument("--multilevel", type=int, default=0, metavar="N",
@@ -301,16 +304,19 @@ def main(argv=None) -> None:
     from unroll.train import load_checkpoint
 
     steps = int(load_checkpoint(ckpt, map_location="cpu")["global_step"])  # CRC-checked, plain data only
-    results = {"command": "nice -n 5 python benchmarks/dcdm.py " + " ".join(sys.argv[1:] if argv is None else argv),
+    # the command as run (its arguments); how the process was pinned (taskset, OMP_NUM_THREADS) is
+    # recorded by the threads field and the environment below, not guessed
+    results = {"command": "python benchmarks/dcdm.py " + " ".join(sys.argv[1:] if argv is None else argv),
+               "environment": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ},
                "checkpoint": str(ckpt), "train_steps": steps, "train_seconds_incl_data": train_seconds,
                "train_budget": None if a.ckpt else {"minutes": a.train_minutes, "clock": a.clock},
-               "threads": a.threads, "tol": 1e-4, "multilevel": a.multilevel, "rhs": a.rhs,
+               "threads": a.threads, "tol": 1e-4, "multilevel": a.multilevel, "seed": a.seed, "rhs": a.rhs,
                "eval_lanczos": a.eval_lanczos,
                "validation": [dict(zip(("step", "loss", "iterations", "fallbacks"), r)) for r in curve], "cases": {}}
     for n, count in zip(a.sizes, a.systems):
         for obstacles in (False, True):
             key = f"{n}^3 {'obstacles (box+blobs)' if obstacles else 'no obstacles'}"
-            A, B = systems(n, obstacles, count, a.eval_lanczos, seed=1000 + n + int(obstacles), rhs=a.rhs)
+            A, B = systems(n, obstacles, count, a.eval_lanczos, seed=a.seed + n + int(obstacles), rhs=a.rhs)
             results["cases"][key] = solve_all(task, A, B, a.max_iter, pure=n in a.pure_sizes, multilevel=a.multilevel)
             print(key, json.dumps(results["cases"][key]), flush=True)
             Path(a.out).parent.mkdir(parents=True, exist_ok=True)

@@ -19,9 +19,11 @@ Priors (all used through ``prox(x, step)``):
   the first half and proximal matching γ 0.5 → 0.1 for the second). In PnP-ADMM they ignore the step, so
   the penalty is set by the MAP reading ``σ_d² = σ_n²/ρ``: ``ρ = σ_n²/σ_d²`` (in units of ‖A‖² = 1);
 * the same LPN trained under :class:`unroll.lipschitz.LipschitzPenalty` ("LPN + Lipschitz penalty":
-  weight ``--lpn-lipschitz``, bound ``--lpn-bound`` on ``‖J_f‖₂`` at 4 points per batch between the
-  clean and the noisy patches, softplus β ``--lpn-bounded-beta``): near 1 the LPN is the prox of a
-  (nearly) convex ``R``, for which PnP-ADMM converges; the paper's LPN is the prox of a non-convex one;
+  weight ``--lpn-lipschitz``, bound ``--lpn-bound`` on ``‖J_f‖₂`` at ``--lpn-penalty-samples`` points per
+  batch between the clean and the noisy patches, softplus β ``--lpn-bounded-beta``, and a learned quadratic
+  term ``½‖Q ⊛ x‖²`` in ψ, ``ConvLPN(quadratic=--lpn-bounded-quadratic)``, which carries the linear part of the
+  map the softplus units approximate poorly): near 1 the LPN is the prox of a (nearly) convex ``R``, for
+  which PnP-ADMM converges; the paper's LPN is the prox of a non-convex one;
   ``‖J_f‖₂`` of every learned prox at the test crops is measured and reported;
 * TV (its prox by FGP on the dual, warm-started), ``λ = σ_n/2``; wavelet-ℓ1 (orthogonal db4, 3 levels),
   ``λ = σ_n/4``; both with ``ρ = 0.5`` (their fixed point does not depend on ρ).
@@ -82,7 +84,7 @@ def train_with_config(name: str, steps: int, workdir: str, extra=()):
 
 
 def train_lpn(steps: int, workdir: str, lipschitz: float = 0.0, bound: float = 0.9, beta=None, samples: int = 8,
-              iters: int = 10):
+              iters: int = 10, quadratic: int = 0):
     """The LPN as the paper trains it; with ``lipschitz > 0`` also under
     :class:`unroll.lipschitz.LipschitzPenalty` (that weight, ``bound``, symmetric: ψ's Hessian),
     which keeps ``f``'s Jacobian at most ``bound`` between the noisy and the clean patches;
@@ -90,6 +92,8 @@ def train_lpn(steps: int, workdir: str, lipschitz: float = 0.0, bound: float = 0
     of order β into ψ's Hessian, which the bound then flattens along with the rest)."""
     half = max(1, steps // 2)
     extra = [] if beta is None else [f"--model.init_args.model.init_args.beta={beta}"]
+    if quadratic:
+        extra += [f"--model.init_args.model.init_args.quadratic={quadratic}"]
     if lipschitz > 0:
         extra += ["--model.init_args.lipschitz=unroll.lipschitz.LipschitzPenalty",
                  f"--model.init_args.lipschitz.init_args.weight={lipschitz}",
@@ -169,7 +173,7 @@ def run(args):
                            "torch": torch.__version__},
                "budget": {"denoiser_steps": args.steps, "lpn_steps": args.lpn_steps, "batch": 16, "patch": 32,
                           "lpn_lipschitz": {"weight": args.lpn_lipschitz, "bound": args.lpn_bound,
-                                            "beta": args.lpn_bounded_beta,
+                                            "beta": args.lpn_bounded_beta, "quadratic": args.lpn_bounded_quadratic,
                                             "samples": args.lpn_penalty_samples, "iters": args.lpn_penalty_iters},
                           "sigma_d": SIGMA_D, "pnp_iterations": args.iters, "unrolled_steps": args.unrolled_steps},
                "train_seconds": {}, "settings": {}}
@@ -180,7 +184,7 @@ def run(args):
                      ("LPN", lambda: train_lpn(args.lpn_steps, work)),
                      (LPN_BOUNDED, lambda: train_lpn(args.lpn_steps, work, args.lpn_lipschitz, args.lpn_bound,
                                                      args.lpn_bounded_beta, args.lpn_penalty_samples,
-                                                     args.lpn_penalty_iters))):
+                                                     args.lpn_penalty_iters, args.lpn_bounded_quadratic))):
         if name == LPN_BOUNDED and args.lpn_lipschitz <= 0:
             continue
         net, secs = fn()
@@ -325,8 +329,11 @@ def main():
     ap.add_argument("--lpn-steps", type=int, default=3000, help="Adam steps of the LPN (half l1, half prox. matching)")
     ap.add_argument("--lpn-lipschitz", type=float, default=100.0,
                     help="weight of the Lipschitz penalty of a second LPN (0: train only the paper's LPN)")
-    ap.add_argument("--lpn-bound", type=float, default=0.9, help="the bound that penalty enforces (power iteration "
-                    "underestimates: below 1 for a margin)")
+    ap.add_argument("--lpn-bound", type=float, default=1.0, help="the bound that penalty enforces (power iteration "
+                    "underestimates: below 1 for a margin; the first runs used 0.9)")
+    ap.add_argument("--lpn-bounded-quadratic", type=int, default=5,
+                    help="kernel size of the bounded LPN's learned quadratic term (ConvLPN(quadratic=...); 0: none, "
+                         "as in the first runs)")
     ap.add_argument("--lpn-bounded-beta", type=float, default=10.0,
                     help="softplus β of the bounded LPN (the paper's LPN keeps the config's 100)")
     ap.add_argument("--lpn-penalty-samples", type=int, default=8, help="patches per batch the penalty is taken at")

@@ -126,7 +126,13 @@ class LearnedProxNet(nn.Module):
             raise TypeError(f"{name}: expected a tensor, got {type(x).__name__}")
         if x.is_complex() or not x.is_floating_point():
             raise ValueError(f"{name}: expected a real floating tensor, got dtype {x.dtype}")
+        p = next(self.parameters(), None)
+        if p is not None and x.dtype != p.dtype:
+            raise TypeError(f"{name}: expected the network's dtype {p.dtype}, got {x.dtype} (convert one of the two, "
+                            f"e.g. net.to({x.dtype}))")
         self._check_shape(x, name)
+        if x.shape[0] == 0:
+            raise ValueError(f"{name}: expected at least one sample, got an empty batch (shape {tuple(x.shape)})")
         if not _is_transformed(x):
             bad = ~torch.isfinite(x)
             if bool(bad.any()):
@@ -172,6 +178,14 @@ class LearnedProxNet(nn.Module):
         """
         self._check_step(step)
         self._check(x)
+        if isinstance(step, Tensor):
+            try:
+                ok = torch.broadcast_shapes(step.shape, x.shape) == x.shape
+            except RuntimeError:
+                ok = False
+            if not ok:
+                raise ValueError(f"step: expected a number or a tensor broadcastable to x {tuple(x.shape)} (e.g. "
+                                 f"(B, 1, ...) per sample), got shape {tuple(step.shape)}")
         return self.gradient(x)
 
     def _check_step(self, step) -> None:
@@ -343,7 +357,17 @@ class ConvLPN(LearnedProxNet):
             non-negative path then dominates from the start, most units sit on the linear side of
             the softplus and ``f = ∇ψ`` is nearly constant in ``x``, which trained far more slowly
             as a denoiser (``BENCHMARKS.md``).
-        beta, alpha, nonneg, check_input: see :class:`LearnedProxNet`.
+        quadratic: odd kernel size ``q`` of a learned convolution ``Q`` (``quadratic_channels``
+            outputs, unconstrained) whose ``½‖Q ⊛ x‖²`` is added to ``ψ``; ``0`` (default, the
+            paper's network): none. Any ``Q`` keeps ``ψ`` convex, and ``f`` gains the linear term
+            ``QᵀQ x``, a learned symmetric positive semi-definite filter (the paper's ``α‖x‖²`` is
+            ``Q = √(2α) I``). Softplus units approximate the identity and smooth linear filters only
+            coarsely (a denoiser trained at σ = 0.02 scored below its noisy input without it), and
+            under a Jacobian bound (:class:`unroll.lipschitz.LipschitzPenalty`) that cost the
+            bounded LPN 3–5 dB in plug-and-play (``BENCHMARKS.md``). ``Q`` starts with
+            ``½‖Q x‖² = ½‖x‖²`` (its first ``C`` outputs copy the channels, when
+            ``quadratic_channels >= C``), so ``f`` starts near ``x``.
+        quadratic_channels: output channels of ``Q`` (``>= 1``).
 
     ``min_size = kernel_size · 2^downsample``: images must be at least that high and wide, so
     that every convolution of the coarsest map sees the image and not only its zero padding.
@@ -353,7 +377,8 @@ class ConvLPN(LearnedProxNet):
 
     def __init__(self, channels: int = 1, hidden: int = 32, layers: int = 4, downsample: int = 2,
                  kernel_size: int = 3, init: str = "small", beta: float = 100.0, alpha: float = 1e-6,
-                 nonneg: str = "project", check_input: bool = True) -> None:
+                 nonneg: str = "project", check_input: bool = True, quadratic: int = 0,
+                 quadratic_channels: int = 4) -> None:
         super().__init__(beta, alpha, nonneg, check_input)
         if init not in ("small", "default"):
             raise ValueError(f"init: expected 'small' or 'default', got {init!r}")
@@ -389,6 +414,17 @@ class ConvLPN(LearnedProxNet):
                 for q in self.constrained_weights():
                     q.copy_(torch.log(torch.expm1(q.abs().clamp_min(1e-4))))
         self.project_()
+        self.quadratic = _check_int("quadratic", quadratic, 0)
+        if quadratic % 2 == 0 and quadratic != 0:
+            raise ValueError(f"quadratic: expected 0 (none) or an odd kernel size, got {quadratic}")
+        self.quadratic_channels = _check_int("quadratic_channels", quadratic_channels, 1)
+        self.quad: Optional[nn.Conv2d] = None
+        if quadratic:
+            self.quad = nn.Conv2d(channels, quadratic_channels, quadratic, padding=quadratic // 2, bias=False)
+            with torch.no_grad():
+                self.quad.weight.zero_()
+                for c in range(min(channels, quadratic_channels)):  # ½‖x‖² on the first channels
+                    self.quad.weight[c, c, quadratic // 2, quadratic // 2] = 1.0
 
     @property
     def min_size(self) -> int:
@@ -420,4 +456,6 @@ class ConvLPN(LearnedProxNet):
             z = self._act(h + skip(xs))
         area = (x.shape[-2] * x.shape[-1]) / (z.shape[-2] * z.shape[-1])
         psi = area * torch.einsum("bchw,c->b", z, self._pos(self.out_weight)[0])
+        if self.quad is not None:
+            psi = psi + 0.5 * self.quad(x).square().flatten(1).sum(1)
         return psi + self._quadratic(x)

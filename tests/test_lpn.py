@@ -34,7 +34,11 @@ def conv_lpn(seed=0, **kw):
     torch.manual_seed(seed)
     # init="default": the non-negative path as strong as the unconstrained one, the harder case
     kw = {"hidden": 6, "layers": 3, "downsample": 1, "beta": 5.0, "alpha": 0.05, "init": "default", **kw}
-    return ConvLPN(1, **kw).to(DT)
+    net = ConvLPN(1, **kw).to(DT)
+    if net.quad is not None:  # a random learned quadratic, not its identity start
+        with torch.no_grad():
+            net.quad.weight.normal_(0.0, 0.5)
+    return net
 
 
 def randn(*shape, seed=0):
@@ -42,10 +46,11 @@ def randn(*shape, seed=0):
 
 
 # ---------------------------------------------------------------------- convexity
-@pytest.mark.parametrize("kind", ["lpn", "lpn_softplus", "conv", "conv_softplus", "conv_small"])
+@pytest.mark.parametrize("kind", ["lpn", "lpn_softplus", "conv", "conv_softplus", "conv_small", "conv_quadratic"])
 def test_potential_satisfies_the_convexity_inequality_on_random_pairs(kind):
     net = (lpn(nonneg="softplus") if kind == "lpn_softplus" else lpn() if kind == "lpn"
            else conv_lpn(nonneg="softplus") if kind == "conv_softplus"
+           else conv_lpn(quadratic=3) if kind == "conv_quadratic"
            else conv_lpn(init="small", alpha=0.0) if kind == "conv_small" else conv_lpn())
     shape = (64, 3) if kind.startswith("lpn") else (16, 1, 9, 7)
     x, y = 2 * randn(*shape, seed=1), 2 * randn(*shape, seed=2)
@@ -83,11 +88,11 @@ def test_hessian_is_psd_and_a_negative_weight_breaks_convexity():
 
 
 # ---------------------------------------------------------------------- f = ∇ψ
-@pytest.mark.parametrize("kind", ["lpn", "lpn_softplus_alpha0", "conv"])
+@pytest.mark.parametrize("kind", ["lpn", "lpn_softplus_alpha0", "conv", "conv_quadratic"])
 def test_output_is_the_autograd_gradient_of_the_potential_and_trains_like_it(kind):
-    # LPN writes its gradient out by the chain rule; ConvLPN takes torch.func.grad of ψ
+    # both take torch.func.grad of ψ; compare with plain autograd (and its second derivatives)
     net = (lpn() if kind == "lpn" else lpn(nonneg="softplus", alpha=0.0) if kind.startswith("lpn")
-           else conv_lpn())
+           else conv_lpn(quadratic=3) if kind == "conv_quadratic" else conv_lpn())
     x = randn(*((5, 3) if kind.startswith("lpn") else (2, 1, 8, 10)), seed=6).requires_grad_(True)
     f = net(x)
     ref = torch.autograd.grad(net.potential(x).sum(), x, create_graph=True)[0]
@@ -205,9 +210,9 @@ def test_learned_prox_of_a_true_prox_is_non_expansive_within_tolerance():
 
 
 # ---------------------------------------------------------------------- inverse and regulariser
-@pytest.mark.parametrize("kind", ["lpn", "conv"])
+@pytest.mark.parametrize("kind", ["lpn", "conv", "conv_quadratic"])
 def test_inverse_recovers_x_from_f_of_x(kind):
-    net = lpn(alpha=0.2) if kind == "lpn" else conv_lpn(alpha=0.2)
+    net = lpn(alpha=0.2) if kind == "lpn" else conv_lpn(alpha=0.2, quadratic=3 if kind == "conv_quadratic" else 0)
     x = randn(*((6, 3) if kind == "lpn" else (2, 1, 8, 8)), seed=14)
     with torch.no_grad():
         y, info = net.inverse(net(x), tol=1e-10, max_iter=5000, return_info=True)
@@ -284,6 +289,14 @@ def test_gamma_schedule():
                          ({"warmup_steps": -1}, "warmup_steps"), ({"lr": -1.0}, "lr")):
         with pytest.raises(ValueError, match=name):
             ProximalMatchingSchedule(**kwargs)
+    # its learning rates together with a task's scheduler: refused, not silently overridden
+    from types import SimpleNamespace
+
+    class Task:
+        loss = ProximalMatchingLoss(0.5)
+    with pytest.raises(ValueError, match="lr / warmup_lr set the learning rate at every batch.*lr_scheduler"):
+        s2.on_fit_start(SimpleNamespace(lr_scheduler_configs=[object()]), Task())
+    s2.on_fit_start(SimpleNamespace(lr_scheduler_configs=[]), Task())
 
 
 # ---------------------------------------------------------------------- data
@@ -425,6 +438,12 @@ def test_bad_input_gets_a_clear_error():
         net.prox(randn(4, 3), torch.tensor([[1.0], [-1.0], [1.0], [1.0]], dtype=DT))
     with pytest.raises(ValueError, match="step"):
         net.prox(randn(4, 3), float("nan"))
+    with pytest.raises(ValueError, match=r"step: expected a number or a tensor broadcastable to x \(4, 3\).*got shape \(2,\)"):
+        net.prox(randn(4, 3), torch.ones(2, dtype=DT))
+    with pytest.raises(TypeError, match=r"x: expected the network's dtype torch.float64, got torch.float32"):
+        conv(randn(1, 1, 8, 8).float())
+    with pytest.raises(ValueError, match="x: expected at least one sample, got an empty batch"):
+        conv(randn(0, 1, 8, 8))
     with pytest.raises(ValueError, match="beta"):
         LPN(2, beta=0.0)
     with pytest.raises(ValueError, match="alpha"):
@@ -438,6 +457,25 @@ def test_bad_input_gets_a_clear_error():
     with pytest.raises(ValueError, match="kernel_size"):
         ConvLPN(1, kernel_size=4)
     assert conv.min_size == 6 and conv(randn(1, 1, 6, 9)).shape == (1, 1, 6, 9)  # any size from min_size
+    with pytest.raises(ValueError, match="quadratic: expected 0 .none. or an odd kernel size, got 4"):
+        ConvLPN(1, quadratic=4)
+
+
+def test_learned_quadratic_adds_a_psd_filter_and_starts_as_half_the_squared_norm():
+    net = conv_lpn(quadratic=3, alpha=0.0)
+    x = randn(2, 1, 8, 8, seed=31)
+    base = copy.deepcopy(net)
+    base.quad = None
+    with torch.no_grad():
+        q = net.quad(x)
+        # ψ = ψ_ICNN + ½‖Qx‖², f = ∇ψ_ICNN + QᵀQx (QᵀQ by the adjoint of the convolution)
+        torch.testing.assert_close(net.potential(x), base.potential(x) + 0.5 * q.square().sum((1, 2, 3)))
+        qtq = torch.nn.functional.conv_transpose2d(q, net.quad.weight, padding=1)
+        torch.testing.assert_close(net(x), base(x) + qtq)
+    fresh = ConvLPN(3, hidden=4, layers=1, downsample=0, quadratic=5, quadratic_channels=4).to(DT)
+    z = randn(2, 3, 7, 7, seed=32)
+    with torch.no_grad():
+        torch.testing.assert_close(0.5 * fresh.quad(z).square().sum((1, 2, 3)), 0.5 * z.square().sum((1, 2, 3)))
 
 
 def _toy_benchmark():

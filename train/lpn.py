@@ -82,7 +82,9 @@ class ProximalMatchingSchedule(L.Callback):
             stages at ``S`` equally spaced values from ``gamma_start`` to ``gamma_end`` (the paper's
             1-D toy: 0.5, 0.4, 0.3, 0.2, 0.1).
         warmup_lr: learning rate during the warm start (``None``: leave it).
-        lr: learning rate during proximal matching (``None``: leave it).
+        lr: learning rate during proximal matching (``None``: leave it). Either of the two
+            together with a task's ``lr_scheduler`` is refused at the start of fitting (each would
+            override the other).
     """
 
     def __init__(self, warmup_steps: int = 0, gamma_start: float = 0.5, gamma_end: float = 0.1,
@@ -142,6 +144,10 @@ class ProximalMatchingSchedule(L.Callback):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._loss(pl_module)
+        if (self.lr is not None or self.warmup_lr is not None) and trainer.lr_scheduler_configs:
+            raise ValueError("ProximalMatchingSchedule: lr / warmup_lr set the learning rate at every batch, which "
+                             "would silently override the task's lr_scheduler; give the schedule's lr and warmup_lr "
+                             "as null, or drop the lr_scheduler")
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                              batch_idx: int) -> None:
