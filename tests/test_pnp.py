@@ -368,6 +368,33 @@ def test_unrolled_pnp_gradient_modes_with_a_denoiser():
         assert all(torch.isfinite(t).all() for t in g) and any(float(t.abs().sum()) > 0 for t in g)
 
 
+def test_unrolled_pnp_with_an_lpn_prior_implicit_gradient_matches_backprop_at_the_fixed_point():
+    """An LPN (an exact prox) in PnP-ADMM: 200 tied iterations reach the fixed point of the state
+    (x, z, u) to round-off, so backprop through all of them is the fixed point's gradient, which
+    the implicit mode computes by one adjoint solve; checkpointing equals backprop exactly."""
+    from unroll.models import ConvLPN
+
+    torch.manual_seed(0)
+    net = ConvLPN(1, hidden=4, layers=2, downsample=1, beta=5.0, alpha=0.05).double()
+    op = GaussianBlur((1, 16, 16), 1.0, dtype=torch.float64)
+    x = torch.rand(2, 1, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    y = op(x) + 0.02 * torch.randn(x.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        _, info = pnp_admm(op, y, net, rho=1.0, max_iter=300, tol=1e-10)
+    assert info.status == "converged", info
+    model = UnrolledPnP(net, num_layers=200, rho=1.0, learn_rho=True)
+
+    def grads(**kw):
+        model.zero_grad()
+        (model(y, op, **kw) - x).square().sum().backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+    full = grads()
+    torch.testing.assert_close(grads(grad_mode="checkpoint"), full, atol=1e-12, rtol=1e-9)
+    implicit = grads(grad_mode=GradMode("implicit", forward_tol=1e-12, backward_tol=1e-12))
+    assert float((implicit - full).norm() / full.norm()) < 1e-6
+
+
 # ------------------------------------------------------------------------------------------ data + configs
 def test_deblurring_data_module_holds_test_images_out():
     from unroll.data.deblurring import DeblurringDataModule
