@@ -165,7 +165,8 @@ def jacobian_norms(nets, iters: int) -> dict:
 def run(args):
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
-    out_json = ROOT / "benchmarks" / "results" / ("pnp_deblur_short.json" if args.short else "pnp_deblur.json")
+    suffix = ("_short" if args.short else "") + (f"_{args.tag}" if args.tag else "")
+    out_json = ROOT / "benchmarks" / "results" / f"pnp_deblur{suffix}.json"
     figdir = ROOT / "benchmarks" / "figures"
     figdir.mkdir(parents=True, exist_ok=True)
     out_json.parent.mkdir(parents=True, exist_ok=True)
@@ -291,7 +292,6 @@ def run(args):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    suffix = "_short" if args.short else ""
     key, ims = panel
     if key == "blur1_noise0.02":
         ims["unrolled K=10"] = x_unrolled[0, 0].clamp(0, 1)
@@ -341,6 +341,7 @@ def main():
     ap.add_argument("--iters", type=int, default=100, help="PnP-ADMM iterations")
     ap.add_argument("--unrolled-steps", type=int, default=120, help="Adam steps of the unrolled PnP")
     ap.add_argument("--unrolled-lr", type=float, default=2e-4, help="Adam learning rate of the unrolled PnP")
+    ap.add_argument("--tag", type=str, default="", help="suffix of the output files (pnp_deblur_<tag>.json, figures)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1: on a shared machine more threads slow the small FFTs down by 100x)")
     args = ap.parse_args()
