@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from unroll.autodiff import implicit
+from unroll.batched import broadcasts_to
 from unroll.info import SolverInfo
 from unroll.linalg import CG
 from unroll.problem import SmoothProblem
@@ -178,14 +179,9 @@ class LearnedProxNet(nn.Module):
         """
         self._check_step(step)
         self._check(x)
-        if isinstance(step, Tensor):
-            try:
-                ok = torch.broadcast_shapes(step.shape, x.shape) == x.shape
-            except RuntimeError:
-                ok = False
-            if not ok:
-                raise ValueError(f"step: expected a number or a tensor broadcastable to x {tuple(x.shape)} (e.g. "
-                                 f"(B, 1, ...) per sample), got shape {tuple(step.shape)}")
+        if isinstance(step, Tensor) and not broadcasts_to(step.shape, x.shape):
+            raise ValueError(f"step: expected a number or a tensor broadcastable to x {tuple(x.shape)} (e.g. "
+                             f"(B, 1, ...) per sample), got shape {tuple(step.shape)}")
         return self.gradient(x)
 
     def _check_step(self, step) -> None:

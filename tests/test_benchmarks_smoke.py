@@ -332,8 +332,10 @@ def test_lpn_pnp_diagnosis_smallest(bench, tmp_path, capsys):
     run(mod, "--steps", "4", "--iters", "3", "--variants", "learned quadratic", "--out", str(out))
     res = json.loads(out.read_text())["variants"]["learned quadratic"]
     assert res["noisy_psnr"] == pytest.approx(26.0, abs=0.3) and set(res["proximal_point"]) >= {"1", "30"}
-    assert set(res["pnp_admm"]) == {f"blur{b} {o}" for b in ("1_noise0.02", "2_noise0.04") for o in ("x,z,u", "x,u,z")}
-    assert all(set(r["psnr_at"]) == {"1", "2", "3"} and math.isfinite(r["psnr_at"]["3"]) for r in res["pnp_admm"].values())
+    assert set(res["pnp_admm"]) == {f"blur{b} {o}" for b in ("1_noise0.02", "2_noise0.04")
+                                    for o in ("x,z,u", "x,u,z")}
+    assert all(set(r["psnr_at"]) == {"1", "2", "3"} and math.isfinite(r["psnr_at"]["3"])
+               for r in res["pnp_admm"].values())
 
 
 def test_compile_task_smallest(bench, capsys):

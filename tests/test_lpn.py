@@ -438,7 +438,8 @@ def test_bad_input_gets_a_clear_error():
         net.prox(randn(4, 3), torch.tensor([[1.0], [-1.0], [1.0], [1.0]], dtype=DT))
     with pytest.raises(ValueError, match="step"):
         net.prox(randn(4, 3), float("nan"))
-    with pytest.raises(ValueError, match=r"step: expected a number or a tensor broadcastable to x \(4, 3\).*got shape \(2,\)"):
+    with pytest.raises(ValueError,
+                       match=r"step: expected a number or a tensor broadcastable to x \(4, 3\).*got shape \(2,\)"):
         net.prox(randn(4, 3), torch.ones(2, dtype=DT))
     with pytest.raises(TypeError, match=r"x: expected the network's dtype torch.float64, got torch.float32"):
         conv(randn(1, 1, 8, 8).float())

@@ -12,6 +12,15 @@ from torch import Tensor
 __all__ = ["flat", "batch_dot", "batch_norm", "per_sample", "safe_ratio", "relative_change"]
 
 
+def broadcasts_to(shape, target) -> bool:
+    """Whether a tensor of ``shape`` broadcasts against ``target`` without changing it (a
+    per-sample ``(B, 1, ...)`` or per-entry weight against ``x`` of shape ``target``)."""
+    try:
+        return tuple(torch.broadcast_shapes(tuple(shape), tuple(target))) == tuple(target)
+    except RuntimeError:
+        return False
+
+
 def flat(t: Tensor) -> Tensor:
     """``(B, ...) → (B, N)`` with ``N`` the entries per sample (a view where possible; works for
     ``B = 0`` and for ``(B,)``, where ``N = 1``)."""

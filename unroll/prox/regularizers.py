@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..batched import batch_norm, flat
+from ..batched import batch_norm, broadcasts_to, flat
 from ..parametrize import inverse_softplus
 from .functional import (Scalar, hard_threshold, project_box, project_l1_ball, project_l2_ball, project_nonneg,
                          project_rank, project_simplex, real_dtype, require_real, sample_scale, soft_threshold)
@@ -109,15 +109,10 @@ class _WeightedRegularizer(Regularizer):
 
     def _lam_like(self, x: Tensor) -> Tensor:
         lam = self.lam
-        if lam.dim() > 0:
-            try:
-                ok = torch.broadcast_shapes(lam.shape, x.shape) == x.shape
-            except RuntimeError:
-                ok = False
-            if not ok:
-                raise ValueError(f"{type(self).__name__}: `lam` of shape {tuple(lam.shape)} does not broadcast "
-                                 f"against x of shape {tuple(x.shape)} (expected (), a sample's shape for one "
-                                 "weight per entry, or (B, 1, ...) for one per sample)")
+        if lam.dim() > 0 and not broadcasts_to(lam.shape, x.shape):
+            raise ValueError(f"{type(self).__name__}: `lam` of shape {tuple(lam.shape)} does not broadcast "
+                             f"against x of shape {tuple(x.shape)} (expected (), a sample's shape for one "
+                             "weight per entry, or (B, 1, ...) for one per sample)")
         return lam.to(device=x.device, dtype=real_dtype(x))
 
     def _weighted_sum(self, x: Tensor, entries: Tensor) -> Tensor:
