@@ -72,13 +72,8 @@ def score(est, x) -> float:
 def train(name: str, steps: int):
     lo, hi, extra = VARIANTS[name]
     more = [f"--data.init_args.noise_std={lo}"] + ([] if hi is None else [f"--data.init_args.noise_std_max={hi}"])
-    orig = pnp_deblur.train_with_config
-    pnp_deblur.train_with_config = lambda cfg, st, wd, ex=(): orig(cfg, st, wd, list(ex) + more + extra)
-    try:
-        torch.manual_seed(0)
-        net, secs = pnp_deblur.train_lpn(steps, tempfile.mkdtemp(prefix="lpn_diag_"))
-    finally:
-        pnp_deblur.train_with_config = orig
+    torch.manual_seed(0)
+    net, secs = pnp_deblur.train_lpn(steps, tempfile.mkdtemp(prefix="lpn_diag_"), overrides=more + extra)
     for p in net.parameters():
         p.requires_grad_(False)
     return net, secs

@@ -84,12 +84,14 @@ def train_with_config(name: str, steps: int, workdir: str, extra=()):
 
 
 def train_lpn(steps: int, workdir: str, lipschitz: float = 0.0, bound: float = 0.9, beta=None, samples: int = 8,
-              iters: int = 10, quadratic: int = 0):
+              iters: int = 10, quadratic: int = 0, overrides=()):
     """The LPN as the paper trains it; with ``lipschitz > 0`` also under
     :class:`unroll.lipschitz.LipschitzPenalty` (that weight, ``bound``, symmetric: ψ's Hessian),
     which keeps ``f``'s Jacobian at most ``bound`` between the noisy and the clean patches;
     ``beta`` overrides the config's softplus sharpness (a sharp softplus puts curvature spikes
-    of order β into ψ's Hessian, which the bound then flattens along with the rest)."""
+    of order β into ψ's Hessian, which the bound then flattens along with the rest);
+    ``quadratic`` is ``ConvLPN``'s learned quadratic term; ``overrides`` are further ``unroll fit``
+    arguments, applied after the recipe's."""
     half = max(1, steps // 2)
     extra = [] if beta is None else [f"--model.init_args.model.init_args.beta={beta}"]
     if quadratic:
@@ -107,7 +109,7 @@ def train_lpn(steps: int, workdir: str, lipschitz: float = 0.0, bound: float = 0
              "--trainer.callbacks.gamma_start=0.5", "--trainer.callbacks.gamma_end=0.1",
              f"--trainer.callbacks.decay_steps={steps - half}", "--trainer.callbacks.stages=4",
              "--trainer.callbacks.lr=0.0001"]
-    return train_with_config("lpn_patches", steps, workdir, extra)
+    return train_with_config("lpn_patches", steps, workdir, extra + list(overrides))
 
 
 def first_below(hist: torch.Tensor, thr: float):

@@ -359,8 +359,8 @@ class ConvLPN(LearnedProxNet):
             ``QᵀQ x``, a learned symmetric positive semi-definite filter (the paper's ``α‖x‖²`` is
             ``Q = √(2α) I``). Softplus units approximate the identity and smooth linear filters only
             coarsely (a denoiser trained at σ = 0.02 scored below its noisy input without it), and
-            under a Jacobian bound (:class:`unroll.lipschitz.LipschitzPenalty`) that cost the
-            bounded LPN 3–5 dB in plug-and-play (``BENCHMARKS.md``). ``Q`` starts with
+            under a Jacobian bound (:class:`unroll.lipschitz.LipschitzPenalty`) the term is worth
+            1.7–3.3 dB to the bounded LPN in plug-and-play at the same bound (``BENCHMARKS.md``). ``Q`` starts with
             ``½‖Q x‖² = ½‖x‖²`` (its first ``C`` outputs copy the channels, when
             ``quadratic_channels >= C``), so ``f`` starts near ``x``.
         quadratic_channels: output channels of ``Q`` (``>= 1``).

@@ -9,7 +9,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["flat", "batch_dot", "batch_norm", "per_sample", "safe_ratio", "relative_change"]
+__all__ = ["broadcasts_to", "flat", "batch_dot", "batch_norm", "per_sample", "safe_ratio", "relative_change"]
 
 
 def broadcasts_to(shape, target) -> bool:
