@@ -64,6 +64,24 @@ def solve_trace(history: Optional[Tensor], final: Tensor, seconds: float, budget
     return [torch.stack([r, per], dim=1) for r in rows]
 
 
+def system_records(info, seconds: float, device: torch.device) -> List[Dict]:
+    """One record per system of a batch's solve: ``iterations``, ``ms`` (the batch's wall time over
+    its systems), ``residual`` (final ``‖r‖/‖b‖``), ``converged``, ``history`` (``‖r_k‖/‖b‖``
+    after each iteration it ran, not padded), ``fallbacks`` (conjugate directions only) and
+    ``device``."""
+    B = info.iterations.shape[0]
+    hist = info.residual_history
+    fallbacks = getattr(info, "fallbacks", None)
+    out = []
+    for i in range(B):
+        n = int(info.iterations[i])
+        out.append({"iterations": n, "ms": 1000.0 * seconds / max(B, 1), "residual": float(info.residual[i]),
+                    "converged": bool(info.converged[i]),
+                    "history": [] if hist is None else [float(v) for v in hist[i, :n].detach().cpu()],
+                    "fallbacks": None if fallbacks is None else int(fallbacks[i]), "device": str(device)})
+    return out
+
+
 class _TraceMetric(MeanOverSamples):
     """Mean over systems of one column of a solve trace ``(B, 2)`` (``update(trace, target)``;
     ``target`` is not read)."""
@@ -97,9 +115,11 @@ class RelativeResidual(_TraceMetric):
 
 
 class SolveTime(_TraceMetric):
-    """Wall time of a solve per system, in milliseconds (a batch's time over its systems)."""
+    """Wall time of a solve per system, in milliseconds (a batch's time over its systems); one
+    value per run (``reads = "final"``: the trace's last row)."""
 
     label = "ms per system"
+    reads = "final"
 
     def _values(self, trace: Tensor) -> Tensor:
         return 1000.0 * trace[:, 1].to(torch.float64)
@@ -137,6 +157,8 @@ class KrylovBaseline(Baseline):
         self.method, self.tol, self.max_iter = method, float(tol), max_iter
         self.name = name or self._NAMES[method]
         self.setup_seconds: List[float] = []
+        #: one record per system solved (:func:`system_records`, plus the preconditioner's set-up ms)
+        self.records: List[Dict] = []
 
     def preconditioner(self, operator: LinearOperator):
         if self.method == "cg":
@@ -157,6 +179,8 @@ class KrylovBaseline(Baseline):
                      on_failure="warn")
         _sync(y.device)
         seconds = time.perf_counter() - t0
+        setup_ms = 1000.0 * self.setup_seconds[-1] if M is not None else 0.0
+        self.records += [dict(r, setup_ms=setup_ms) for r in system_records(info, seconds, y.device)]
         return BaselineRun(solve_trace(info.residual_history, info.residual, seconds, budget), info.iterations)
 
     def description(self, lam: float) -> str:
@@ -318,12 +342,20 @@ class DCDMTask(ReconstructionTask):
         _sync(batch.y.device)
         seconds = time.perf_counter() - t0
         self._fallbacks.append(info.fallbacks.detach().cpu())
+        meta = getattr(batch, "meta", None) or {}
+        for i, rec in enumerate(system_records(info, seconds, batch.y.device)):
+            for key in ("domain", "obstacle"):
+                if key in meta:
+                    v = meta[key][i]
+                    rec[key] = v.item() if isinstance(v, Tensor) else v
+            self._records.append(rec)
         self._test_tracker.update(solve_trace(info.residual_history, info.residual, seconds, self.max_iter),
                                   batch.x, iterations=info.iterations, meta=getattr(batch, "meta", None))
 
     def on_test_epoch_start(self) -> None:
         super().on_test_epoch_start()
         self._fallbacks: List[Tensor] = []
+        self._records: List[Dict] = []  # one per test system (system_records), for write_evaluation
 
     def on_test_epoch_end(self) -> None:
         self.test_results = self._test_tracker.compute()
@@ -332,6 +364,81 @@ class DCDMTask(ReconstructionTask):
             self.log(f"test/{key}", values[-1])
         if self._fallbacks:
             self.log("test/fallbacks", float(torch.cat(self._fallbacks).double().mean()))
+
+    def write_evaluation(self, trackers, output_dir: str) -> Dict[str, str]:
+        """What ``unroll evaluate`` adds for solvers, from the last test run (this task's network,
+        then every :class:`KrylovBaseline`), into ``output_dir``:
+
+        * ``systems.csv``: one row per method and test system: its domain and obstacle shape,
+          iterations to ``tol``, wall ms, final ``‖r‖/‖b‖``, whether it converged, the
+          network's fallbacks (DCDM) or the preconditioner's set-up ms (IC-PCG, Jacobi-PCG), and
+          the device it ran on;
+        * ``solvers.json``: per method the mean, median and largest iteration count, mean ms,
+          mean set-up ms, total fallbacks, device;
+        * ``residual_curves.png``: ``‖r_k‖/‖b‖`` against the iteration, one line per system (not
+          padded past its stop), one colour per method.
+
+        Returns ``{"systems_csv", "solvers_json", "residual_curves_png"}``.
+        """
+        import csv
+        import io
+        from pathlib import Path
+
+        from .io import atomic_write, atomic_write_json, atomic_write_text
+
+        records = getattr(self, "_records", None)
+        if not records:
+            return {}
+        methods = {"DCDM" + (f" (multilevel {self.multilevel})" if self.multilevel else ""): records}
+        for b in self.baselines:
+            if isinstance(b, KrylovBaseline) and b.records:
+                methods[b.name] = b.records[-len(records):]  # this test run's (a baseline may be reused)
+        fields = ["method", "system", "domain", "obstacle", "iterations", "ms", "setup_ms", "residual", "converged",
+                  "fallbacks", "device"]
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(fields)
+        summary = {}
+        for name, recs in methods.items():
+            for i, r in enumerate(recs):
+                geo = records[i] if i < len(records) else {}
+                row = dict(r, method=name, system=i, domain=geo.get("domain", ""), obstacle=geo.get("obstacle", ""))
+                writer.writerow(["" if row.get(f) is None else row.get(f, "") for f in fields])
+            its = torch.tensor([float(r["iterations"]) for r in recs], dtype=torch.float64)
+            summary[name] = {
+                "systems": len(recs), "tol": self.tol, "device": recs[0]["device"],
+                "iterations_mean": float(its.mean()), "iterations_median": float(its.median()),
+                "iterations_max": float(its.max()),
+                "converged": sum(bool(r["converged"]) for r in recs),
+                "ms_mean": sum(r["ms"] for r in recs) / len(recs),
+                "setup_ms_mean": sum(r.get("setup_ms", 0.0) for r in recs) / len(recs),
+                "fallbacks_total": None if recs[0]["fallbacks"] is None else sum(r["fallbacks"] for r in recs)}
+        out = Path(output_dir)
+        paths = {"systems_csv": str(atomic_write_text(out / "systems.csv", buf.getvalue())),
+                 "solvers_json": str(atomic_write_json(out / "solvers.json", summary))}
+
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6.5, 4.2))
+        for c, (name, recs) in enumerate(methods.items()):
+            for j, r in enumerate(recs):
+                if r["history"]:
+                    ax.semilogy(range(1, len(r["history"]) + 1), r["history"], color=f"C{c}", lw=0.9, alpha=0.7,
+                                label=f"{name} (mean {summary[name]['iterations_mean']:.1f} its)" if j == 0 else None)
+        ax.axhline(self.tol, color="k", ls=":", lw=0.8)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("‖r‖ / ‖b‖")
+        ax.set_title(f"{len(records)} test systems, one line each", fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        paths["residual_curves_png"] = str(atomic_write(out / "residual_curves.png",
+                                                        lambda tmp: fig.savefig(tmp, format="png", dpi=120)))
+        plt.close(fig)
+        return paths
 
     def predict_step(self, batch, batch_idx: int) -> Tensor:
         """The solutions ``(B, *grid)`` of the batch's systems (conjugate directions to ``tol``)."""

@@ -25,6 +25,7 @@ import csv
 import io
 import os
 import sys
+import textwrap
 import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -164,15 +165,25 @@ def write_report(results: Results, output_dir: str, title: str = "", per_sample:
 
     for key in _metric_keys(results):
         fig, ax = plt.subplots(figsize=(6, 4))
-        for m, v in results.items():
-            if key in v:
-                ax.plot(range(1, len(v[key]) + 1), v[key], marker="o", markersize=3, label=m)
-        ax.set_xlabel("iteration / layer")
+        if _single_valued(results, key):  # once per run: a bar per method
+            methods = [m for m in results if key in results[m]]
+            values = [results[m][key][0] for m in methods]
+            bars = ax.bar(range(len(methods)), values, color=[f"C{i}" for i in range(len(methods))])
+            ax.bar_label(bars, fmt="%.2f", fontsize=8)
+            ax.set_xticks(range(len(methods)), methods, rotation=20, ha="right", fontsize=8)
+            ax.grid(True, axis="y", alpha=0.3)
+        else:
+            shown = _settled_rows(results, [key])
+            for m, v in results.items():
+                if key in v:
+                    c = v[key][:max(shown, 1)]
+                    ax.plot(range(1, len(c) + 1), c, marker="o" if len(c) <= 60 else None, markersize=3, label=m)
+            ax.set_xlabel("iteration / layer")
+            ax.grid(True, alpha=0.3)
+            ax.legend()
         ax.set_ylabel(labels.get(key, key))
-        ax.grid(True, alpha=0.3)
-        ax.legend()
         if title:
-            ax.set_title(title)
+            ax.set_title(textwrap.fill(title, 70), fontsize=9)
         fig.tight_layout()
         paths[f"plot_{key}"] = str(atomic_write(out / plot_name(key),
                                                 lambda tmp: fig.savefig(tmp, format="png", dpi=120)))
@@ -181,16 +192,49 @@ def write_report(results: Results, output_dir: str, title: str = "", per_sample:
     return paths
 
 
+def _single_valued(results: Results, key: str) -> bool:
+    """Whether metric ``key`` has one value per method (read once per run: iterations, wall time)."""
+    return all(len(v[key]) == 1 for v in results.values() if key in v)
+
+
+def _settled_rows(results: Results, keys: List[str]) -> int:
+    """The number of rows worth printing for the curves of ``keys``: up to the last row where any
+    method's value still changes (a solver that stopped repeats its final value to the budget)."""
+    last = 1
+    for key in keys:
+        for v in results.values():
+            c = v.get(key, [])
+            for i in range(len(c) - 1, 0, -1):
+                if c[i] != c[i - 1]:
+                    last = max(last, i + 1)
+                    break
+    return last
+
+
 def _print_tables(results: Results, title: str, labels: Dict[str, str]) -> None:
-    for key in _metric_keys(results):
+    keys = _metric_keys(results)
+    once = [k for k in keys if _single_valued(results, k)]
+    if once:  # one row per method, one column per once-per-run metric
+        table = Table(title=f"{title}: per run")
+        table.add_column("method")
+        for k in once:
+            table.add_column(labels.get(k, k), justify="right")
+        for m, v in results.items():
+            table.add_row(m, *[f"{v[k][0]:.2f}" if k in v else "" for k in once])
+        Console().print(table)
+    for key in [k for k in keys if k not in once]:
         methods = [m for m in results if key in results[m]]
         table = Table(title=title if len(labels) <= 1 else f"{title}: {labels.get(key, key)}")
         table.add_column("iteration", justify="right")
         for m in methods:
             table.add_column(f"{m} {labels.get(key, key)}", justify="right")
-        for i in range(max(len(results[m][key]) for m in methods)):
+        rows = max(len(results[m][key]) for m in methods)
+        shown = _settled_rows({m: results[m] for m in methods}, [key])
+        for i in range(shown):
             table.add_row(str(i + 1), *[f"{results[m][key][i]:.2f}" if i < len(results[m][key]) else ""
                                         for m in methods])
+        if shown < rows:
+            table.caption = f"rows {shown + 1}-{rows}: every method had stopped (metrics.csv has them)"
         Console().print(table)
 
 

@@ -37,8 +37,8 @@ def check_metrics(metrics: Mapping[str, Metric], name: str = "metrics") -> Dict[
         if not isinstance(m, Metric):
             raise ValueError(f"{name}[{k!r}]: expected a torchmetrics.Metric, got {type(m).__name__}")
         reads = getattr(m, "reads", "estimate")
-        if reads not in ("estimate", "iterations"):
-            raise ValueError(f"{name}[{k!r}]: reads must be 'estimate' or 'iterations', got {reads!r}")
+        if reads not in ("estimate", "final", "iterations"):
+            raise ValueError(f"{name}[{k!r}]: reads must be 'estimate', 'final' or 'iterations', got {reads!r}")
     return dict(metrics)
 
 
@@ -48,7 +48,8 @@ class MetricTracker:
     Metrics that read the estimate (``reads = "estimate"``, the default of any torchmetrics
     ``Metric``: ``update(preds, target)``) are kept once per iterate (a clone each), so every
     one gives a curve over the iterations; metrics that read the iteration count
-    (:class:`unroll.metrics.Iterations`) give one value. Per-sample values of the final
+    (:class:`unroll.metrics.Iterations`) or only the final estimate (``reads = "final"``, e.g. a
+    solve's wall time) give one value. Per-sample values of the final
     estimate are kept for metrics with a ``per_sample`` method. Metrics with
     ``uses_data_range`` receive ``data_range`` from the batch's metadata when it has one.
 
@@ -92,7 +93,7 @@ class MetricTracker:
             self._per_iter = {k: [m.clone().to(device) for _ in range(K)] for k, m in self.prototypes.items()
                               if getattr(m, "reads", "estimate") == "estimate"}
             self._once = {k: m.clone().to(device) for k, m in self.prototypes.items()
-                          if getattr(m, "reads", "estimate") == "iterations"}
+                          if getattr(m, "reads", "estimate") in ("iterations", "final")}
         K = max((len(c) for c in self._per_iter.values()), default=len(trajectory))
         if self._per_iter and len(trajectory) > K:
             raise ValueError(f"trajectory: {len(trajectory)} iterates, more than the {K} of the first batch scored; "
@@ -106,6 +107,12 @@ class MetricTracker:
             if hasattr(clones[0], "per_sample"):
                 self._samples[key].append(clones[0].per_sample(trajectory[-1].detach(), target, **extra).cpu())
         for key, metric in self._once.items():
+            if getattr(metric, "reads") == "final":
+                extra = self._extra(self.prototypes[key], meta)
+                metric.update(trajectory[-1].detach(), target, **extra)
+                if hasattr(metric, "per_sample"):
+                    self._samples[key].append(metric.per_sample(trajectory[-1].detach(), target, **extra).cpu())
+                continue
             if iterations is None:
                 raise ValueError(f"iterations: metric {key!r} reads the iteration counts, but the run reported none")
             metric.update(iterations)
@@ -113,8 +120,8 @@ class MetricTracker:
                 self._samples[key].append(metric.per_sample(iterations).cpu())
 
     def compute(self) -> Dict[str, List[float]]:
-        """``{key: [value per iterate]}`` (one value for metrics that read iteration counts), in the
-        order the metrics were declared."""
+        """``{key: [value per iterate]}`` (one value for metrics that read iteration counts or the
+        final estimate only), in the order the metrics were declared."""
         if self._per_iter is None:
             raise RuntimeError("MetricTracker.compute: no batch was scored")
         out = {}

@@ -10,7 +10,8 @@
 Besides ``update``/``compute``, these metrics share what ``unroll evaluate`` reads:
 ``label`` (axis and table label), ``per_sample(...) → (B,)`` (the metric of each sample,
 for the per-sample report) and ``reads``: ``"estimate"`` (``update(preds, target)``, scored
-at every iterate) or ``"iterations"`` (``update(iterations)``, once per run). Metrics with
+at every iterate), ``"final"`` (the same call, on the final estimate only: one value per run) or
+``"iterations"`` (``update(iterations)``, once per run). Metrics with
 ``uses_data_range`` also take ``data_range=`` ``(B,)`` from the batch's metadata.
 """
 
