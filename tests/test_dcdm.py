@@ -213,15 +213,20 @@ def test_with_the_residual_as_direction_it_is_conjugate_gradient():
     assert torch.allclose(x, xc, atol=1e-10)
 
 
-def test_a_trained_network_solves_unseen_systems_in_fewer_iterations_than_cg():
+@pytest.mark.parametrize("grid", [(24, 24), (12, 12, 12)])
+def test_a_trained_network_solves_unseen_systems_in_fewer_iterations_than_cg(grid):
+    """2-D and 3-D alike: a network trained for 60 steps on a domain with spheres solves systems
+    with random blobs (a shape it never saw) in float32, with its own directions (safeguard 0: no
+    step is CG's unless the network's is useless) and in fewer iterations than CG."""
     torch.manual_seed(0)
-    net = _train(DCDM(dim=2), (24, 24), steps=60)
-    A, mask, b = _system((24, 24), "blobs", num=4, m=150, seed=5, dtype=torch.float32)  # unseen shape
+    net = _train(DCDM(dim=len(grid)), grid, steps=60)
+    A, mask, b = _system(grid, "blobs", num=4, m=150, seed=5, dtype=torch.float32)  # unseen shape
     x, info = conjugate_directions(A, b, direction=net, tol=1e-4, max_iter=500, safeguard=0.0, record_history=True)
     _, ic = unroll.cg(A, b, tol=1e-4, check_every=1)
     assert info.status == Status.CONVERGED
     assert float(((b - A(x)).flatten(1).norm(dim=1) / b.flatten(1).norm(dim=1)).max()) <= 1.2e-4
-    assert float(info.iterations.double().mean()) < float(ic.iterations.double().mean())
+    assert float(info.iterations.double().mean()) < 0.5 * float(ic.iterations.double().mean())
+    assert int(info.fallbacks.sum()) == 0
     assert info.residual_history.shape == (4, int(info.iterations.max()))
     assert float(x[:, ~mask].abs().max()) == 0.0
 
@@ -264,6 +269,13 @@ def test_a_random_network_still_converges_through_the_fallback(dtype):
     # without the safeguard a random network's directions are kept, and the solve stalls
     _, loose = conjugate_directions(A, b, direction=net, tol=1e-4, max_iter=60, safeguard=0.0)
     assert loose.status == Status.MAX_ITER
+    # a sufficient-decrease rule (the network's step must do at least 1 % of what CG's would) keeps
+    # the random network's directions where they help, and still converges
+    x, some = conjugate_directions(A, b, direction=net, tol=1e-4, max_iter=400, safeguard=0.01)
+    assert some.status == Status.CONVERGED
+    assert bool(((some.fallbacks > 0) & (some.fallbacks < some.iterations)).all())  # both kinds of step taken
+    res = (b.double() - A(x.double())).flatten(1).norm(dim=1) / b.double().flatten(1).norm(dim=1)
+    assert float(res.max()) <= 1.5e-4
 
 
 def test_a_nan_direction_falls_back_to_cg_and_is_counted():
@@ -286,6 +298,23 @@ def test_an_indefinite_operator_is_reported_as_breakdown_not_nan():
     negative = lambda v: -A(v)  # noqa: E731
     with pytest.raises(RuntimeError, match="broke down"):
         conjugate_directions(negative, b, direction=DCDM().double(), on_failure="raise")
+
+
+def test_negative_curvature_along_the_network_direction_is_breakdown_not_nan():
+    """bᵀA'b > 0 but the network proposes v with vᵀA'v < 0 (A' = A − s vvᵀ, v ⟂ b): the solver
+    detects it from qᵀAq, stops that sample with finite x and reports it."""
+    A, _, b = _system((6, 6, 6), "none", num=1, m=40)
+    v = torch.randn(b.shape, dtype=b.dtype, generator=torch.Generator().manual_seed(3))
+    v = v - (v * b).sum() / (b * b).sum() * b  # ⟂ b
+    v = v / v.norm()
+    s = 2.0 * float((v * A(v)).sum()) + 1.0
+    op = lambda x: A(x) - s * (v * x).flatten(1).sum(1).view(-1, 1, 1, 1) * v  # noqa: E731
+    assert float((b * op(b)).sum()) > 0 > float((v * op(v)).sum())
+    with pytest.warns(unroll.linalg.SolverWarning, match="broke down"):
+        x, info = conjugate_directions(op, b, direction=lambda r: v.expand_as(r), tol=1e-8, max_iter=50,
+                                       safeguard=0.0)
+    assert info.status == Status.BREAKDOWN and int(info.iterations[0]) == 1
+    assert bool(torch.isfinite(x).all()) and bool(torch.isfinite(info.residual).all())
 
 
 def test_a_sample_that_breaks_down_leaves_the_others_solving():
@@ -359,6 +388,23 @@ def test_config_trains_through_the_cli_and_evaluate_reports_every_method(tmp_pat
     report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert len(report["DCDM"]["per_sample_iterations"]) == 2
     assert (tmp_path / "eval" / "rel_residual.png").exists()
+    assert all(len(r["ms_per_system"]) == len(r["iterations"]) == 1 for r in results.values())  # once per run
+    # the solver report: one row per method and system, with the geometry the network never saw
+    import csv
+
+    rows = list(csv.DictReader((tmp_path / "eval" / "systems.csv").open()))
+    dcdm_name = next(m for m in {r["method"] for r in rows} if m.startswith("DCDM"))
+    assert sorted({r["method"] for r in rows}) == sorted([dcdm_name, "CG", "Jacobi-PCG", "IC-PCG"])
+    assert len(rows) == 8 and {r["obstacle"] for r in rows} == {"box"}
+    by = {(r["method"], int(r["system"])): r for r in rows}
+    assert [int(by[(dcdm_name, i)]["iterations"]) for i in range(2)] == report["DCDM"]["per_sample_iterations"]
+    assert [int(by[("CG", i)]["iterations"]) for i in range(2)] == report["CG"]["per_sample_iterations"]
+    assert all(float(by[("IC-PCG", i)]["setup_ms"]) > 0 and by[("CG", i)]["fallbacks"] == "" for i in range(2))
+    assert all(0 <= int(by[(dcdm_name, i)]["fallbacks"]) <= int(by[(dcdm_name, i)]["iterations"]) for i in range(2))
+    solvers = json.loads((tmp_path / "eval" / "solvers.json").read_text())
+    assert solvers["CG"]["iterations_mean"] == pytest.approx(results["CG"]["iterations"][0])
+    assert solvers["IC-PCG"]["converged"] == 2 and solvers["CG"]["device"] == "cpu"
+    assert (tmp_path / "eval" / "residual_curves.png").stat().st_size > 0
     # the same checkpoint with the network as its own coarse-grid solve (12² → 6²; no new parameters),
     # safeguard 0 so that the barely trained network's directions are used, not CG's
     runs = {m: evaluate_main(["--config", str(CONFIGS / "dcdm_poisson.yaml"), *small, "--model.init_args.safeguard=0.0",

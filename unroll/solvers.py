@@ -181,8 +181,12 @@ def conjugate_directions(A, b: Tensor, direction: Callable[[Tensor], Tensor], to
     ``safeguard`` times what ``g`` would (the decrease of an exact line search along ``p`` is
     ``(pᵀr)²/pᵀAp``; the sign of ``p`` does not matter); otherwise the step takes ``g`` and is
     counted in ``info.fallbacks``. ``safeguard=0`` keeps every usable network direction
-    (a direction with ``pᵀr = 0``, zero, or NaN still falls back). So an untrained network
-    still converges, at least as fast per step as steepest descent.
+    (a direction with ``pᵀr = 0``, zero, or NaN still falls back): the literal "fall back when it
+    is not a descent direction", under which an untrained network lowers the energy at every step
+    but can stall for thousands of iterations. Any ``safeguard > 0`` is a sufficient-decrease
+    condition: every step does at least that fraction of a CG step's decrease, so the solve
+    converges whatever the network. The default, 1, takes the better of the two (an untrained
+    network then is CG); a small value such as 0.01 keeps more of a weak network's directions.
 
     When ``A`` carries a boolean ``mask`` of its grid (a :class:`~unroll.operators.Laplacian`
     with obstacles, ``True`` = fluid), the directions are zeroed on solid cells (where ``A`` is
