@@ -323,6 +323,30 @@ def test_pnp_deblur_short(bench, tmp_path, capsys):
         assert (mod.ROOT / "benchmarks" / "figures" / name).read_bytes()[:4] == b"\x89PNG"
 
 
+def test_unrolled_pnp_short(bench, tmp_path, capsys):
+    """benchmarks/unrolled_pnp.py (issue 15, reproduction 3) in its smoke mode: the DnCNN for a few
+    steps, PnP-ADMM with the rule's and the tuned ρ, tied and untied unrolled networks for three
+    steps each; the JSON (every row, the ρ grid, a validation curve per network) and the figure."""
+    load, run = bench
+    mod = load("unrolled_pnp")
+    mod.ROOT = scratch_root(tmp_path)
+    run(mod, "--short", "--setting", "2", "0.04", "--rho-start", "tuned")
+    res = json.loads((mod.ROOT / "benchmarks" / "results" / "unrolled_pnp_blur2_noise0.04_short.json").read_text())
+    rows = res["rows"]
+    assert set(rows) == {"blurred input", "PnP-ADMM, rule rho, 10 iterations", "PnP-ADMM, rule rho, 12 iterations",
+                         "PnP-ADMM, rho tuned on validation, 10 iterations", "unrolled PnP, K = 10, tied",
+                         "unrolled PnP, K = 10, untied"}
+    assert all(math.isfinite(r["psnr"]) and len(r["psnr_per_image"]) == 2 for r in rows.values())
+    tuned = rows["PnP-ADMM, rho tuned on validation, 10 iterations"]["rho"]
+    assert res["budget"]["rho_start"] == {"from": "tuned", "value": tuned}
+    assert max(res["rho_grid_val_psnr"].values()) == res["rho_grid_val_psnr"][f"{tuned:.4g}"]
+    assert len(rows["unrolled PnP, K = 10, tied"]["rho_learned"]) == 1
+    assert len(rows["unrolled PnP, K = 10, untied"]["rho_learned"]) == 10
+    assert res["training"]["unrolled PnP, K = 10, untied"]["step"] == [0, 2, 3]
+    assert (mod.ROOT / "benchmarks" / "figures" / "unrolled_pnp_blur2_noise0.04_short.png").read_bytes()[:4] \
+        == b"\x89PNG"
+
+
 def test_lpn_pnp_diagnosis_smallest(bench, tmp_path, capsys):
     """benchmarks/lpn_pnp_diagnosis.py: one LPN variant trained for a few steps, its denoising,
     proximal-point and PnP-ADMM measurements in both update orders; the JSON."""
