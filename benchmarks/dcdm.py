@@ -293,7 +293,7 @@ def main(argv=None) -> None:
     root = Path(a.root)
     t0 = time.perf_counter()
     ckpt = Path(a.ckpt) if a.ckpt else train(a.train_minutes, root, a.extra, a.clock)
-    train_seconds = time.perf_counter() - t0
+    train_seconds = None if a.ckpt else time.perf_counter() - t0  # no training when a checkpoint is given
     curve = []
     if not a.ckpt:  # the run's validation curve, next to the results
         curve = validation_curve(ckpt.parent.parent / "metrics.csv", Path(a.out).with_suffix(".png"))
