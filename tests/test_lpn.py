@@ -130,6 +130,18 @@ def test_works_under_vmap_and_as_the_prox_of_an_unrolled_solver_in_every_grad_mo
         grads[mode] = torch.cat([p.grad.flatten() for p in net.parameters() if p.grad is not None])
         assert bool(torch.isfinite(grads[mode]).all())
     assert torch.allclose(grads["full"], grads["checkpoint"], atol=1e-10)
+    # at the fixed point, the implicit gradient is the limit of backprop through ever more iterations
+    # (the iteration contracts: both runs reach 1e-10), and the Jacobian-free one is finite too
+    net.zero_grad()
+    out = Unrolled(ProxGradStep(net, step=0.5), num_iters=400, grad_mode="full")(Problem.create(A, y))
+    out.x.square().sum().backward()
+    deep = torch.cat([p.grad.flatten() for p in net.parameters() if p.grad is not None])
+    assert float((grads["implicit"] - deep).norm() / deep.norm()) < 1e-6
+    for mode in ("jfb", "truncated"):
+        net.zero_grad()
+        solver = Unrolled(ProxGradStep(net, step=0.5), num_iters=30, grad_mode=mode)
+        solver(Problem.create(A, y)).x.square().sum().backward()
+        assert all(bool(torch.isfinite(p.grad).all()) for p in net.parameters() if p.grad is not None)
 
 
 # ---------------------------------------------------------------------- the prox: monotone, non-expansive
@@ -143,26 +155,25 @@ def test_learned_prox_is_monotone_at_random_pairs():
         assert bool((inner >= 2 * net.alpha * (x - y).reshape(shape[0], -1).square().sum(1) - 1e-9).all())
 
 
-@pytest.fixture(scope="module")
-def toy_models():
+def _toy_stages(seed: int) -> dict:
     """A small LPN trained on the Laplace toy: ℓ1 warm start, then proximal matching (γ 0.5 → 0.2)
-    with the library's schedule; the two stages' models."""
+    with the library's schedule, batches of 4000; the two stages' models."""
     from unroll.data.denoising import make_laplace_batch
     from unroll.train import ProximalMatchingSchedule
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     net = LPN(1, hidden=32, layers=3, beta=10.0, alpha=0.0)
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     loss = ProximalMatchingLoss(0.5)
     sched = ProximalMatchingSchedule(warmup_steps=300, gamma_start=0.5, gamma_end=0.2, decay_steps=400, stages=3,
                                      warmup_lr=3e-3, lr=1e-3)
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator().manual_seed(seed)
     stages = {}
     for step in range(700):
         if step == 300:
             stages["l1"] = copy.deepcopy(net)
         sched.apply(loss, step, [opt])
-        b = make_laplace_batch(step, gen, 1000, 1, 1.0, 1.0, torch.float32)
+        b = make_laplace_batch(step, gen, 4000, 1, 1.0, 1.0, torch.float32)
         opt.zero_grad()
         loss(net(b.y), b.x).backward()
         opt.step()
@@ -171,18 +182,20 @@ def toy_models():
     return {k: v.double() for k, v in stages.items()}
 
 
-def test_proximal_matching_moves_the_toy_map_toward_soft_thresholding(toy_models):
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_proximal_matching_moves_the_toy_map_toward_soft_thresholding(seed):
+    """At every seed (a short sampled run is noisy: at batch 1000 one seed in three missed)."""
     x = torch.linspace(-4, 4, 801, dtype=DT)[:, None]
     soft = soft_threshold(x, 1.0)
-    maps = {k: m(x).detach() for k, m in toy_models.items()}
+    maps = {k: m(x).detach() for k, m in _toy_stages(seed).items()}
     # the ℓ1 map (≈ the posterior median) shrinks but does not threshold; within the dead zone of
     # soft thresholding (|x| < 1, where it is 0) proximal matching flattens the map toward 0
     dead = x.abs() < 0.8
     flat = {k: float(f[dead].abs().max()) for k, f in maps.items()}
-    assert flat["pm"] < 0.6 * flat["l1"], flat
+    assert flat["pm"] < 0.65 * flat["l1"], flat
     core = x.abs() <= 2.5  # where a short run has seen enough samples
     err = {k: float((f - soft)[core].abs().mean()) for k, f in maps.items()}
-    assert err["pm"] < 0.8 * err["l1"], err
+    assert err["pm"] < 0.75 * err["l1"], err
 
 
 def test_learned_prox_of_a_true_prox_is_non_expansive_within_tolerance():
@@ -207,6 +220,36 @@ def test_learned_prox_of_a_true_prox_is_non_expansive_within_tolerance():
     assert float(ratio.min()) >= 0.0  # monotone
     assert float(ratio.max()) <= 1.25, float(ratio.max())  # non-expansive within tolerance
     assert float(ratio.mean()) <= 0.8  # and contracting on average (slope 0 on the dead zone)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_learned_prox_trained_under_the_jacobian_bound_is_non_expansive(seed):
+    """The same fit with ψ's Hessian penalised above 0.95 (``LipschitzPenalty(symmetric=True)``,
+    as the bounded ConvLPN of the PnP benchmark is trained): at 20 000 random pairs, far apart
+    (independent N(0, 16)) and near (0.3 apart), ``0 ≤ (f(x) − f(y))/(x − y) ≤ 1``: monotone and
+    non-expansive, with no tolerance needed, at every seed."""
+    from unroll.lipschitz import LipschitzPenalty
+
+    torch.manual_seed(seed)
+    net = LPN(1, hidden=16, layers=2, beta=10.0)
+    penalty = LipschitzPenalty(weight=10.0, bound=0.95, iters=3, samples=256, symmetric=True)
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(400):
+        y = 8 * torch.rand(512, 1, generator=gen) - 4
+        value, _ = penalty(net, y)
+        loss = (net(y) - soft_threshold(y, 1.0)).square().mean() + value
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        net.project_()
+    net = net.double()
+    x, far = 4 * randn(20000, 1, seed=100 + seed), 4 * randn(20000, 1, seed=200 + seed)
+    near = x + 0.3 * randn(20000, 1, seed=300 + seed)
+    with torch.no_grad():
+        for y in (far, near):
+            ratio = ((net(x) - net(y)) / (x - y)).squeeze(1)
+            assert float(ratio.min()) >= 0.0 and float(ratio.max()) <= 1.0, (float(ratio.min()), float(ratio.max()))
 
 
 # ---------------------------------------------------------------------- inverse and regulariser
@@ -297,6 +340,40 @@ def test_gamma_schedule():
     with pytest.raises(ValueError, match="lr / warmup_lr set the learning rate at every batch.*lr_scheduler"):
         s2.on_fit_start(SimpleNamespace(lr_scheduler_configs=[object()]), Task())
     s2.on_fit_start(SimpleNamespace(lr_scheduler_configs=[]), Task())
+
+
+def test_the_schedule_switches_from_l1_to_proximal_matching_inside_a_lightning_fit(tmp_path):
+    """Through a real Trainer: ℓ1 with warmup_lr for the warm start, then proximal matching at
+    the scheduled γ and lr from the first step after it; ProjectLPN keeps the weights
+    non-negative after every optimiser step."""
+    import lightning as L
+
+    from unroll.data import LaplaceDenoisingDataModule
+    from unroll.train import DenoisingTask, ProjectLPN, ProximalMatchingSchedule
+
+    seen = []
+
+    class Record(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            loss = pl_module.loss
+            seen.append((trainer.global_step - 1, loss.l1_warmup, loss.gamma, trainer.optimizers[0].param_groups[0]["lr"],
+                         min(float(w.detach().min()) for w in pl_module.model.constrained_weights())))
+
+    torch.manual_seed(0)
+    task = DenoisingTask(LPN(1, hidden=8, layers=3, beta=10.0), loss=ProximalMatchingLoss(0.5))
+    data = LaplaceDenoisingDataModule(dim=1, batch_size=64, train_batches=10, val_size=16, test_size=16)
+    sched = ProximalMatchingSchedule(warmup_steps=3, gamma_start=0.5, gamma_end=0.1, decay_steps=4, stages=3,
+                                     warmup_lr=1e-2, lr=1e-3)
+    trainer = L.Trainer(max_steps=8, callbacks=[ProjectLPN(), sched, Record()], logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=0, accelerator="cpu", default_root_dir=tmp_path)
+    trainer.fit(task, datamodule=data)
+    assert [k for k, *_ in seen] == list(range(8))
+    assert [w for _, w, *_ in seen] == [True] * 3 + [False] * 5
+    assert [lr for *_, lr, _ in seen] == [1e-2] * 3 + [1e-3] * 5
+    assert [round(g, 6) for _, _, g, *_ in seen[3:]] == [round(sched.gamma_at(k), 6) for k in range(3, 8)]
+    assert seen[-1][2] == pytest.approx(0.1) and seen[3][2] == pytest.approx(0.5)
+    assert min(m for *_, m in seen) >= 0.0  # projected after every step
 
 
 # ---------------------------------------------------------------------- data
