@@ -25,6 +25,7 @@ choice: call :meth:`project_` after each optimiser step, which
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from typing import List, Optional, Tuple, Union
@@ -34,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from unroll.autodiff import implicit
-from unroll.batched import broadcasts_to
+from unroll.batched import broadcasts_to, per_sample
 from unroll.info import SolverInfo
 from unroll.linalg import CG
 from unroll.problem import SmoothProblem
@@ -212,16 +213,21 @@ class LearnedProxNet(nn.Module):
         return all(bool((w >= 0).all()) for w in self.constrained_weights())
 
     # ------------------------------------------------------------------ inverse and regulariser
-    def inverse(self, x: Tensor, *, max_iter: int = 2000, tol: float = 1e-7,
-                lipschitz: Union[float, Tensor, None] = None, y0: Optional[Tensor] = None, return_info: bool = False
-                ) -> Union[Tensor, Tuple[Tensor, SolverInfo]]:
+    def inverse(self, x: Tensor, *, max_iter: int = 5000, tol: float = 1e-7,
+                lipschitz: Union[float, Tensor, None] = None, y0: Optional[Tensor] = None, return_info: bool = False,
+                accelerate: bool = True) -> Union[Tensor, Tuple[Tensor, SolverInfo]]:
         """``y = f⁻¹(x)``: the minimiser of the convex ``ψ(y) − ⟨x, y⟩`` (``∇ψ(y) = x``).
 
         Gradient descent on the problem as a :class:`~unroll.SmoothProblem`, run to ``tol``
         (relative change) by :class:`~unroll.Unrolled` in the ``implicit`` gradient mode: the
         result is differentiable w.r.t. ``x`` and the network's parameters through the implicit
         function theorem (``dy/dx = ∇²ψ(y)⁻¹``, adjoint solved by CG: the Jacobian of a gradient
-        step is symmetric), with memory independent of the iterations.
+        step is symmetric), with memory independent of the iterations. With ``accelerate`` (the
+        default) the start comes from Nesterov's method with adaptive restart (O'Donoghue &
+        Candès 2015), run without a graph to the same ``tol`` within the same budget: on a weakly
+        convex ``ψ`` (an image LPN's ``α`` is 1e-6) plain steps need ``√κ`` times more
+        iterations. The gradient is unchanged (it depends on the fixed point only); the info's
+        ``iterations`` count both phases.
 
         Args:
             x: ``(B, *shape)``, a point in the range of ``f``.
@@ -250,10 +256,41 @@ class LearnedProxNet(nn.Module):
             est = probe.estimate_lipschitz(start, max_iter=30)
             lipschitz = torch.clamp(1.5 * est, min=1.0).detach()
         problem = SmoothProblem(objective, x, like=x, lipschitz=lipschitz, vmap=False)
-        solver = Unrolled(GradientStep(1.0), num_iters=max_iter,
+        warm = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        if accelerate and max_iter > 1:
+            start, warm = self._nesterov_inverse(x.detach(), start, lipschitz, max_iter - 1, tol)
+        solver = Unrolled(GradientStep(1.0), num_iters=max(1, max_iter - int(warm.max())),
                           grad_mode=implicit(backward_solver=CG(tol=1e-8, max_iter=500), forward_tol=tol))
         out = solver(problem, x0=start, tol=tol)
-        return (out.x, out.info) if return_info else out.x
+        if not return_info:
+            return out.x
+        return out.x, dataclasses.replace(out.info, iterations=out.info.iterations + warm, max_iter=max_iter)
+
+    @torch.no_grad()
+    def _nesterov_inverse(self, x: Tensor, y: Tensor, lipschitz, max_iter: int, tol: float) -> Tuple[Tensor, Tensor]:
+        """Nesterov's accelerated gradient on ``ψ(y) − ⟨x, y⟩`` from ``y`` with step ``1/L``,
+        restarted per sample when the momentum points uphill; stops a sample at relative change
+        ``≤ tol``. Returns ``(y, iterations per sample)``."""
+        B = x.shape[0]
+        inv_l = per_sample(1.0 / torch.as_tensor(lipschitz, dtype=x.real.dtype, device=x.device).expand(B), x)
+        z, t = y.clone(), torch.ones(B, dtype=x.real.dtype, device=x.device)
+        active = torch.ones(B, dtype=torch.bool, device=x.device)
+        iters = torch.zeros(B, dtype=torch.long, device=x.device)
+        for _ in range(max_iter):
+            g = self.gradient(z) - x
+            y_new = z - inv_l * g
+            uphill = (g * (y_new - y)).reshape(B, -1).sum(1) > 0
+            t_new = torch.where(uphill, torch.ones_like(t), 0.5 * (1 + torch.sqrt(1 + 4 * t * t)))
+            beta = torch.where(uphill, torch.zeros_like(t), (t - 1) / t_new)
+            z_new = y_new + per_sample(beta, y_new) * (y_new - y)
+            change = (y_new - y).reshape(B, -1).norm(dim=1) / y_new.reshape(B, -1).norm(dim=1).clamp_min(1e-30)
+            keep = per_sample(active, y)
+            y, z, t = torch.where(keep, y_new, y), torch.where(keep, z_new, z), torch.where(active, t_new, t)
+            iters = iters + active.long()
+            active = active & ~(change <= tol)
+            if not bool(active.any()):
+                break
+        return y, iters
 
     def regularizer(self, x: Tensor, **inverse_kwargs) -> Tensor:
         """The learned regulariser ``R(x) = ⟨y, x⟩ − ½‖x‖² − ψ(y)`` at ``y = f⁻¹(x)``, the function

@@ -16,6 +16,7 @@ import torch
 
 from unroll import ProxGradStep, Problem, Unrolled
 from unroll.losses import L1Loss, L2Loss, MSELoss, ProximalMatchingLoss, proximal_matching
+from unroll.info import Status
 from unroll.models import LPN, ConvLPN
 from unroll.operators import MatrixOperator
 from unroll.prox import soft_threshold
@@ -253,6 +254,22 @@ def test_learned_prox_trained_under_the_jacobian_bound_is_non_expansive(seed):
 
 
 # ---------------------------------------------------------------------- inverse and regulariser
+def test_inverse_of_the_default_image_lpn_converges_where_plain_gradient_steps_stall():
+    """ConvLPN's defaults (α = 1e-6: ψ is barely strongly convex) make f⁻¹ ill-conditioned: the
+    accelerated start reaches the tolerance within the default budget, plain steps do not."""
+    torch.manual_seed(0)
+    net = ConvLPN(1).double()
+    x0 = torch.rand(2, 1, 16, 16, dtype=DT, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        x = net(x0)
+        y, info = net.inverse(x, return_info=True)
+        _, plain = net.inverse(x, return_info=True, accelerate=False, max_iter=int(info.iterations.max()))
+        residual = float((net(y) - x).abs().max())
+    assert info.status == Status.CONVERGED and plain.status == Status.MAX_ITER
+    assert residual < 1e-6
+    assert float((y - x0).abs().max()) < 0.05 * float((x - x0).abs().max()) + 1e-3
+
+
 @pytest.mark.parametrize("kind", ["lpn", "conv", "conv_quadratic"])
 def test_inverse_recovers_x_from_f_of_x(kind):
     net = lpn(alpha=0.2) if kind == "lpn" else conv_lpn(alpha=0.2, quadratic=3 if kind == "conv_quadratic" else 0)
