@@ -22,7 +22,10 @@ Rows, each evaluated on the test crops (PSNR/SSIM, torchmetrics, data range 1):
   DnCNN for all ten iterations) and untied (``tied=False``: ten copies, each fine-tuned for its iteration).
   Validation PSNR is logged every ``--val-every`` steps (``figures/unrolled_pnp_<setting>.png``).
 
-Writes ``benchmarks/results/unrolled_pnp_blur<σ_b>_noise<σ_n>.json`` (``_short`` for a smoke run).
+The control for "more training of the same denoiser": ``--denoiser-steps 2500 --ties --tag control`` gives the
+PnP rows with a DnCNN trained for the denoiser's 1000 steps plus the unrolled network's 1500, as a denoiser.
+
+Writes ``benchmarks/results/unrolled_pnp_blur<σ_b>_noise<σ_n>[_<tag>].json`` (``_short`` for a smoke run).
 """
 
 from __future__ import annotations
@@ -160,6 +163,8 @@ def run(args):
         results["training"] = logs
         out_json.write_text(json.dumps(results, indent=1))
     print(f"wrote {out_json}")
+    if not logs:
+        return
 
     import matplotlib
 
@@ -198,8 +203,9 @@ def main():
     ap.add_argument("--pnp-iters", type=int, default=100, help="iterations of the longer PnP-ADMM run")
     ap.add_argument("--rho-start", choices=["rule", "tuned"], default="rule",
                     help="the unrolled networks' initial ρ: the MAP rule's, or the one tuned on validation")
-    ap.add_argument("--ties", nargs="+", choices=["tied", "untied"], default=["tied", "untied"],
-                    help="which unrolled networks to train")
+    ap.add_argument("--ties", nargs="*", choices=["tied", "untied"], default=["tied", "untied"],
+                    help="which unrolled networks to train (none: the PnP rows only, e.g. the control run of a "
+                         "DnCNN trained longer as a denoiser: --denoiser-steps 2500 --ties --tag control)")
     ap.add_argument("--tag", type=str, default="", help="suffix of the output files")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--short", action="store_true", help="smoke run: tiny budgets")
