@@ -584,7 +584,7 @@ def _toy_benchmark():
     return mod
 
 
-@pytest.mark.parametrize("estimate", ["sample", "conditional"])
+@pytest.mark.parametrize("estimate", ["sample", "kernel", "conditional"])
 def test_toy_benchmark_runs_in_its_smallest_mode(tmp_path, monkeypatch, estimate):
     import json
     import sys
@@ -607,6 +607,25 @@ def test_toy_benchmark_runs_in_its_smallest_mode(tmp_path, monkeypatch, estimate
     assert all(math.isfinite(v["max_err_soft_threshold"]) for v in res["maps"].values())
     assert res["schedules"]["pm"]["pm_estimate"] == res["schedules"]["pm_paper"]["pm_estimate"] == estimate
     assert fig.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_toy_kernel_estimate_uses_samples_only_and_matches_the_closed_form_expectation():
+    """KernelProximalMatching estimates E[exp(−((f(y) − x)/γ)²) | y] from a batch's clean x and
+    the noise model: with many references it agrees with the closed form (which knows the
+    prior); its gradient is not empty at small γ where the sampled loss's mostly is."""
+    from unroll.data.denoising import make_laplace_batch
+
+    mod = _toy_benchmark()
+    b = make_laplace_batch(0, torch.Generator().manual_seed(0), 4000, 1, 1.0, 1.0, torch.float64)
+    f = (0.6 * b.y).requires_grad_(True)
+    for gamma in (0.5, 0.1, 0.03):
+        kern = mod.KernelProximalMatching(gamma, references=4000).batch_loss(f, b.y, b.x)
+        exact = mod.ConditionalProximalMatching(gamma)(f, b.y)
+        assert float(kern.detach()) == pytest.approx(float(exact.detach()), abs=5e-3), gamma
+    g_kern = torch.autograd.grad(mod.KernelProximalMatching(0.03, references=4000).batch_loss(f, b.y, b.x), f)[0]
+    g_samp = torch.autograd.grad(ProximalMatchingLoss(0.03)(f, b.x), f)[0]
+    moved = {k: float((g.abs() > 1e-4 * g.abs().max()).double().mean()) for k, g in (("kern", g_kern), ("samp", g_samp))}
+    assert moved["kern"] > 0.99 and moved["samp"] < 0.2, moved  # the share of the batch whose f(y) gets a gradient
 
 
 def test_toy_benchmark_posterior_sampling_spreads_y_and_keeps_the_posterior():
