@@ -264,6 +264,8 @@ def main(argv=None) -> None:
     p.add_argument("--extra", type=str, action="append", default=[],
                    help="one more `unroll fit` override, as --extra=--data.init_args.grid=[8,8,8] (repeatable)")
     p.add_argument("--out", type=str, default=str(ROOT / "benchmarks" / "results" / "dcdm.json"))
+    p.add_argument("--same-geometry", action="store_true",
+                   help="the same obstacles (in fractions of the grid) at every size, not a new draw per size")
     p.add_argument("--seed", type=int, default=1000,
                    help="base seed of the evaluation systems (obstacles and right-hand sides); the default is the one "
                         "of every table in BENCHMARKS.md, another one gives systems no choice was made on")
@@ -311,12 +313,16 @@ def main(argv=None) -> None:
                "checkpoint": str(ckpt), "train_steps": steps, "train_seconds_incl_data": train_seconds,
                "train_budget": None if a.ckpt else {"minutes": a.train_minutes, "clock": a.clock},
                "threads": a.threads, "tol": 1e-4, "multilevel": a.multilevel, "seed": a.seed, "rhs": a.rhs,
+               "same_geometry": a.same_geometry,
                "eval_lanczos": a.eval_lanczos,
                "validation": [dict(zip(("step", "loss", "iterations", "fallbacks"), r)) for r in curve], "cases": {}}
     for n, count in zip(a.sizes, a.systems):
         for obstacles in (False, True):
             key = f"{n}^3 {'obstacles (box+blobs)' if obstacles else 'no obstacles'}"
-            A, B = systems(n, obstacles, count, a.eval_lanczos, seed=a.seed + n + int(obstacles), rhs=a.rhs)
+            # --same-geometry: the same draws at every size, so the obstacles (placed and sized in
+            # fractions of the grid) are one domain seen at two resolutions, and growth measures resolution
+            seed = a.seed + int(obstacles) + (0 if a.same_geometry else n)
+            A, B = systems(n, obstacles, count, a.eval_lanczos, seed=seed, rhs=a.rhs)
             results["cases"][key] = solve_all(task, A, B, a.max_iter, pure=n in a.pure_sizes, multilevel=a.multilevel)
             print(key, json.dumps(results["cases"][key]), flush=True)
             Path(a.out).parent.mkdir(parents=True, exist_ok=True)
