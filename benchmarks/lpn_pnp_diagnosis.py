@@ -79,6 +79,14 @@ def train(name: str, steps: int):
     return net, secs
 
 
+def regularizer_at_image_of(net, w, fw):
+    """``R(f(w)) = ⟨w, f(w)⟩ − ½‖f(w)‖² − ψ(w)`` per sample: the learned regulariser at a point in the
+    range of ``f``, exactly (its preimage ``w`` is known, no inverse solve). Along ``z ← f(z)`` it
+    cannot increase: ``f`` is the prox of ``R``."""
+    B = w.shape[0]
+    return (w * fw).reshape(B, -1).sum(1) - 0.5 * fw.reshape(B, -1).square().sum(1) - net.potential(w)
+
+
 def measure(net, iters: int) -> dict:
     out = {}
     dm = DeblurringDataModule(blur="gaussian", blur_sigma=1.0, noise_std=0.02, image_size=128, test_crops=1,
@@ -91,9 +99,16 @@ def measure(net, iters: int) -> dict:
             score(net(x), x)
         z, traj = noisy, {}
         for k in range(1, 31):
-            z = net(z)
+            w, z = z, net(z)
             if k in (1, 2, 3, 5, 10, 20, 30):
-                traj[k] = {"psnr": score(z, x), "min": float(z.min()), "max": float(z.max())}
+                traj[k] = {"psnr": score(z, x), "min": float(z.min()), "max": float(z.max()),
+                           "R": regularizer_at_image_of(net, w, z).tolist()}
+        # R at the clean crops themselves: through f⁻¹ (the LPN's inverse solve)
+        y, info = net.inverse(x, return_info=True)
+        r_clean = ((y * x).flatten(1).sum(1) - 0.5 * x.flatten(1).square().sum(1) - net.potential(y))
+        out["R_clean"] = {"R": r_clean.tolist(), "inverse_converged": bool(info.converged.all()),
+                          "inverse_iterations": info.iterations.tolist(),
+                          "f_of_inverse_error": float((net(y) - x).abs().max())}
     out["proximal_point"] = traj
     out["pnp_admm"] = {}
     for sb, sn in ((1.0, 0.02), (2.0, 0.04)):
@@ -136,6 +151,9 @@ def main():
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps(results, indent=1))
         pp = res["proximal_point"]
+        print(f"{name}: R along z <- f(z) (per image) " + "; ".join(
+            f"{k}: " + ", ".join(f"{v:.1f}" for v in pp[k]["R"]) for k in (1, 5, 30))
+            + "; R(clean) " + ", ".join(f"{v:.1f}" for v in res["R_clean"]["R"]), flush=True)
         print(f"{name}: denoised {res['denoised_psnr']:.2f} (noisy {res['noisy_psnr']:.2f}), f(clean) "
               f"{res['f_clean_psnr']:.2f}; proximal point after 30: {pp[30]['psnr']:.2f} dB, range "
               f"[{pp[30]['min']:.2f}, {pp[30]['max']:.2f}] ({time.time() - t0:.0f} s)", flush=True)

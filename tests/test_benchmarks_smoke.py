@@ -360,6 +360,11 @@ def test_lpn_pnp_diagnosis_smallest(bench, tmp_path, capsys):
                                     for o in ("x,z,u", "x,u,z")}
     assert all(set(r["psnr_at"]) == {"1", "2", "3"} and math.isfinite(r["psnr_at"]["3"])
                for r in res["pnp_admm"].values())
+    # R along the proximal-point path, exact at points f(w): f is the prox of R, so it never increases
+    path = [res["proximal_point"][k]["R"] for k in ("1", "2", "3", "5", "10", "20", "30")]
+    for a, b in zip(path, path[1:]):
+        assert all(rb <= ra + 1e-4 * (1 + abs(ra)) for ra, rb in zip(a, b)), (a, b)
+    assert len(res["R_clean"]["R"]) == 2 and res["R_clean"]["inverse_converged"]
 
 
 def test_compile_task_smallest(bench, capsys):
