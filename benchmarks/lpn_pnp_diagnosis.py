@@ -79,14 +79,6 @@ def train(name: str, steps: int):
     return net, secs
 
 
-def regularizer_at_image_of(net, w, fw):
-    """``R(f(w)) = ⟨w, f(w)⟩ − ½‖f(w)‖² − ψ(w)`` per sample: the learned regulariser at a point in the
-    range of ``f``, exactly (its preimage ``w`` is known, no inverse solve). Along ``z ← f(z)`` it
-    cannot increase: ``f`` is the prox of ``R``."""
-    B = w.shape[0]
-    return (w * fw).reshape(B, -1).sum(1) - 0.5 * fw.reshape(B, -1).square().sum(1) - net.potential(w)
-
-
 def measure(net, iters: int) -> dict:
     out = {}
     dm = DeblurringDataModule(blur="gaussian", blur_sigma=1.0, noise_std=0.02, image_size=128, test_crops=1,
@@ -102,10 +94,10 @@ def measure(net, iters: int) -> dict:
             w, z = z, net(z)
             if k in (1, 2, 3, 5, 10, 20, 30):
                 traj[k] = {"psnr": score(z, x), "min": float(z.min()), "max": float(z.max()),
-                           "R": regularizer_at_image_of(net, w, z).tolist()}
+                           "R": net.regularizer(z, preimage=w).tolist()}  # exact: z = f(w)
         # R at the clean crops themselves: through f⁻¹ (the LPN's inverse solve)
         y, info = net.inverse(x, return_info=True)
-        r_clean = ((y * x).flatten(1).sum(1) - 0.5 * x.flatten(1).square().sum(1) - net.potential(y))
+        r_clean = net.regularizer(x, preimage=y)
         out["R_clean"] = {"R": r_clean.tolist(), "inverse_converged": bool(info.converged.all()),
                           "inverse_iterations": info.iterations.tolist(),
                           "f_of_inverse_error": float((net(y) - x).abs().max())}

@@ -292,12 +292,13 @@ class LearnedProxNet(nn.Module):
                 break
         return y, iters
 
-    def regularizer(self, x: Tensor, **inverse_kwargs) -> Tensor:
+    def regularizer(self, x: Tensor, preimage: Optional[Tensor] = None, **inverse_kwargs) -> Tensor:
         """The learned regulariser ``R(x) = ⟨y, x⟩ − ½‖x‖² − ψ(y)`` at ``y = f⁻¹(x)``, the function
         ``f`` is the proximal operator of (``f = prox_R``), per sample: ``(B, *shape) → (B,)``.
         Defined up to an additive constant (that of ``ψ``). ``inverse_kwargs`` go to
-        :meth:`inverse`. Differentiable (``∇R(x) = y − x``)."""
-        y = self.inverse(x, **inverse_kwargs)
+        :meth:`inverse`; ``preimage``: ``y`` when it is known (``x = f(y)``, e.g. an iterate of
+        ``z ← f(z)``), which skips the inverse solve. Differentiable (``∇R(x) = y − x``)."""
+        y = self.inverse(x, **inverse_kwargs) if preimage is None else preimage
         B = x.shape[0]
         return ((y * x).reshape(B, -1).sum(1) - 0.5 * x.reshape(B, -1).square().sum(1) - self._potential(y))
 

@@ -380,11 +380,9 @@ class DCDMTask(ReconstructionTask):
 
         Returns ``{"systems_csv", "solvers_json", "residual_curves_png"}``.
         """
-        import csv
-        import io
         from pathlib import Path
 
-        from .io import atomic_write, atomic_write_json, atomic_write_text
+        from .io import atomic_write, atomic_write_json, atomic_write_text, rows_csv
 
         records = getattr(self, "_records", None)
         if not records:
@@ -395,15 +393,12 @@ class DCDMTask(ReconstructionTask):
                 methods[b.name] = b.records[-len(records):]  # this test run's (a baseline may be reused)
         fields = ["method", "system", "domain", "obstacle", "iterations", "ms", "setup_ms", "residual", "converged",
                   "fallbacks", "device"]
-        buf = io.StringIO()
-        writer = csv.writer(buf)
-        writer.writerow(fields)
-        summary = {}
+        rows, summary = [], {}
         for name, recs in methods.items():
             for i, r in enumerate(recs):
                 geo = records[i] if i < len(records) else {}
                 row = dict(r, method=name, system=i, domain=geo.get("domain", ""), obstacle=geo.get("obstacle", ""))
-                writer.writerow(["" if row.get(f) is None else row.get(f, "") for f in fields])
+                rows.append({f: row.get(f) for f in fields})
             its = torch.tensor([float(r["iterations"]) for r in recs], dtype=torch.float64)
             summary[name] = {
                 "systems": len(recs), "tol": self.tol, "device": recs[0]["device"],
@@ -414,7 +409,7 @@ class DCDMTask(ReconstructionTask):
                 "setup_ms_mean": sum(r.get("setup_ms", 0.0) for r in recs) / len(recs),
                 "fallbacks_total": None if recs[0]["fallbacks"] is None else sum(r["fallbacks"] for r in recs)}
         out = Path(output_dir)
-        paths = {"systems_csv": str(atomic_write_text(out / "systems.csv", buf.getvalue())),
+        paths = {"systems_csv": str(atomic_write_text(out / "systems.csv", rows_csv(rows))),
                  "solvers_json": str(atomic_write_json(out / "solvers.json", summary))}
 
         import matplotlib

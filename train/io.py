@@ -3,13 +3,15 @@ so a crash never leaves a half-written result behind."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Any, Callable, Dict, List, Union
 
-__all__ = ["atomic_write", "atomic_write_text", "atomic_write_json"]
+__all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "rows_csv"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -61,3 +63,15 @@ def atomic_write_text(path: PathLike, text: str) -> Path:
 def atomic_write_json(path: PathLike, obj: Any) -> Path:
     """Atomically write ``obj`` as indented JSON."""
     return atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def rows_csv(rows: List[Dict[str, Any]]) -> str:
+    """CSV text of ``rows`` (dicts with the first row's keys as the header; floats to 6 significant
+    digits, ``None`` as an empty cell), for :func:`atomic_write_text`."""
+    buf = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    return buf.getvalue()

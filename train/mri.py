@@ -19,8 +19,6 @@ validation split) with the same metrics.
 
 from __future__ import annotations
 
-import csv
-import io
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -34,7 +32,7 @@ from unroll.losses import Loss
 from unroll.metrics import FastMRINMSE, FastMRIPSNR, FastMRISSIM, fastmri_ssim_per_slice
 from unroll.operators import LinearOperator, center_crop
 
-from .io import atomic_write, atomic_write_json, atomic_write_text
+from .io import atomic_write, atomic_write_json, atomic_write_text, rows_csv
 from .scoring import Baseline, BaselineRun, MetricTracker, check_baselines
 from .task import ReconstructionTask, log_train_loss
 
@@ -189,16 +187,6 @@ class FastMRITracker(MetricTracker):
             counts[f] = counts.get(f, 0) + 1
         return [{"fname": f, "slices": n, **{k: v[f] for k, v in per_volume.items() if f in v}}
                 for f, n in counts.items()]
-
-
-def _rows_csv(rows: List[Dict[str, Any]]) -> str:
-    buf = io.StringIO()
-    if rows:
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-    return buf.getvalue()
 
 
 # ---------------------------------------------------------------------------------- baselines
@@ -401,7 +389,7 @@ class MRIReconstructionTask(ReconstructionTask):
         trackers = {k: t for k, t in trackers.items() if isinstance(t, FastMRITracker)}
         for what, rows_of in (("per_slice", FastMRITracker.slice_rows), ("per_volume", FastMRITracker.volume_rows)):
             rows = [{"method": m, **r} for m, t in trackers.items() for r in rows_of(t)]
-            paths[f"{what}_csv"] = str(atomic_write_text(out / f"{what}.csv", _rows_csv(rows)))
+            paths[f"{what}_csv"] = str(atomic_write_text(out / f"{what}.csv", rows_csv(rows)))
             paths[f"{what}_json"] = str(atomic_write_json(out / f"{what}.json", rows))
         tuned = {b.name: {"lam": float(b.model.lam), "val_ssim": {str(k): v for k, v in b.tuning.items()}}
                  for b in self.baselines if isinstance(b, MRIBaseline) and b.tuning}
